@@ -1,0 +1,162 @@
+"""`ecefl synth`: write synthetic hospitals as real DICOM (CT series + RTSTRUCT) with labels.csv.
+
+Layout per site: DIR/<site>/dicom/<PatientID>/CT/*.dcm, DIR/<site>/dicom/<PatientID>/RTSTRUCT.dcm (labelled
+patients), DIR/<site>/labels.csv (patient_id,ece), and DIR/<site>/synth_manifest.json (generator truth, kept
+beside the DICOM as a hospital's own records would be).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .contours import ellipse_polygon, trace_slice
+from .dicom_writer import det_uid, write_ct_series, write_rtstruct
+from .phantom import Patient, make_patient, nodes_level, render_hu
+from .profiles import SiteProfile, site_profile
+
+FIRST_NAMES = ("Avery", "Blake", "Casey", "Dana", "Emery", "Finley", "Gray", "Harper", "Indy", "Jules")
+
+
+def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_per_site: int = 8,
+               seed: int = 0, progress: bool = True) -> list[Path]:
+    out = Path(out)
+    site_dirs = []
+    for site_index in range(sites):
+        profile = site_profile(site_index)
+        site_dir = out / profile.name
+        site_rng = np.random.default_rng([seed, site_index, 7919])
+        n_pos = int(round(cases_per_site * profile.positive_fraction))
+        if cases_per_site >= 2:
+            n_pos = min(max(n_pos, 1), cases_per_site - 1)  # every site sees both classes
+        labels = np.array([1] * n_pos + [0] * (cases_per_site - n_pos))
+        site_rng.shuffle(labels)
+        manifest, label_rows = {"site": profile.name, "seed": seed, "patients": []}, []
+        total = cases_per_site + unlabeled_per_site
+        bar = tqdm(range(total), desc=f"synth {profile.name}", unit="patient", disable=not progress)
+        for n in bar:
+            labelled = n < cases_per_site
+            ece = int(labels[n]) if labelled else None
+            record = _write_patient(site_dir / "dicom", profile, site_index, n, ece, seed)
+            manifest["patients"].append(record)
+            if labelled:
+                label_rows.append((record["patient_id"], ece))
+        with open(site_dir / "labels.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["patient_id", "ece"])
+            writer.writerows(label_rows)
+        (site_dir / "synth_manifest.json").write_text(json.dumps(manifest, indent=1))
+        site_dirs.append(site_dir)
+    return site_dirs
+
+
+def _phi(profile: SiteProfile, site_index: int, n: int, rng: np.random.Generator, seed: int) -> dict:
+    letter = chr(ord("A") + site_index % 26)
+    pid = profile.patient_id_format.format(n=n + 1 + 100 * site_index)
+    return {
+        "name": f"ZZSYN{letter}{n:03d}^{FIRST_NAMES[n % len(FIRST_NAMES)]}",
+        "patient_id": pid,
+        "birth_date": f"19{int(rng.integers(40, 80))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
+        "sex": "M" if rng.random() < 0.75 else "F",
+        "study_uid": det_uid(seed, profile.name, n, "study"),
+        "study_date": f"2025{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
+        "study_time": f"{int(rng.integers(7, 18)):02d}{int(rng.integers(0, 60)):02d}00",
+        "study_id": f"ST{letter}{n:04d}",
+        "accession": f"ACC{letter}{n:05d}Q",
+        "physician": f"ZZREF{letter}^Doctor",
+        "institution": profile.institution,
+        "for_uid": det_uid(seed, profile.name, n, "frame"),
+    }
+
+
+def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: int, ece: int | None,
+                   seed: int) -> dict:
+    rng = np.random.default_rng([seed, site_index, n])
+    patient = make_patient(rng, None if ece is None else bool(ece))
+    phi = _phi(profile, site_index, n, rng, seed)
+    dr, dc = profile.pixel_spacing
+    dz = profile.slice_thickness
+    n_slices = int(round(profile.z_extent_mm / dz)) + 1
+    x0 = -profile.cols * dc / 2 + rng.uniform(-3, 3)
+    y0 = -profile.rows * dr / 2 + rng.uniform(-3, 3)
+    z0 = patient.z_center - (n_slices - 1) * dz / 2 + rng.uniform(-1, 1)
+    zs = z0 + dz * np.arange(n_slices)
+    xs = x0 + dc * np.arange(profile.cols)
+    ys = y0 + dr * np.arange(profile.rows)
+    gz, gy, gx = np.meshgrid(zs, ys, xs, indexing="ij")
+    pts = np.stack([gx, gy, gz], axis=-1)
+    hu = render_hu(patient, pts, np.array([dz, dr, dc]), profile.noise_hu, rng)
+
+    patient_dir = dicom_root / phi["patient_id"]
+    series_uid = det_uid(seed, profile.name, n, "ct-series")
+    sop_uids = [det_uid(seed, profile.name, n, "ct", k) for k in range(n_slices)]
+    if profile.instance_number_head_first:
+        instance_numbers = [n_slices - k for k in range(n_slices)]
+    else:
+        instance_numbers = [k + 1 for k in range(n_slices)]
+    if profile.file_naming == "sop_uid":
+        names = [f"CT.{uid}.dcm" for uid in sop_uids]
+    elif profile.file_naming == "im_number":
+        names = [f"IM{inst:05d}" for inst in instance_numbers]
+    else:
+        perm = rng.permutation(n_slices)
+        names = [f"slice_{int(perm[k]):03d}.dcm" for k in range(n_slices)]
+    positions = [np.array([x0, y0, z]) for z in zs]
+    write_ct_series(patient_dir / "CT", hu, positions, [1, 0, 0, 0, 1, 0], (dr, dc), profile, phi,
+                    series_uid, names, instance_numbers, sop_uids)
+
+    record = {"patient_id": phi["patient_id"], "ece": ece, "labelled": ece is not None,
+              "subtle": any(nd.subtle for nd in patient.nodes),
+              "node_diameters_mm": [round(float(2 * nd.semi_axes.max()), 1) for nd in patient.nodes],
+              "n_slices": n_slices, "pixel_spacing": [dr, dc], "slice_thickness": dz}
+    if ece is not None:
+        rois = _rois(patient, profile, zs)
+        write_rtstruct(patient_dir / "RTSTRUCT.dcm", rois, phi, series_uid, sop_uids, list(zs),
+                       (seed, profile.name, n))
+        record["nodal_rois"] = [r["name"] for r in rois if r.get("nodal")]
+    return record
+
+
+def _rois(patient: Patient, profile: SiteProfile, zs: np.ndarray) -> list[dict]:
+    rois = []
+    groups = sorted({nd.group for nd in patient.nodes})
+    for g in groups:
+        members = [nd for nd in patient.nodes if nd.group == g]
+        reach = max(nd.max_extent() for nd in members) + 2.0
+        cx = float(np.mean([nd.center[0] for nd in members]))
+        cy = float(np.mean([nd.center[1] for nd in members]))
+        span = reach + max(float(np.abs(nd.center[:2] - [cx, cy]).max()) for nd in members)
+        bbox = (cx - span, cx + span, cy - span, cy + span)
+        polys = []
+        for z in zs:
+            polys += trace_slice(lambda p, m=members: nodes_level(m, p), float(z), bbox)
+        rois.append({"name": profile.nodal_roi_names[g % len(profile.nodal_roi_names)], "type": "GTV",
+                     "polygons": polys, "nodal": True})
+    body, cord, parotid, primary, ptv, ctv_n, extra = profile.distractor_rois
+    sx, sy = patient.neck_shift
+    ax, ay = patient.body_axes
+    zc = patient.z_center
+    rois.append({"name": body, "type": "EXTERNAL", "polygons": [
+        ellipse_polygon(sx, sy, ax * (1 + 0.0015 * (z - zc)), ay * (1 + 0.0015 * (z - zc)), z) for z in zs]})
+    rois.append({"name": cord, "type": "ORGAN", "polygons": [ellipse_polygon(sx, sy + 38, 5, 4.5, z) for z in zs]})
+    rois.append({"name": parotid, "type": "ORGAN", "polygons": [
+        ellipse_polygon(sx + 40, sy - 8, 12, 16, z) for z in zs if z > zc + 30]})
+    if patient.has_primary:
+        rois.append({"name": primary, "type": "GTV", "polygons": [
+            ellipse_polygon(sx + 7, sy - 20, 10, 8, z) for z in zs if zc + 10 < z < zc + 40]})
+    ptv_polys = []
+    for nd in patient.nodes:  # a 5 mm margin around each node (ellipse approximation on each slice)
+        for z in zs:
+            if abs(z - nd.center[2]) < nd.semi_axes.max() + 5:
+                ptv_polys.append(ellipse_polygon(nd.center[0], nd.center[1], nd.semi_axes.max() + 5,
+                                                 nd.semi_axes.max() + 5, z, n=48))
+    rois.append({"name": ptv, "type": "PTV", "polygons": ptv_polys})
+    rois.append({"name": ctv_n, "type": "CTV", "polygons": [
+        ellipse_polygon(sx + side * 38, sy, 20, 24, z) for side in (-1, 1) for z in zs]})
+    if extra:
+        rois.append({"name": extra, "type": "ORGAN" if not extra.startswith("z") else "CONTROL",
+                     "polygons": [], "empty": True})
+    return rois

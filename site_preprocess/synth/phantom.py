@@ -1,0 +1,212 @@
+"""A synthetic neck in patient coordinates (DICOM LPS, millimetres), independent of any scanner grid.
+
+The anatomy and the lymph nodes are continuous shapes, so every site samples the same kind of patient on its own
+grid, and the planning-system contours are traced from the shapes at sub-voxel precision (not from voxels).
+
+ECE appearance follows the CT literature: ECE-positive nodes have lobulated/irregular margins, spiculated strands
+into the perinodal fat, fat stranding (raised fat HU), loss of the fat plane, frequent central necrosis and
+sometimes matted nodes; ECE-negative nodes are smooth ovals with a preserved fat plane. A share of positives are
+"subtle" (mild irregularity and stranding only), as real ECE is often occult on CT.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+HU_AIR, HU_FAT, HU_MUSCLE, HU_CSF = -1000.0, -95.0, 50.0, 15.0
+
+
+@dataclass
+class Node:
+    center: np.ndarray  # (3,) LPS mm
+    semi_axes: np.ndarray  # (3,) mm
+    rotation: np.ndarray  # (3, 3) node frame -> patient
+    lobulation: list[tuple[np.ndarray, float, float]]  # (direction, frequency, amplitude) margin ripples
+    hu: float
+    necrosis: float  # 0 = none, else relative radius of the necrotic core
+    ece: bool
+    subtle: bool
+    spicules: list[tuple[np.ndarray, float, float]] = field(default_factory=list)  # (dir, length mm, radius mm)
+    group: int = 0  # which nodal ROI contains it (matted nodes share one contour)
+
+    def level(self, pts: np.ndarray) -> np.ndarray:
+        """Signed shape function: < 0 inside the node body, 0 on its margin (scaled radial distance)."""
+        q = (pts - self.center) @ self.rotation / self.semi_axes
+        r = np.linalg.norm(q, axis=-1)
+        unit = q / np.maximum(r, 1e-9)[..., None]
+        radius = np.ones_like(r)
+        for direction, freq, amp in self.lobulation:
+            radius = radius + amp * np.cos(freq * np.arccos(np.clip(unit @ direction, -1, 1)))
+        return r - radius
+
+    def max_extent(self) -> float:
+        return float(self.semi_axes.max() * (1 + sum(abs(a) for _, _, a in self.lobulation)))
+
+
+@dataclass
+class Patient:
+    body_axes: tuple[float, float]
+    fat_thickness: float
+    neck_shift: tuple[float, float]
+    nodes: list[Node]
+    ece: bool
+    has_primary: bool
+    z_center: float  # patient z of the neck centre (table position differs per patient)
+    texture_seed: int
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None = None) -> Patient:
+    """Draw one patient; ece=None draws nodes without a defined label (unlabelled CT)."""
+    body = (rng.uniform(58, 70), rng.uniform(52, 62))
+    z_center = rng.uniform(-40, 40)
+    n_nodes = n_nodes or int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
+    is_positive = bool(ece) if ece is not None else bool(rng.random() < 0.4)
+    subtle = is_positive and rng.random() < 0.25
+    # Which nodes carry ECE: at least the first one in a positive patient.
+    ece_nodes = [is_positive and (i == 0 or rng.random() < 0.4) for i in range(n_nodes)]
+    nodes: list[Node] = []
+    sides = rng.permutation([-1.0, 1.0])
+    for i in range(n_nodes):
+        side = sides[i % 2]
+        diameter = rng.uniform(12, 30) if ece_nodes[i] else rng.uniform(8, 24)
+        semi = diameter / 2 * np.array([1.0, rng.uniform(0.7, 0.95), rng.uniform(0.8, 1.3)])
+        center = np.array([
+            side * rng.uniform(34, 44),
+            rng.uniform(-10, 12),
+            z_center + rng.uniform(-28, 28),
+        ])
+        nodes.append(_make_node(rng, center, semi, ece_nodes[i], subtle, group=i))
+        if ece_nodes[i] and not subtle and rng.random() < 0.2:  # matted: a second, fused node
+            offset = _random_rotation(rng)[:, 0] * semi.max() * 0.9
+            offset[2] *= 0.5
+            nodes.append(_make_node(rng, center + offset, semi * rng.uniform(0.6, 0.8), True, False, group=i))
+    return Patient(body_axes=body, fat_thickness=rng.uniform(5, 11),
+                   neck_shift=(rng.uniform(-4, 4), rng.uniform(-4, 4)), nodes=nodes, ece=is_positive,
+                   has_primary=bool(rng.random() < 0.7), z_center=z_center,
+                   texture_seed=int(rng.integers(0, 2**31 - 1)))
+
+
+def _make_node(rng: np.random.Generator, center, semi, ece: bool, subtle: bool, group: int) -> Node:
+    lobes = []
+    if ece:
+        n_lobes, amp = (2, 0.06) if subtle else (int(rng.integers(3, 6)), rng.uniform(0.12, 0.22))
+        for _ in range(n_lobes):
+            d = rng.normal(size=3)
+            lobes.append((d / np.linalg.norm(d), float(rng.integers(3, 7)), float(amp * rng.uniform(0.6, 1.0))))
+    necrosis_p = 0.55 if ece else 0.2
+    node = Node(center=np.asarray(center, float), semi_axes=np.asarray(semi, float),
+                rotation=_random_rotation(rng), lobulation=lobes, hu=float(rng.uniform(35, 60)),
+                necrosis=float(rng.uniform(0.35, 0.6)) if rng.random() < necrosis_p else 0.0,
+                ece=ece, subtle=subtle, group=group)
+    if ece and not subtle:
+        for _ in range(int(rng.integers(4, 9))):
+            d = rng.normal(size=3)
+            node.spicules.append((d / np.linalg.norm(d), float(rng.uniform(4, 10)), float(rng.uniform(0.6, 1.2))))
+    return node
+
+
+def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_hu: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """HU at voxel centres `points` (shape (..., 3) LPS mm, a regular grid), with scanner blur and noise."""
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    sx, sy = patient.neck_shift
+    x, y = x - sx, y - sy
+    dz = z - patient.z_center
+    ax, ay = patient.body_axes
+    taper = 1.0 + 0.0015 * dz  # the neck widens slightly towards the shoulders
+    e_body = (x / (ax * taper)) ** 2 + (y / (ay * taper)) ** 2
+    inner = (x / (ax * taper - patient.fat_thickness)) ** 2 + (y / (ay * taper - patient.fat_thickness)) ** 2
+
+    hu = np.full(points.shape[:-1], HU_AIR, dtype=np.float32)
+    hu[e_body <= 1.0] = HU_FAT
+    tex_rng = np.random.default_rng(patient.texture_seed)
+    muscle = HU_MUSCLE + 8.0 * _smooth_field(tex_rng, hu.shape, 3.0)
+    hu = np.where(inner <= 1.0, muscle, hu)
+
+    def disc(cx, cy, rx, ry):
+        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+
+    for side in (-1.0, 1.0):
+        hu[disc(side * 38, 0, 17, 21) & (inner <= 1.0)] = HU_FAT  # lateral neck fat where nodes sit
+        hu[disc(side * 47, -17, 8, 19)] = 55.0  # sternocleidomastoid
+        hu[disc(side * 22, -6, 3.5, 3.5)] = 290.0  # common/internal carotid, contrast-enhanced
+        hu[disc(side * 30, -1, 5.5, 4.5)] = 210.0  # internal jugular vein
+    hu[disc(0, 22, 14, 12)] = 330.0  # vertebral body (cancellous)
+    hu[disc(0, 22, 14, 12) & ~disc(0, 22, 12, 10)] = 800.0  # cortex
+    hu[disc(0, 38, 11, 10)] = 650.0  # posterior arch
+    hu[disc(0, 38, 7, 6.5)] = HU_CSF  # spinal canal
+    hu[disc(0, -24, 9, 7)] = -30.0  # larynx wall
+    hu[disc(0, -24, 7, 5)] = -960.0  # airway
+    if patient.has_primary:  # a primary tumour beside the airway on upper slices
+        hu[disc(7, -20, 10, 8) & (dz > 10) & (dz < 40)] = 65.0
+
+    flat = points.reshape(-1, 3)
+    hu_flat = hu.reshape(-1)
+    for node in patient.nodes:
+        _paint_node(node, flat, hu_flat, rng)
+    hu = hu_flat.reshape(hu.shape)
+    # Scanner point-spread (≈1.6 mm FWHM in-plane, thinner along z) then correlated noise.
+    # Arrays are (slices, rows, cols); voxel_mm is in that order.
+    sigma_vox = np.array([0.55, 0.7, 0.7]) / np.maximum(voxel_mm, 0.3)
+    hu = ndimage.gaussian_filter(hu, sigma=sigma_vox)
+    noise = ndimage.gaussian_filter(rng.normal(size=hu.shape).astype(np.float32), sigma=0.7)
+    noise *= noise_hu / max(float(noise.std()), 1e-6)
+    return (hu + noise).astype(np.float32)
+
+
+def _paint_node(node: Node, pts: np.ndarray, hu: np.ndarray, rng: np.random.Generator) -> None:
+    reach = node.max_extent() + 12.0
+    near = np.all(np.abs(pts - node.center) <= reach, axis=1)
+    idx = np.nonzero(near)[0]
+    if idx.size == 0:
+        return
+    p = pts[idx]
+    f = node.level(p)
+    # Surface distance in mm, approximately: scaled radial distance times the mean radius.
+    mean_r = float(node.semi_axes.mean())
+    dist = f * mean_r
+    values = hu[idx]
+    fat_like = values < -40
+    if node.ece:
+        # Perinodal fat stranding and loss of the fat plane.
+        halo = (dist > 0) & (dist < (3.0 if node.subtle else 6.0)) & fat_like
+        raise_to = -60.0 if node.subtle else float(rng.uniform(-25, 5))
+        values[halo] = np.maximum(values[halo], raise_to + 10.0 * (rng.random(int(halo.sum())) - 0.5))
+        for direction, length, radius in node.spicules:
+            start = node.center + direction * node.semi_axes.min()
+            rel = p - start
+            t = np.clip(rel @ direction, 0.0, length + node.semi_axes.max())
+            off = np.linalg.norm(rel - t[:, None] * direction, axis=1)
+            strand = (off < radius) & (dist > 0) & (dist < length)
+            values[strand] = node.hu - 5.0
+    else:
+        # Preserved fat plane: a thin clean fat rim around the smooth node.
+        rim = (dist > 0) & (dist < 1.8)
+        values[rim] = np.minimum(values[rim], HU_FAT + 10.0)
+    body = f <= 0
+    values[body] = node.hu
+    if node.necrosis > 0:
+        q = (p - node.center) @ node.rotation / node.semi_axes
+        core = np.linalg.norm(q, axis=1) < node.necrosis
+        values[core] = float(rng.uniform(8, 22))
+    hu[idx] = values
+
+
+def _smooth_field(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
+    f = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=sigma)
+    return f / max(float(f.std()), 1e-6)
+
+
+def nodes_level(nodes: list[Node], pts: np.ndarray) -> np.ndarray:
+    """Union of node bodies as one level function (< 0 inside any of them)."""
+    out = np.full(pts.shape[:-1], np.inf)
+    for node in nodes:
+        out = np.minimum(out, node.level(pts))
+    return out
