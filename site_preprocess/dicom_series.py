@@ -39,6 +39,9 @@ def scan_folder(folder: Path) -> FolderScan:
         except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
             scan.unreadable.append((path, f"{type(exc).__name__}: {exc}"))
             continue
+        if "SOPClassUID" not in ds or "Modality" not in ds:  # a header cut short parses without error
+            scan.unreadable.append((path, "incomplete DICOM header (no SOPClassUID/Modality): truncated?"))
+            continue
         modality = str(ds.get("Modality", "")).upper()
         if modality == "RTSTRUCT":
             scan.rtstructs.append((path, ds))

@@ -1,0 +1,41 @@
+"""Shared fixtures: small synthetic hospitals written by the project's own generator (real DICOM files)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def site_secret(tmp_path_factory) -> Path:
+    """Each test session uses its own pseudonym key, outside every output folder."""
+    path = tmp_path_factory.mktemp("secret") / "site_secret.key"
+    os.environ["ECEFL_SITE_SECRET_FILE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """Four hospitals (every site profile), 3 labelled + 1 unlabelled patients each."""
+    from site_preprocess.synth import synthesize
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, sites=4, cases_per_site=3, unlabeled_per_site=1, seed=11, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def preprocessed(synth_root, tmp_path_factory) -> dict[str, Path]:
+    """Each synthetic site preprocessed once: {site name: OUT folder}."""
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.pipeline import run_preprocess
+    outs = {}
+    for site in sorted(p for p in synth_root.iterdir() if p.is_dir()):
+        out = tmp_path_factory.mktemp(f"pre-{site.name}")
+        code = run_preprocess(site / "dicom", site / "labels.csv", out, SiteConfig(), progress=False)
+        assert code == 0, f"{site.name}: exit {code}"
+        outs[site.name] = out
+    return outs
