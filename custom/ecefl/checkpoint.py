@@ -1,0 +1,52 @@
+"""Checkpoint files: weights + the plan they were trained with + the operating threshold, versioned."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .plan import Plan
+
+FORMAT = "ecefl-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(path: str | Path, kind: str, plan: Plan, state: dict, **extra) -> Path:
+    """kind: "mae" (pretraining) or "dual" (segmentation + ECE). Written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, "kind": kind, "plan": plan.to_dict(),
+               "model": {k: v.detach().cpu() for k, v in state.items()}, **extra}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    os.close(fd)
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"model file {path} cannot be read ({type(exc).__name__}); is it a PyTorch file "
+                              "written by ecefl?") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"model file {path} is not an ecefl checkpoint (for NVFlare's FL_global_model.pt "
+                              "use the copy that `ecefl fl simulate` writes as global_model.pt)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"model file {path} was written by another ecefl version (checkpoint version "
+                              f"{payload.get('version')}, this ecefl reads {VERSION}); re-export it with a "
+                              "matching ecefl release")
+    if kind is not None and payload.get("kind") != kind:
+        raise CheckpointError(f"model file {path} is a {payload.get('kind')!r} checkpoint, expected {kind!r}")
+    payload["plan"] = Plan.from_dict(payload["plan"])
+    return payload

@@ -1,0 +1,154 @@
+"""Datalists (the preprocessing stage's output) and MONAI transforms driven by the plan."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
+from monai.transforms import (Compose, EnsureTyped, LoadImaged, Orientationd, RandAffined, RandCropByPosNegLabeld,
+                              RandFlipd, RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd,
+                              ScaleIntensityRanged, Spacingd, SpatialPadd)
+
+from .plan import Plan
+
+
+class DataError(ValueError):
+    """A datalist that is missing, empty, or points at missing files."""
+
+
+def load_datalist(path: str | Path, site: str | None = None) -> tuple[list[dict], list[dict]]:
+    """(labelled, unlabelled) items with absolute paths; `site` tags each item (default: folder name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"datalist {path} does not exist; run `ecefl preprocess` for that site first")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"datalist {path} is not valid JSON ({exc})") from exc
+    site = site or path.parent.name
+    base = path.parent
+    labelled, unlabelled, missing = [], [], []
+    for entry in raw.get("training", []):
+        item = {"image": str(base / entry["image"]), "label": str(base / entry["label"]),
+                "ece": int(entry["ece"]), "case_id": entry["case_id"], "site": site}
+        missing += [item[k] for k in ("image", "label") if not Path(item[k]).is_file()]
+        labelled.append(item)
+    for entry in raw.get("unlabeled", []):
+        item = {"image": str(base / entry["image"]), "case_id": entry["case_id"], "site": site}
+        missing += [item["image"]] if not Path(item["image"]).is_file() else []
+        unlabelled.append(item)
+    if missing:
+        raise DataError(f"datalist {path} points at {len(missing)} missing file(s), e.g. {missing[0]}; re-run "
+                        "`ecefl preprocess` or fix the paths (they are relative to the datalist's folder)")
+    if not labelled and not unlabelled:
+        raise DataError(f"datalist {path} is empty (no 'training' or 'unlabeled' cases); check its qc_report.json")
+    return labelled, unlabelled
+
+
+def load_datalists(paths) -> tuple[list[dict], list[dict]]:
+    labelled, unlabelled = [], []
+    for p in paths:
+        lab, unl = load_datalist(p)
+        labelled += lab
+        unlabelled += unl
+    return labelled, unlabelled
+
+
+def stratified_split(items: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split per (site, class) so every site and class appears on both sides where it can."""
+    if val_fraction <= 0:
+        return list(items), []
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    groups: dict = {}
+    for it in items:
+        groups.setdefault((it.get("site"), it["ece"]), []).append(it)
+    for key in sorted(groups, key=str):
+        group = groups[key]
+        order = rng.permutation(len(group))
+        n_val = int(round(val_fraction * len(group)))
+        if len(group) >= 2:
+            n_val = min(max(n_val, 1), len(group) - 1)
+        else:
+            n_val = 0
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return train, val
+
+
+def label_subset(items: list[dict], fraction: float, seed: int) -> list[dict]:
+    """Keep `fraction` of the labelled cases per class (at least one of each class)."""
+    if fraction >= 1.0:
+        return list(items)
+    rng = np.random.default_rng(seed + 1)
+    keep = []
+    for cls in (0, 1):
+        group = [it for it in items if it["ece"] == cls]
+        if group:
+            n = max(1, int(round(fraction * len(group))))
+            keep += [group[i] for i in sorted(rng.permutation(len(group))[:n])]
+    return keep
+
+
+def _geometry(plan: Plan, keys: list[str]) -> list:
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    return [
+        LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=keys, pixdim=plan.spacing, mode=modes),
+        ScaleIntensityRanged(keys="image", a_min=plan.hu_window[0], a_max=plan.hu_window[1], b_min=0.0, b_max=1.0,
+                             clip=True),
+        EnsureTyped(keys=keys, track_meta=False),
+    ]
+
+
+def eval_transforms(plan: Plan, with_label: bool = True) -> Compose:
+    return Compose(_geometry(plan, ["image", "label"] if with_label else ["image"]))
+
+
+def train_transforms(plan: Plan) -> Compose:
+    keys = ["image", "label"]
+    return Compose(_geometry(plan, keys) + [
+        SpatialPadd(keys=keys, spatial_size=plan.patch_size),
+        # label-aware crops: centred on nodal voxels, so the case's nodes (and its ECE evidence) are in view
+        RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=plan.patch_size, pos=1, neg=0,
+                               num_samples=plan.crops_per_case, allow_smaller=False),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),  # left-right: the neck is nearly symmetric
+        RandAffined(keys=keys, prob=0.3, rotate_range=(0.17, 0.17, 0.17), scale_range=(0.1, 0.1, 0.1),
+                    mode=("bilinear", "nearest"), padding_mode="border"),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+    ])
+
+
+def mae_transforms(plan: Plan) -> Compose:
+    return Compose(_geometry(plan, ["image"]) + [
+        SpatialPadd(keys="image", spatial_size=plan.patch_size),
+        RandSpatialCropd(keys="image", roi_size=plan.patch_size, random_size=False),
+        RandFlipd(keys="image", prob=0.5, spatial_axis=0),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+    ])
+
+
+def cached_loader(items: list[dict], transform: Compose, batch_size: int, shuffle: bool, seed: int,
+                  balanced: bool = False, progress: bool = False) -> DataLoader:
+    """CacheDataset keeps everything up to the first random transform in memory (no NIfTI re-reads)."""
+    ds = CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=0, progress=progress)
+    sampler = None
+    if balanced:
+        from torch.utils.data import WeightedRandomSampler
+        import torch
+        labels = np.array([it["ece"] for it in items])
+        counts = np.bincount(labels, minlength=2).astype(float)
+        weights = 1.0 / counts[labels]
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(items), replacement=True,
+                                        generator=torch.Generator().manual_seed(seed))
+        shuffle = False
+    import torch
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=0,
+                      collate_fn=list_data_collate, generator=torch.Generator().manual_seed(seed))
+
+
+def plain_dataset(items: list[dict], transform: Compose) -> Dataset:
+    return Dataset(items, transform=transform)

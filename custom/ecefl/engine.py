@@ -1,0 +1,225 @@
+"""The one training/evaluation engine: the centralised CLI and the federated client both call these functions.
+
+Schedules are expressed over a global epoch index (epoch, total_epochs), so a federated run with R rounds of
+E local epochs follows the same teacher-forcing and loss-weight schedule as a centralised run of R*E epochs.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss, FocalLoss
+from tqdm import tqdm
+
+from . import metrics as M
+from .data import cached_loader, eval_transforms, mae_transforms, plain_dataset, train_transforms
+from .model import DualOutputSwinUNETR, MaskedPretrainer
+from .plan import Plan
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32 - 1))
+    from monai.utils import set_determinism
+    set_determinism(seed=seed)
+
+
+def _autocast(plan: Plan, dev: torch.device):
+    if plan.amp and dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cls_weight(plan: Plan, epoch: int, total: int) -> float:
+    """Classification loss weight: linear ramp from cls_weight_start to 1 over cls_ramp_fraction of training."""
+    ramp = max(1.0, plan.cls_ramp_fraction * total)
+    return float(min(1.0, plan.cls_weight_start + (1 - plan.cls_weight_start) * epoch / ramp))
+
+
+def teacher_forcing(plan: Plan, epoch: int, total: int) -> bool:
+    return epoch < math.floor(plan.teacher_forcing_fraction * total)
+
+
+def positive_weight(items: list[dict]) -> float:
+    labels = np.array([it["ece"] for it in items])
+    n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
+    if n_pos == 0 or n_neg == 0:
+        return 1.0
+    return float(np.clip(n_neg / n_pos, 0.2, 5.0))
+
+
+@dataclass
+class FineTuner:
+    """Local optimisation state for fine-tuning (kept across federated rounds at a site)."""
+    plan: Plan
+    model: DualOutputSwinUNETR
+    train_items: list[dict]
+    progress: bool = True
+    log: callable = print
+    optimizer: torch.optim.Optimizer = field(init=False)
+
+    def __post_init__(self):
+        self.dev = device()
+        self.model.to(self.dev)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.plan.learning_rate,
+                                           weight_decay=self.plan.weight_decay)
+        self.loader = cached_loader(self.train_items, train_transforms(self.plan), self.plan.batch_size,
+                                    shuffle=True, seed=self.plan.seed, balanced=self.plan.balanced_sampling)
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        pos_weight = positive_weight(self.train_items)
+        if self.plan.cls_loss == "focal":
+            # alpha = weight of the positive class, from the label counts
+            self.cls_loss = FocalLoss(gamma=self.plan.focal_gamma, alpha=pos_weight / (1 + pos_weight),
+                                      use_softmax=False, include_background=True)
+        else:
+            self.cls_loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=self.dev))
+        self.pos_weight = pos_weight
+
+    def run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
+        history = []
+        self.model.train()
+        for epoch in range(first_epoch, first_epoch + n_epochs):
+            t0 = time.perf_counter()
+            w = cls_weight(self.plan, epoch, total_epochs)
+            forced = teacher_forcing(self.plan, epoch, total_epochs)
+            sums = {"loss": 0.0, "seg_loss": 0.0, "cls_loss": 0.0}
+            steps = 0
+            bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{total_epochs}", unit="batch", leave=False,
+                       disable=not self.progress)
+            for batch in bar:
+                x = batch["image"].to(self.dev)
+                y = batch["label"].to(self.dev)
+                target = torch.as_tensor(batch["ece"], dtype=torch.float32, device=self.dev).view(-1, 1)
+                with _autocast(self.plan, self.dev):
+                    seg, logit, _ = self.model(x, region_mask=(y > 0) if forced else None)
+                    seg_l = self.seg_loss(seg.float(), y)
+                    cls_l = self.cls_loss(logit.float().view(-1, 1), target)
+                    loss = seg_l + w * cls_l
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; lower the "
+                                             "learning rate or check the input data")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+                self.optimizer.step()
+                sums["loss"] += float(loss.detach())
+                sums["seg_loss"] += float(seg_l.detach())
+                sums["cls_loss"] += float(cls_l.detach())
+                steps += 1
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            record = {k: v / max(steps, 1) for k, v in sums.items()}
+            record.update(epoch=epoch + 1, steps=steps, cls_weight=w, teacher_forcing=forced,
+                          seconds=round(time.perf_counter() - t0, 2))
+            self.log(f"epoch {epoch + 1}/{total_epochs}: loss {record['loss']:.4f} (seg {record['seg_loss']:.4f}, "
+                     f"cls {record['cls_loss']:.4f} x{w:.2f}{', teacher forcing' if forced else ''}) "
+                     f"{record['seconds']:.1f}s")
+            history.append(record)
+        return history
+
+
+@dataclass
+class Pretrainer:
+    plan: Plan
+    model: MaskedPretrainer
+    items: list[dict]
+    progress: bool = True
+    log: callable = print
+
+    def __post_init__(self):
+        self.dev = device()
+        self.model.to(self.dev)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.plan.learning_rate,
+                                           weight_decay=0.05)
+        images = [{"image": it["image"]} for it in self.items]
+        self.loader = cached_loader(images, mae_transforms(self.plan), self.plan.batch_size, shuffle=True,
+                                    seed=self.plan.seed)
+
+    def run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
+        history = []
+        self.model.train()
+        for epoch in range(first_epoch, first_epoch + n_epochs):
+            t0 = time.perf_counter()
+            total, steps = 0.0, 0
+            for batch in tqdm(self.loader, desc=f"MAE epoch {epoch + 1}/{total_epochs}", unit="batch",
+                              leave=False, disable=not self.progress):
+                x = batch["image"].to(self.dev)
+                with _autocast(self.plan, self.dev):
+                    loss, _, _ = self.model(x)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite MAE loss at epoch {epoch + 1}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach())
+                steps += 1
+            record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "steps": steps,
+                      "seconds": round(time.perf_counter() - t0, 2)}
+            self.log(f"MAE epoch {epoch + 1}/{total_epochs}: masked-voxel L1 {record['loss']:.4f} "
+                     f"{record['seconds']:.1f}s")
+            history.append(record)
+        return history
+
+
+@torch.no_grad()
+def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, region: torch.Tensor | None = None):
+    """Whole-volume sliding-window outputs (1, 4, ...) and the case probability; image is (1,1,D,H,W) in [0,1]."""
+    model.eval()
+    dev = device()
+
+    def predictor(x, r=None):
+        return model.voxel_outputs(x, r).float()
+
+    with _autocast(plan, dev):
+        if region is None:
+            out = sliding_window_inference(image.to(dev), roi_size=plan.patch_size, sw_batch_size=1,
+                                           predictor=predictor, overlap=plan.sw_overlap, mode="constant")
+        else:
+            both = torch.cat([image, region.float()], dim=1).to(dev)
+            out = sliding_window_inference(both, roi_size=plan.patch_size, sw_batch_size=1,
+                                           predictor=lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5),
+                                           overlap=plan.sw_overlap, mode="constant")
+    prob = torch.sigmoid(model.pool(out)).item()
+    return out.cpu(), float(prob)
+
+
+def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = True,
+                  keep_outputs: bool = False) -> dict:
+    """Per-case probability, Dice and voxel counts (on the plan grid) for labelled items; stays site-local."""
+    ds = plain_dataset(items, eval_transforms(plan, with_label=True))
+    probs, labels, dices, voxels, outputs = [], [], [], [], []
+    for i in tqdm(range(len(ds)), desc="evaluate", unit="case", leave=False, disable=not progress):
+        sample = ds[i]
+        out, prob = predict_volume(model, sample["image"].unsqueeze(0), plan)
+        pred = out[0, 1] > out[0, 0]
+        target = sample["label"][0] > 0
+        tp, fp, fn = M.voxel_counts(pred.numpy(), target.numpy())
+        probs.append(prob)
+        labels.append(int(items[i]["ece"]))
+        dices.append(M.dice_from_counts(tp, fp, fn))
+        voxels.append((tp, fp, fn))
+        if keep_outputs:
+            outputs.append({"image": sample["image"][0].numpy(), "label": target.numpy(), "pred": pred.numpy(),
+                            "evidence": DualOutputSwinUNETR.evidence_map(out)[0, 0].numpy()})
+    result = {"probs": np.array(probs), "labels": np.array(labels, int), "dices": np.array(dices),
+              "voxels": np.array(voxels, float).reshape(-1, 3), "case_ids": [it["case_id"] for it in items]}
+    if keep_outputs:
+        result["outputs"] = outputs
+    return result
+
+
+def evaluate_cases(pred: dict, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
+    return M.nan_safe(M.case_metrics(pred["probs"], pred["labels"], pred["dices"], pred["voxels"], threshold,
+                                     n_boot=n_boot, seed=seed))
+
+
+def stats_of(pred: dict, threshold: float, plan: Plan) -> dict:
+    return M.site_stats(pred["probs"], pred["labels"], pred["dices"], pred["voxels"], threshold, plan.score_bins)

@@ -1,0 +1,241 @@
+"""Server workflow: FedAvg over SwinUNETR weights with screened updates and pooled metrics from site statistics.
+
+Per round: send the global model (with the plan and the current operating threshold) to every connected site;
+each site first evaluates it on its validation split (additive statistics only), then trains locally. The
+server rejects non-finite or wildly out-of-scale updates (naming site and round), averages the rest weighted by
+local training cases, sums the statistics into pooled Dice/AUC/accuracy/sensitivity/specificity/F1, keeps the
+global model with the best pooled AUC, and after the last round runs a final validation of the final model.
+Artifacts in the server's run folder, under ecefl/: pooled_metrics.json, global_model.pt, best_global_model.pt.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
+
+from ecefl import metrics as M
+
+OUT_DIR = "ecefl"
+
+
+def _client(result: FLModel) -> str:
+    return (result.meta or {}).get("client_name", "unknown-site")
+
+
+def _as_array(v) -> np.ndarray:
+    return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+
+
+class PooledFedAvg(BaseFedAvg):
+    def __init__(self, *args, job_kind: str = "ece_finetune", plan: dict | None = None, min_sites: int = 1,
+                 final_validation: bool = True, max_update_ratio: float = 10.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.job_kind = job_kind
+        self.plan = plan or {}
+        self.min_sites = min_sites
+        self.final_validation = final_validation and job_kind == "ece_finetune"
+        self.max_update_ratio = max_update_ratio
+        self.records: list[dict] = []
+        self.events: list[dict] = []
+        self.best: dict | None = None
+        self.threshold = 0.5
+
+    # ---------------------------------------------------------------- workflow
+    def run(self) -> None:
+        self.info(f"ecefl {self.job_kind}: {self.num_rounds} rounds, at least {self.min_sites} site(s)")
+        model = self.load_model()
+        if model is None:
+            return
+        model.start_round = self.start_round
+        model.total_rounds = self.num_rounds
+        for self.current_round in range(self.start_round, self.start_round + self.num_rounds):
+            t0 = time.time()
+            model.current_round = self.current_round
+            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind}
+            targets = self.sample_clients()
+            results = self.send_model_and_wait(task_name="train", data=model, targets=targets)
+            if self.abort_signal.triggered:
+                return
+            usable = self._screen(results, model, targets)
+            if len(usable) < self.min_sites:
+                self._finish_failed(f"round {self.current_round}: {len(usable)} usable site update(s), fewer "
+                                    f"than min_sites={self.min_sites}; see the events in pooled_metrics.json")
+                return
+            record = self._round_record(self.current_round, usable, model)
+            record["seconds"] = round(time.time() - t0, 2)
+            self.records.append(record)
+            self._maybe_best(record, model)
+            aggregated = self.aggregate(usable)
+            model = self.update_model(model, aggregated)
+            self.save_model(model)
+            self._write_checkpoint("global_model.pt", model.params)
+            self._write_report()
+        if self.final_validation:
+            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind}
+            targets = self.sample_clients()
+            results = self.send_model_and_wait(task_name="validate", data=model, targets=targets)
+            usable = [r for r in results if (r.meta or {}).get("site_stats") is not None]
+            if len(usable) < self.min_sites:
+                self._finish_failed(f"final validation: {len(usable)} site(s) answered, fewer than "
+                                    f"min_sites={self.min_sites}")
+                return
+            final = self._round_record("final", usable, model)
+            self.records.append(final)
+            self._maybe_best(final, model)
+            # the final model keeps the operating threshold chosen on its own pooled validation ROC
+            self._write_checkpoint("global_model.pt", model.params)
+        self._write_report(finished=True)
+        self.info("ecefl workflow finished")
+
+    # ---------------------------------------------------------------- screening
+    def _screen(self, results: list[FLModel], global_model: FLModel, targets: list[str]) -> list[FLModel]:
+        answered = {_client(r) for r in results}
+        for site in sorted(set(targets) - answered):
+            self._event("dropped", site, "no result this round (site down or disconnected)")
+        usable = []
+        for r in results:
+            site = _client(r)
+            reason = self._reject_reason(r, global_model)
+            if reason:
+                self._event("rejected", site, reason)
+                self.warning(f"round {self.current_round}: rejected the update of {site}: {reason}")
+            else:
+                usable.append(r)
+        return usable
+
+    def _reject_reason(self, result: FLModel, global_model: FLModel) -> str | None:
+        if not result.params:
+            return "empty update"
+        diff_sq, ref_sq = 0.0, 0.0
+        for key, value in result.params.items():
+            arr = _as_array(value).astype(np.float64, copy=False)
+            if not np.all(np.isfinite(arr)):
+                return f"non-finite values (NaN/Inf) in {key}"
+            ref = global_model.params.get(key) if global_model.params else None
+            if ref is not None:
+                ref = _as_array(ref).astype(np.float64, copy=False)
+                diff_sq += float(((arr - ref) ** 2).sum())
+                ref_sq += float((ref ** 2).sum())
+        if ref_sq > 0 and math.sqrt(diff_sq) > self.max_update_ratio * math.sqrt(ref_sq):
+            return (f"update out of scale (|w_site - w_global| = {math.sqrt(diff_sq):.3g} > "
+                    f"{self.max_update_ratio} x |w_global| = {math.sqrt(ref_sq):.3g})")
+        loss = (result.metrics or {}).get("train_loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return "non-finite training loss"
+        return None
+
+    def _event(self, kind: str, site: str, reason: str) -> None:
+        self.events.append({"round": self.current_round, "event": kind, "site": site, "reason": reason})
+
+    # ---------------------------------------------------------------- pooled metrics
+    def _round_record(self, round_id, results: list[FLModel], model: FLModel) -> dict:
+        record = {"round": round_id, "threshold": self.threshold, "n_sites": len(results)}
+        losses = [(float((r.metrics or {}).get("train_loss")), (r.meta or {}).get("NUM_STEPS_CURRENT_ROUND", 1))
+                  for r in results if (r.metrics or {}).get("train_loss") is not None]
+        if losses:
+            record["train_loss"] = sum(l * w for l, w in losses) / max(sum(w for _, w in losses), 1)
+        if self.job_kind != "ece_finetune":
+            return M.nan_safe(record)
+        site_stats, suppressed = {}, []
+        for r in results:
+            stats = (r.meta or {}).get("site_stats") or {}
+            if stats.get("suppressed"):
+                suppressed.append(_client(r))
+            elif stats.get("n_cases"):
+                site_stats[_client(r)] = stats
+        record["sites"] = {site: self._metrics(stats, n_boot=0) for site, stats in sorted(site_stats.items())}
+        for site in suppressed:
+            record["sites"][site] = {"suppressed": True}
+        if site_stats:
+            merged = M.merge_stats(list(site_stats.values()))
+            record["pooled"] = self._metrics(merged, n_boot=1000)
+            record["roc"] = {"score_hist_pos": merged["score_hist_pos"], "score_hist_neg": merged["score_hist_neg"]}
+            # the next operating threshold: Youden's J on the pooled ROC, at a histogram bin edge
+            self.threshold = self._youden_from_hist(merged)
+            record["next_threshold"] = self.threshold
+        else:
+            record["pooled"] = None
+        self._track(round_id, record)
+        return M.nan_safe(record)
+
+    @staticmethod
+    def _metrics(stats: dict, n_boot: int) -> dict:
+        pooled = M.pooled_metrics(stats, n_boot=n_boot)
+        out = {k: pooled.get(k) for k in M.METRIC_KEYS}
+        out.update(n_cases=pooled["n_cases"], n_pos=pooled["n_pos"], n_neg=pooled["n_neg"])
+        if n_boot:
+            out["ci"] = pooled["ci"]
+        return out
+
+    @staticmethod
+    def _youden_from_hist(stats: dict) -> float:
+        pos = np.asarray(stats["score_hist_pos"], float)
+        neg = np.asarray(stats["score_hist_neg"], float)
+        if pos.sum() == 0 or neg.sum() == 0:
+            return 0.5
+        bins = len(pos)
+        # predicted positive = bins >= i; threshold = lower edge of bin i
+        tpr = np.cumsum(pos[::-1])[::-1] / pos.sum()
+        fpr = np.cumsum(neg[::-1])[::-1] / neg.sum()
+        best = int(np.argmax(tpr - fpr))
+        return float(best / bins)
+
+    def _maybe_best(self, record: dict, model: FLModel) -> None:
+        pooled = record.get("pooled") or {}
+        auc = pooled.get("auc")
+        if auc is None:
+            return
+        if self.best is None or auc > self.best["auc"]:
+            self.best = {"round": record["round"], "auc": auc}
+            self._write_checkpoint("best_global_model.pt", model.params)
+
+    def _track(self, round_id, record: dict) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            if not hasattr(self, "_tb"):
+                self._tb = SummaryWriter(os.path.join(self.get_run_dir(), OUT_DIR, "tb_pooled"))
+            step = self.num_rounds + self.start_round if round_id == "final" else int(round_id)
+            for key, value in (record.get("pooled") or {}).items():
+                if isinstance(value, (int, float)) and value is not None:
+                    self._tb.add_scalar(f"pooled/{key}", value, step)
+            self._tb.flush()
+        except Exception as exc:  # tracking must never break training
+            self.warning(f"TensorBoard logging failed: {exc}")
+
+    # ---------------------------------------------------------------- artifacts
+    def _out(self, name: str) -> str:
+        folder = os.path.join(self.get_run_dir(), OUT_DIR)
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, name)
+
+    def _write_checkpoint(self, name: str, params: dict) -> None:
+        import torch
+        from ecefl.checkpoint import save_checkpoint
+        from ecefl.plan import Plan
+        state = {k: torch.as_tensor(_as_array(v).copy()) for k, v in params.items()}
+        kind = "dual" if self.job_kind == "ece_finetune" else "mae"
+        save_checkpoint(self._out(name), kind, Plan.from_dict(self.plan), state, threshold=self.threshold,
+                        federated={"job": self.job_kind, "round": self.current_round})
+
+    def _write_report(self, finished: bool = False) -> None:
+        rounds = [r for r in self.records if r["round"] != "final"]
+        final = next((r for r in self.records if r["round"] == "final"), None)
+        report = {"job": self.job_kind, "rounds": rounds, "final": final,
+                  "best_round": self.best["round"] if self.best else None, "events": self.events,
+                  "threshold": self.threshold, "finished": finished, "min_sites": self.min_sites}
+        path = self._out("pooled_metrics.json")
+        with open(path + ".tmp", "w") as fh:
+            json.dump(M.nan_safe(report), fh, indent=1, allow_nan=False)
+        os.replace(path + ".tmp", path)
+
+    def _finish_failed(self, reason: str) -> None:
+        self._event("failed", "server", reason)
+        self._write_report(finished=False)
+        self.error(reason)
+        self.panic(reason)

@@ -1,0 +1,169 @@
+"""Dual-output SwinUNETR (MONAI) with mask-guided pooling, and its SimMIM-style masked-image pretrainer.
+
+DualOutputSwinUNETR: MONAI's SwinUNETR segments the nodal region; a per-voxel evidence head on the last decoder
+features scores each voxel, and the case logit is the evidence averaged over the pooling region
+    a(v) = p_nodes(v) + shell_weight * shell(v),    logit = sum_v a(v) e(v) / sum_v a(v) + bias,
+so the decision is grounded in the predicted nodes (and their perinodal border, where ECE lives). The evidence
+map a(v) e(v) / sum a is each voxel's exact contribution to the logit. Both sums are additive, so sliding-window
+inference over a whole neck gives the same pooling as one big patch.
+
+MaskedPretrainer: the same SwinUNETR (same parameter names, so the encoder transfers key by key), random 3D
+cubes masked: the masked voxels are blanked in the input and their patch tokens replaced by a learned mask token,
+a light head reconstructs the voxels from the two deepest encoder stages, loss on masked voxels only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from monai.networks.nets import SwinUNETR
+from torch import nn
+
+from .plan import Plan
+
+ENCODER_PREFIX = "net.swinViT."
+
+
+def _swin(plan: Plan) -> SwinUNETR:
+    return SwinUNETR(in_channels=1, out_channels=2, feature_size=plan.feature_size, depths=tuple(plan.depths),
+                     num_heads=tuple(plan.num_heads), use_v2=plan.use_v2, spatial_dims=3)
+
+
+def _as_plan(plan: Plan | dict) -> Plan:
+    """Job configs (NVFlare persistor) pass the plan as a JSON dict; Python callers pass a Plan."""
+    return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+
+
+class DualOutputSwinUNETR(nn.Module):
+    def __init__(self, plan: Plan | dict):
+        super().__init__()
+        plan = _as_plan(plan)
+        self.plan = plan
+        fs = plan.feature_size
+        self.net = _swin(plan)
+        self.evidence_head = nn.Sequential(nn.Conv3d(fs, fs, 1), nn.GELU(), nn.Conv3d(fs, 1, 1))
+        self.cls_bias = nn.Parameter(torch.zeros(1))
+        radius = max(1, round(plan.shell_mm / min(plan.spacing)))
+        self.shell_kernel = 2 * radius + 1
+        self._decoder_features = None
+        # The last decoder block's output is the feature map the evidence head reads; a hook keeps MONAI's
+        # forward untouched.
+        self.net.decoder1.register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module, inputs, output):
+        self._decoder_features = output
+
+    def pooling_region(self, node_prob: torch.Tensor) -> torch.Tensor:
+        shell = F.max_pool3d(node_prob, self.shell_kernel, stride=1, padding=self.shell_kernel // 2) - node_prob
+        return node_prob + self.plan.shell_weight * shell.clamp_min(0)
+
+    def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Channels: 2 segmentation logits, pooling weight a, weighted evidence a*e (additive over windows)."""
+        seg = self.net(x)
+        features = self._decoder_features
+        evidence = self.evidence_head(features)
+        if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours
+            node_prob = torch.softmax(seg, dim=1)[:, 1:2].detach()
+        else:  # teacher forcing with the reference ROI early in training
+            node_prob = region_mask.float()
+        weight = self.pooling_region(node_prob)
+        return torch.cat([seg, weight, weight * evidence], dim=1)
+
+    def pool(self, voxel_out: torch.Tensor) -> torch.Tensor:
+        """Case logit (B,) from voxel outputs over any extent (a patch or a stitched whole volume)."""
+        weight_sum = voxel_out[:, 2:3].flatten(1).sum(1)
+        evidence_sum = voxel_out[:, 3:4].flatten(1).sum(1)
+        return evidence_sum / (weight_sum + 1e-3) + self.cls_bias
+
+    @staticmethod
+    def evidence_map(voxel_out: torch.Tensor) -> torch.Tensor:
+        """Each voxel's contribution to the logit (sums to logit - bias)."""
+        weight_sum = voxel_out[:, 2:3].flatten(1).sum(1).view(-1, 1, 1, 1, 1)
+        return voxel_out[:, 3:4] / (weight_sum + 1e-3)
+
+    def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None):
+        out = self.voxel_outputs(x, region_mask)
+        return out[:, :2], self.pool(out), self.evidence_map(out)
+
+
+class MaskedPretrainer(nn.Module):
+    def __init__(self, plan: Plan | dict):
+        super().__init__()
+        plan = _as_plan(plan)
+        self.plan = plan
+        fs = plan.feature_size
+        # Only the Swin encoder of a SwinUNETR, under the same attribute path, so its keys match the
+        # fine-tuning model's "net.swinViT.*" and no unused decoder weights are sent around in FL rounds.
+        full = _swin(plan)
+        self.net = nn.Module()
+        self.net.swinViT = full.swinViT
+        self.normalize = full.normalize
+        self.mask_token = nn.Parameter(torch.zeros(1, fs, 1, 1, 1))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.stride = 16  # reconstruct from stage 3 (1/16) and the upsampled stage 4 (1/32)
+        self.head = nn.Conv3d(8 * fs + 16 * fs, self.stride ** 3, kernel_size=1)
+        self._token_mask = None
+        self.net.swinViT.patch_embed.register_forward_hook(self._mask_tokens)
+
+    def _mask_tokens(self, module, inputs, output):
+        if self._token_mask is None:
+            return output
+        m = self._token_mask.to(output.dtype)
+        return output * (1 - m) + self.mask_token.to(output.dtype) * m
+
+    def random_mask(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,1,D,H,W) 0/1 voxel mask made of mae_cube^3 cubes, mae_mask_ratio of them masked per sample."""
+        b = x.shape[0]
+        cube = self.plan.mae_cube
+        grid = [s // cube for s in x.shape[2:]]
+        n = grid[0] * grid[1] * grid[2]
+        k = int(round(self.plan.mae_mask_ratio * n))
+        scores = torch.rand(b, n, generator=generator, device="cpu")
+        idx = scores.argsort(dim=1)[:, :k]
+        flat = torch.zeros(b, n)
+        flat.scatter_(1, idx, 1.0)
+        m = flat.view(b, 1, *grid)
+        for axis in (2, 3, 4):
+            m = m.repeat_interleave(cube, dim=axis)
+        return m.to(x.device)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        mask = self.random_mask(x) if mask is None else mask
+        x_blank = x * (1 - mask)  # the raw input path never sees a masked voxel
+        patch = self.net.swinViT.patch_embed.patch_size[0]
+        self._token_mask = mask[:, :, ::patch, ::patch, ::patch]
+        try:
+            hidden = self.net.swinViT(x_blank, self.normalize)
+        finally:
+            self._token_mask = None
+        deep = F.interpolate(hidden[4], scale_factor=2, mode="nearest")
+        pred = self.head(torch.cat([hidden[3], deep], dim=1))
+        s = self.stride
+        recon = rearrange(pred, "b (p1 p2 p3) d h w -> b 1 (d p1) (h p2) (w p3)", p1=s, p2=s, p3=s)
+        loss = ((recon - x).abs() * mask).sum() / mask.sum().clamp_min(1.0)
+        return loss, recon, mask
+
+
+def encoder_keys(state: dict) -> list[str]:
+    return [k for k in state if k.startswith(ENCODER_PREFIX)]
+
+
+def load_encoder(model: nn.Module, source_state: dict, source_name: str, log=print) -> int:
+    """Copy every encoder tensor key by key; fail naming what is missing or mis-shaped (never strict=False)."""
+    target = model.state_dict()
+    keys = encoder_keys(target)
+    missing = [k for k in keys if k not in source_state]
+    mismatched = [k for k in keys if k in source_state and tuple(source_state[k].shape) != tuple(target[k].shape)]
+    if missing or mismatched:
+        raise ValueError(f"cannot initialise the encoder from {source_name}: {len(missing)} expected encoder "
+                         f"tensors missing (e.g. {missing[:3]}), {len(mismatched)} with another shape "
+                         f"(e.g. {mismatched[:3]}); was it pretrained with another preset/feature_size?")
+    for k in keys:
+        target[k] = source_state[k].detach().clone().to(target[k].dtype)
+    model.load_state_dict(target, strict=True)
+    after = model.state_dict()
+    loaded = sum(1 for k in keys if torch.equal(after[k], source_state[k].to(after[k].dtype)))
+    if loaded != len(keys):
+        raise RuntimeError(f"only {loaded}/{len(keys)} encoder tensors took the pretrained values")
+    log(f"initialized {loaded}/{len(keys)} encoder tensors from {source_name}")
+    return loaded

@@ -1,0 +1,82 @@
+"""The training plan: geometry, intensity, architecture and optimisation in one declarative record.
+
+A plan travels inside every checkpoint, so fine-tuning, evaluation, inference and the MONAI bundle read the
+exact spacing/window/architecture the weights were trained with (the nnU-Net idea of a plan).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class Plan:
+    preset: str = "cpu-small"
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)  # mm, RAS voxel grid after resampling
+    patch_size: tuple[int, int, int] = (64, 64, 64)  # divisible by 32 (SwinUNETR), >= 64 for instance norm
+    hu_window: tuple[float, float] = (-250.0, 350.0)  # soft tissue + contrast vessels -> [0, 1]
+    feature_size: int = 12  # divisible by 12
+    depths: tuple[int, ...] = (1, 1, 1, 1)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    use_v2: bool = False
+    amp: bool = False
+    batch_size: int = 2
+    crops_per_case: int = 1
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-5
+    # classification: positive-class weight from label counts ("weighted_bce") or "focal"
+    cls_loss: str = "weighted_bce"
+    focal_gamma: float = 2.0
+    # total loss = DiceCE + w(epoch) * cls, w ramps linearly from cls_weight_start to 1 over the first
+    # cls_ramp_fraction of the epochs (the head needs a sensible nodal region before its loss dominates)
+    cls_weight_start: float = 0.2
+    cls_ramp_fraction: float = 0.5
+    teacher_forcing_fraction: float = 0.3  # pool over the reference ROI for this share of epochs
+    shell_weight: float = 0.5  # perinodal shell added to the pooling region (ECE lives at the border)
+    shell_mm: float = 6.0
+    balanced_sampling: bool = False
+    mae_mask_ratio: float = 0.6
+    mae_cube: int = 16  # voxels; divides the patch size and is a multiple of the patch embedding (2)
+    score_bins: int = 1000  # fixed [0,1] bins of the additive score histograms
+    sw_overlap: float = 0.25  # sliding-window overlap at evaluation/inference
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        known = {f.name for f in fields(cls)}
+        clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        return cls(**clean)
+
+    def with_overrides(self, **kw) -> "Plan":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def validate(self) -> "Plan":
+        if any(p % 32 for p in self.patch_size) or min(self.patch_size) < 64:
+            raise ValueError(f"patch_size {self.patch_size} must be divisible by 32 and at least 64")
+        if self.feature_size % 12:
+            raise ValueError(f"feature_size {self.feature_size} must be divisible by 12")
+        if any(p % self.mae_cube for p in self.patch_size) or self.mae_cube % 2:
+            raise ValueError(f"mae_cube {self.mae_cube} must divide patch_size {self.patch_size} and be even")
+        if self.cls_loss not in ("weighted_bce", "focal"):
+            raise ValueError(f"cls_loss must be weighted_bce or focal, not {self.cls_loss}")
+        return self
+
+
+PRESETS: dict[str, Plan] = {
+    # Runs on a 2-core CPU: a 64^3 patch at 2 mm (12.8 cm: the whole neck cross-section), shallow Swin.
+    "cpu-small": Plan(),
+    # Real sites with a GPU: finer grid, the published SwinUNETR width, mixed precision.
+    "gpu": Plan(preset="gpu", spacing=(1.5, 1.5, 1.5), patch_size=(96, 96, 96), feature_size=48,
+                depths=(2, 2, 2, 2), use_v2=True, amp=True, batch_size=2, crops_per_case=2,
+                learning_rate=1e-4),
+    # Tests only: the smallest configuration MONAI's SwinUNETR accepts.
+    "test-tiny": Plan(preset="test-tiny", spacing=(2.5, 2.5, 2.5), batch_size=1, sw_overlap=0.0),
+}
+
+
+def get_plan(name: str, **overrides) -> Plan:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].with_overrides(**overrides).validate()

@@ -1,0 +1,121 @@
+"""Centralised stages (`ecefl pretrain|train|evaluate`): each reads files and writes the artifact of its stage."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+from . import metrics as M
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DataError, label_subset, load_datalists, stratified_split
+from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_everything
+from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
+from .plan import Plan, get_plan
+
+# What fine-tuning must take from the pretraining plan for the encoder weights to mean the same thing.
+INHERITED_FROM_PRETRAINING = ("spacing", "patch_size", "hu_window", "feature_size", "depths", "num_heads", "use_v2")
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(M.nan_safe(obj), indent=1, allow_nan=False))
+    tmp.replace(path)
+
+
+def plan_from_pretraining(plan: Plan, pretrained_plan: Plan, log=print) -> Plan:
+    inherited = {k: getattr(pretrained_plan, k) for k in INHERITED_FROM_PRETRAINING}
+    changed = {k: v for k, v in inherited.items() if getattr(plan, k) != v}
+    if changed:
+        log(f"using the pretraining plan's {', '.join(sorted(changed))}")
+    return plan.with_overrides(**inherited).validate()
+
+
+def init_encoder(model: DualOutputSwinUNETR, init_path, log=print) -> Plan:
+    payload = load_checkpoint(init_path)
+    load_encoder(model, payload["model"], str(init_path), log=log)
+    return payload["plan"]
+
+
+def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: bool = True, log=print,
+             **overrides) -> dict:
+    out = Path(out)
+    plan = get_plan(preset, seed=seed, **overrides)
+    labelled, unlabelled = load_datalists(datalists)
+    items = [{"image": it["image"]} for it in labelled + unlabelled]
+    seed_everything(seed)
+    model = MaskedPretrainer(plan)
+    log(f"MAE pretraining on {len(items)} CT images ({len(unlabelled)} unlabelled), preset {plan.preset}")
+    t0 = time.perf_counter()
+    history = Pretrainer(plan, model, items, progress=progress, log=log).run_epochs(0, epochs, epochs)
+    save_checkpoint(out / "checkpoint.pt", "mae", plan, model.state_dict(), history=history)
+    result = {"epochs": history, "n_images": len(items), "plan": plan.to_dict(),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: float = 1.0,
+          val_fraction: float = 0.25, seed: int = 0, progress: bool = True, log=print, **overrides) -> dict:
+    out = Path(out)
+    plan = get_plan(preset, seed=seed, **overrides)
+    labelled, _ = load_datalists(datalists)
+    if len(labelled) < 2:
+        raise DataError(f"{len(labelled)} labelled case(s) in the datalists; fine-tuning needs at least 2")
+    train_items, val_items = stratified_split(labelled, val_fraction, seed)
+    train_items = label_subset(train_items, label_fraction, seed)
+    seed_everything(seed)
+    if init:
+        plan = plan_from_pretraining(plan, load_checkpoint(init)["plan"], log)
+    model = DualOutputSwinUNETR(plan)
+    if init:
+        init_encoder(model, init, log)
+    log(f"fine-tuning on {len(train_items)} cases ({sum(i['ece'] for i in train_items)} ECE+), validating on "
+        f"{len(val_items)}, preset {plan.preset}")
+    t0 = time.perf_counter()
+    tuner = FineTuner(plan, model, train_items, progress=progress, log=log)
+    history = tuner.run_epochs(0, epochs, epochs)
+    threshold, val = 0.5, None
+    if val_items:
+        pred = predict_cases(model, val_items, plan, progress=progress)
+        threshold = M.youden_threshold(pred["probs"], pred["labels"])
+        val = evaluate_cases(pred, threshold, seed=seed)
+    save_checkpoint(out / "model.pt", "dual", plan, model.state_dict(), threshold=threshold,
+                    trained={"epochs": epochs, "n_train": len(train_items), "init": bool(init),
+                             "label_fraction": label_fraction})
+    result = {"val": val, "epochs": history, "threshold": threshold,
+              "split": {"train": len(train_items), "val": len(val_items)}, "label_fraction": label_fraction,
+              "pos_weight": tuner.pos_weight, "init": str(init) if init else None, "plan": plan.to_dict(),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def evaluate(model_path, datalists, out, progress: bool = True, log=print) -> dict:
+    out = Path(out)
+    payload = load_checkpoint(model_path, kind="dual")
+    plan = payload["plan"]
+    model = DualOutputSwinUNETR(plan)
+    model.load_state_dict(payload["model"], strict=True)
+    labelled, _ = load_datalists(datalists)
+    if not labelled:
+        raise DataError("the datalists hold no labelled case to evaluate")
+    pred = predict_cases(model, labelled, plan, progress=progress)
+    threshold = float(payload.get("threshold", 0.5))
+    result = evaluate_cases(pred, threshold)
+    sites = sorted({it["site"] for it in labelled})
+    if len(sites) > 1:
+        result["per_site"] = {}
+        for site in sites:
+            idx = [i for i, it in enumerate(labelled) if it["site"] == site]
+            sub = {k: pred[k][idx] for k in ("probs", "labels", "dices", "voxels")}
+            result["per_site"][site] = evaluate_cases(sub, threshold, n_boot=200)
+    write_json(out / "metrics.json", result)
+    with open(out / "predictions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case_id", "probability", "ece"])
+        for cid, p, y in zip(pred["case_ids"], pred["probs"], pred["labels"]):
+            writer.writerow([cid, f"{p:.6f}", int(y)])
+    log(f"evaluated {len(labelled)} cases: AUC {result['auc']}, Dice {result['dice']}")
+    return result
