@@ -128,10 +128,172 @@ def _evaluate(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _fl(sub) -> None:
+    p = sub.add_parser("fl", help="federated jobs on NVIDIA FLARE (simulator)")
+    fl_sub = p.add_subparsers(dest="fl_command", metavar="FL_COMMAND")
+    s = fl_sub.add_parser("simulate", help="run mae_pretrain / ece_finetune / all in the NVFlare simulator")
+    s.add_argument("--site", action="append", required=True, metavar="NAME=DATALIST",
+                   help="a site and its datalist.json (repeatable); site-local, never part of the job")
+    s.add_argument("--job", choices=["mae_pretrain", "ece_finetune", "all"], default="all")
+    s.add_argument("--rounds", type=int, default=5)
+    s.add_argument("--local-epochs", type=int, default=1)
+    s.add_argument("--preset", default="cpu-small")
+    s.add_argument("--workspace", required=True)
+    s.add_argument("--min-sites", type=int, default=None, help="fewest live sites a round accepts (default all)")
+    s.add_argument("--init", default=None, help="MAE checkpoint for --job ece_finetune (default: none)")
+    s.add_argument("--val-fraction", type=float, default=0.25)
+    s.add_argument("--min-count", type=int, default=0, help="suppress site statistics below this class count")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="NVFlare logs at WARNING level")
+    s.add_argument("--no-progress", action="store_true")
+    _plan_overrides(s)
+
+    def run(args) -> int:
+        from ecefl.fl.simulate import FederatedRunError, parse_sites, simulate
+        try:
+            sites = parse_sites(args.site)
+            simulate(sites, args.job, args.rounds, args.local_epochs, args.preset, args.workspace,
+                     min_sites=args.min_sites, seed=args.seed, init=args.init, val_fraction=args.val_fraction,
+                     min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
+                     **_overrides(args))
+        except FederatedRunError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        _print_pooled(args.workspace)
+        return 0
+    s.set_defaults(func=run)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _poc(sub) -> None:
+    p = sub.add_parser("poc", help="real NVFlare server + hospital clients on this machine (POC mode)")
+    poc_sub = p.add_subparsers(dest="poc_command", metavar="POC_COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", default="workspace/poc", help="POC workspace folder")
+
+    pr = poc_sub.add_parser("prepare", parents=[common], help="POC workspace, one client per hospital")
+    pr.add_argument("--sites", type=int, default=None, help="number of hospitals (site-1..N) if no --datalist")
+    pr.add_argument("--datalist", action="append", default=[], metavar="NAME=DATALIST",
+                    help="a hospital and its datalist.json, written to its local/ecefl_site.json")
+    pr.add_argument("--port", type=int, default=8002)
+    st = poc_sub.add_parser("start", parents=[common], help="start server and clients, wait until connected")
+    su = poc_sub.add_parser("submit", parents=[common], help="submit a job through the FLARE API")
+    su.add_argument("job", choices=["mae_pretrain", "ece_finetune"])
+    su.add_argument("--rounds", type=int, default=5)
+    su.add_argument("--local-epochs", type=int, default=1)
+    su.add_argument("--preset", default="cpu-small")
+    su.add_argument("--min-sites", type=int, default=None)
+    su.add_argument("--init", default=None, help="ece_finetune: MAE global_model.pt to start from")
+    su.add_argument("--heartbeat-timeout", type=int, default=None)
+    su.add_argument("--seed", type=int, default=0)
+    wa = poc_sub.add_parser("wait", parents=[common], help="wait for a job; non-zero exit unless completed")
+    wa.add_argument("job_id")
+    wa.add_argument("--timeout", type=float, default=3600)
+    do = poc_sub.add_parser("download", parents=[common], help="download a job's server-side results")
+    do.add_argument("job_id")
+    do.add_argument("--out", required=True)
+    so = poc_sub.add_parser("stop", parents=[common], help="stop the POC and wait until its port is free")
+
+    def run(args) -> int:
+        from ecefl.fl import poc
+        try:
+            if args.poc_command == "prepare":
+                datalists = dict(item.split("=", 1) for item in args.datalist)
+                if not datalists:
+                    if not args.sites:
+                        print("error: give --datalist NAME=PATH per hospital, or --sites N", file=sys.stderr)
+                        return 2
+                    datalists = {f"site-{i + 1}": "" for i in range(args.sites)}
+                state = poc.prepare(args.workspace, {k: v for k, v in datalists.items()}, port=args.port)
+                print(f"POC prepared in {state['workspace']} for {', '.join(state['sites'])} (port {state['port']})")
+            elif args.poc_command == "start":
+                state = poc.start(args.workspace)
+                print(f"POC running; connected: {', '.join(state['connected'])}")
+            elif args.poc_command == "submit":
+                job_dir = _export_job(args)
+                job_id = poc.submit(args.workspace, job_dir)
+                print(job_id)
+            elif args.poc_command == "wait":
+                meta = poc.wait(args.workspace, args.job_id, timeout=args.timeout)
+                print(f"job {args.job_id}: {meta.get('status')}")
+            elif args.poc_command == "download":
+                out = poc.download(args.workspace, args.job_id, args.out)
+                print(f"results in {out}")
+            elif args.poc_command == "stop":
+                poc.stop(args.workspace)
+                print("POC stopped")
+            else:
+                p.print_help()
+                return 2
+        except poc.PocError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    for sp in (pr, st, su, wa, do, so):
+        sp.set_defaults(func=run)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _export_job(args):
+    """Export the job folder the admin submits (the same recipe as jobs/<job>/job.py builds)."""
+    import time as _time
+    from pathlib import Path
+    from ecefl.fl.jobs import build_recipe
+    from ecefl.plan import get_plan
+    from ecefl.stages import plan_from_pretraining
+    plan = get_plan(args.preset, seed=args.seed)
+    initial = None
+    if args.job == "ece_finetune" and args.init:
+        from ecefl.checkpoint import load_checkpoint
+        from ecefl.fl.simulate import _merge_encoder
+        plan = plan_from_pretraining(plan, load_checkpoint(args.init)["plan"])
+        initial = _merge_encoder(args.init, plan, Path(args.workspace).resolve() / "initial_model.pt", print)
+    from ecefl.fl import poc
+    n_sites = len(poc.load_state(args.workspace)["sites"])
+    recipe = build_recipe(args.job, plan, rounds=args.rounds, local_epochs=args.local_epochs,
+                          min_sites=args.min_sites or n_sites, seed=args.seed, initial_ckpt=initial,
+                          heartbeat_timeout=args.heartbeat_timeout)
+    out = Path(args.workspace).resolve() / "submitted" / f"{args.job}-{int(_time.time())}"
+    recipe.export(str(out))
+    return out / args.job
+
+
+def _print_pooled(workspace) -> None:
+    from pathlib import Path
+    import json
+    path = Path(workspace) / "ece_finetune" / "pooled_metrics.json"
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text())
+    final = report.get("final") or {}
+    print(format_metrics_table(final.get("pooled"), final.get("sites", {})))
+    print(f"best round by pooled AUC: {report.get('best_round')}; artifacts in {Path(workspace).resolve()}")
+
+
+def format_metrics_table(pooled: dict | None, sites: dict) -> str:
+    keys = ("dice", "dice_global", "auc", "accuracy", "sensitivity", "specificity", "f1", "n_cases")
+    rows = [("pooled", pooled or {})] + sorted(sites.items())
+    head = f"{'':14}" + "".join(f"{k:>12}" for k in keys)
+    lines = [head]
+    for name, m in rows:
+        if m.get("suppressed"):
+            lines.append(f"{name:14}" + f"{'(suppressed: too few cases)':>40}")
+            continue
+        cells = []
+        for k in keys:
+            v = m.get(k)
+            cells.append(f"{'-':>12}" if v is None else (f"{v:>12d}" if isinstance(v, int) else f"{v:>12.3f}"))
+        lines.append(f"{name:14}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecefl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_synth, _preprocess, _pretrain, _train, _evaluate):
+    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _fl, _poc):
         add(sub)
     return parser
 

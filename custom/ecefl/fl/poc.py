@@ -1,0 +1,199 @@
+"""`ecefl poc ...`: the real NVFlare server and hospital clients on one machine (loopback), driven through the
+FLARE API (the admin console's API). Every step is also possible by hand: see README "POC".
+
+The POC services run with the Python of the `nvflare` command that starts them, so we always start the one
+beside this interpreter (the project's venv), or a job importing torch/monai would fail at the sites.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ADMIN = "admin@nvidia.com"
+PROJECT = "example_project"
+
+
+class PocError(RuntimeError):
+    pass
+
+
+def nvflare_cmd() -> str:
+    exe = Path(sys.executable).parent / "nvflare"
+    return str(exe) if exe.exists() else "nvflare"
+
+
+def prod_dir(workspace: Path) -> Path:
+    return Path(workspace).resolve() / PROJECT / "prod_00"
+
+
+def _state_file(workspace: Path) -> Path:
+    return Path(workspace).resolve() / "ecefl_poc.json"
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _env(workspace: Path) -> dict:
+    env = dict(os.environ)
+    env["NVFLARE_POC_WORKSPACE"] = str(Path(workspace).resolve())
+    return env
+
+
+def _run(args: list[str], workspace: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+    proc = subprocess.run([nvflare_cmd(), *args], env=_env(workspace), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise PocError(f"`nvflare {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                       f"{proc.stderr[-2000:]}")
+    return proc
+
+
+def prepare(workspace, datalists: dict[str, Path], port: int = 8002) -> dict:
+    """A POC workspace with one client per hospital, each with its site-local data config."""
+    workspace = Path(workspace).resolve()
+    if port_in_use(port):
+        raise PocError(f"port {port} is in use: a POC (or another server) from an earlier run is still running"
+                       f"; stop it with `ecefl poc stop --workspace {workspace}` or choose --port")
+    workspace.mkdir(parents=True, exist_ok=True)
+    project = {
+        "api_version": 3, "name": PROJECT, "description": "ecefl POC: hospitals on one machine",
+        "participants": [
+            {"name": "server", "type": "server", "org": "ecefl", "fed_learn_port": port,
+             "default_host": "localhost"},
+            {"name": ADMIN, "type": "admin", "org": "ecefl", "role": "project_admin"},
+            *({"name": site, "type": "client", "org": "ecefl"} for site in datalists),
+        ],
+        "builders": [
+            {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
+             "args": {"template_file": ["master_template.yml"]}},
+            {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
+            {"path": "nvflare.lighter.impl.cert.CertBuilder"},
+            {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
+        ],
+    }
+    import tempfile
+    import yaml
+    with tempfile.TemporaryDirectory() as tmp:  # `poc prepare --force` wipes the workspace: keep it outside
+        project_file = Path(tmp) / "project.yml"
+        project_file.write_text(yaml.safe_dump(project, sort_keys=False))
+        _run(["poc", "prepare", "-i", str(project_file), "--force"], workspace)
+    (workspace / "project.yml").write_text(yaml.safe_dump(project, sort_keys=False))
+    prod = prod_dir(workspace)
+    for site, datalist in datalists.items():
+        if not datalist:
+            continue  # a site without data: its jobs fail with a message naming the missing setting
+        local = prod / site / "local"
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "ecefl_site.json").write_text(json.dumps({"datalist": str(Path(datalist).resolve())}, indent=1))
+    state = {"workspace": str(workspace), "port": port, "sites": list(datalists), "admin": str(prod / ADMIN)}
+    _state_file(workspace).write_text(json.dumps(state, indent=1))
+    return state
+
+
+def load_state(workspace) -> dict:
+    path = _state_file(workspace)
+    if not path.is_file():
+        raise PocError(f"no POC prepared in {Path(workspace).resolve()}; run `ecefl poc prepare` first")
+    return json.loads(path.read_text())
+
+
+def start(workspace, timeout: float = 120.0) -> dict:
+    state = load_state(workspace)
+    if port_in_use(state["port"]):
+        raise PocError(f"port {state['port']} is already in use: a stale POC is running; run `ecefl poc stop "
+                       f"--workspace {state['workspace']}` first (it is not reused silently)")
+    _run(["poc", "start", "--no-wait"], Path(state["workspace"]), timeout=120)
+    deadline = time.time() + timeout
+    connected: list[str] = []
+    while time.time() < deadline:
+        try:
+            with session(workspace) as s:
+                connected = sorted(c.name for c in s.get_connected_client_list())
+            if set(state["sites"]) <= set(connected):
+                return {"connected": connected, **state}
+        except Exception:
+            pass
+        time.sleep(2)
+    raise PocError(f"POC started but only {connected} of {state['sites']} connected within {timeout:.0f}s; "
+                   f"see {prod_dir(Path(state['workspace']))}/<site>/log.txt")
+
+
+class session:
+    """Context manager around the FLARE API secure session of the POC's project admin."""
+
+    def __init__(self, workspace):
+        self.state = load_state(workspace)
+
+    def __enter__(self):
+        from nvflare.fuel.flare_api.flare_api import new_secure_session
+        self.s = new_secure_session(ADMIN, self.state["admin"], timeout=20.0)
+        return self.s
+
+    def __exit__(self, *exc):
+        self.s.close()
+
+
+def submit(workspace, job_dir: Path) -> str:
+    with session(workspace) as s:
+        return s.submit_job(str(job_dir))
+
+
+def wait(workspace, job_id: str, timeout: float = 3600.0) -> dict:
+    with session(workspace) as s:
+        meta = s.wait_for_job(job_id, timeout=timeout)
+    status = str(meta.get("status", ""))
+    if status != "FINISHED:COMPLETED":
+        raise PocError(f"job {job_id} ended with status {status}\n{_errors(workspace, job_id)}")
+    return meta
+
+
+def _errors(workspace, job_id: str) -> str:
+    state = load_state(workspace)
+    prod = prod_dir(Path(state["workspace"]))
+    lines = []
+    for site in ["server", *state["sites"]]:
+        for name in ("error_log.txt", "log.txt"):
+            path = prod / site / job_id / name
+            if path.is_file():
+                errs = [l for l in path.read_text(errors="replace").splitlines()
+                        if "ERROR" in l or "Error" in l][-4:]
+                if errs:
+                    lines.append(f"  {site}:\n    " + "\n    ".join(errs))
+                    break
+    return "\n".join(lines) or f"  (no error lines found under {prod}/<site>/{job_id}/)"
+
+
+def download(workspace, job_id: str, out) -> Path:
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with session(workspace) as s:
+        folder = Path(s.download_job_result(job_id, destination=str(out / "nvflare_result")))
+    for name in ("pooled_metrics.json", "global_model.pt", "best_global_model.pt"):
+        found = next(iter(folder.rglob(f"ecefl/{name}")), None)
+        if found:
+            shutil.copy2(found, out / name)
+    cse = next(iter(folder.rglob("cross_site_val/cross_val_results.json")), None)
+    if cse:
+        shutil.copy2(cse, out / "cross_site.json")
+    return out
+
+
+def stop(workspace, timeout: float = 60.0) -> None:
+    state = load_state(workspace)
+    _run(["poc", "stop"], Path(state["workspace"]), timeout=120)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not port_in_use(state["port"]):
+            time.sleep(5)  # restart loops linger a few seconds after the port closes
+            return
+        time.sleep(1)
+    raise PocError(f"POC stop requested but port {state['port']} is still in use after {timeout:.0f}s")

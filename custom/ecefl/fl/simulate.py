@@ -1,0 +1,191 @@
+"""`ecefl fl simulate`: the federated jobs in NVFlare's simulator (one process per site on this machine).
+
+NVFlare 2.9's simulator reports success even when a site's script crashed, so a run is judged by its artifacts
+(the controller's pooled_metrics.json marked finished) and the sites' error logs; any failure exits non-zero
+with the failing site and its error text.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from ecefl.checkpoint import load_checkpoint
+from ecefl.model import DualOutputSwinUNETR, load_encoder
+from ecefl.plan import Plan, get_plan
+from ecefl.stages import plan_from_pretraining
+
+from .jobs import build_recipe
+
+
+class FederatedRunError(RuntimeError):
+    pass
+
+
+def parse_sites(values: list[str]) -> dict[str, Path]:
+    sites = {}
+    for value in values:
+        if "=" not in value:
+            raise ValueError(f"--site {value!r}: expected NAME=PATH/datalist.json")
+        name, path = value.split("=", 1)
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ValueError(f"--site {value!r}: site names may hold letters, digits, '-', '_' and '.' only")
+        if name in sites:
+            raise ValueError(f"--site {name} given twice")
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"--site {name}: datalist {path} does not exist; run `ecefl preprocess` for it")
+        sites[name] = path
+    if not sites:
+        raise ValueError("at least one --site NAME=PATH is needed")
+    return sites
+
+
+def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, preset: str, workspace,
+             min_sites: int | None = None, seed: int = 0, init: str | None = None, val_fraction: float = 0.25,
+             min_count: int = 0, quiet: bool = False, progress: bool = True, log=print, **overrides) -> dict:
+    ws = Path(workspace).resolve()
+    ws.mkdir(parents=True, exist_ok=True)
+    site_config = ws / "site_config.json"
+    site_config.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in sites.items()}}, indent=1))
+    # Simulated sites share this machine: each reads its own entry of this site-local file.
+    os.environ["ECEFL_SITE_CONFIG"] = str(site_config)
+    os.environ.setdefault("ECEFL_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) // len(sites))))
+    plan = get_plan(preset, seed=seed, **overrides)
+    min_sites = min_sites or len(sites)
+    outputs = {}
+    common = dict(rounds=rounds, local_epochs=local_epochs, min_sites=min_sites, seed=seed,
+                  val_fraction=val_fraction, min_count=min_count, quiet=quiet, progress=progress, log=log)
+    if job in ("mae_pretrain", "all"):
+        outputs["mae_pretrain"] = _run_job("mae_pretrain", plan, sites, ws, **common)
+        init = str(outputs["mae_pretrain"]["global_model"])
+    if job in ("ece_finetune", "all"):
+        initial = None
+        if init:
+            mae_plan = load_checkpoint(init)["plan"]
+            plan = plan_from_pretraining(plan, mae_plan, log)
+            initial = _merge_encoder(init, plan, ws / "ece_finetune" / "initial_model.pt", log)
+        outputs["ece_finetune"] = _run_job("ece_finetune", plan, sites, ws, initial_ckpt=initial, **common)
+    return outputs
+
+
+def _merge_encoder(mae_path: str, plan: Plan, out: Path, log) -> str:
+    """A full dual-output state dict whose encoder is the MAE global model's (verified N/N key by key)."""
+    model = DualOutputSwinUNETR(plan)
+    load_encoder(model, load_checkpoint(mae_path)["model"], str(mae_path), log=log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict()}, out)
+    return str(out)
+
+
+def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: int, local_epochs: int,
+             min_sites: int, seed: int, val_fraction: float, min_count: int, quiet: bool, progress: bool, log,
+             initial_ckpt: str | None = None) -> dict:
+    from nvflare.recipe import SimEnv
+    job_dir = ws / kind
+    sim_root = job_dir / "nvflare"
+    if sim_root.exists():
+        shutil.rmtree(sim_root)  # a previous run's logs must not be judged as this run's
+    recipe = build_recipe(kind, plan, rounds=rounds, local_epochs=local_epochs, min_sites=min_sites,
+                          val_fraction=val_fraction, seed=seed, min_count=min_count, initial_ckpt=initial_ckpt)
+    env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(sim_root),
+                 log_config="WARNING" if quiet else None)
+    server_dir = sim_root / kind / "server" / "simulate_job"
+    log(f"== {kind}: {len(sites)} sites, {rounds} round(s) x {local_epochs} local epoch(s), preset {plan.preset}")
+    t0 = time.time()
+    watcher = _RoundWatcher(server_dir / "ecefl" / "pooled_metrics.json", rounds, kind, progress)
+    watcher.start()
+    crash = None
+    try:
+        recipe.execute(env)
+    except Exception as exc:  # the simulator raises on a non-zero exit of its own process
+        crash = f"{type(exc).__name__}: {exc}"
+    finally:
+        watcher.stop()
+    seconds = time.time() - t0
+    report_path = server_dir / "ecefl" / "pooled_metrics.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    site_errors = _site_errors(sim_root / kind, list(sites))
+    if crash or report is None or not report.get("finished") or site_errors:
+        raise FederatedRunError(_failure_message(kind, crash, report, site_errors, sim_root / kind))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    out = {"seconds": round(seconds, 1), "nvflare_workspace": str(sim_root / kind)}
+    for name in ("global_model.pt", "best_global_model.pt"):
+        src = server_dir / "ecefl" / name
+        if src.is_file():
+            shutil.copy2(src, job_dir / name)
+            out[name.replace(".pt", "")] = job_dir / name
+    shutil.copy2(report_path, job_dir / "pooled_metrics.json")
+    cse = server_dir / "cross_site_val" / "cross_val_results.json"
+    if kind == "ece_finetune":
+        shutil.copy2(cse, job_dir / "cross_site.json") if cse.is_file() else \
+            (job_dir / "cross_site.json").write_text("{}")
+    log(f"== {kind} finished in {seconds:.0f}s; artifacts in {job_dir}")
+    return out
+
+
+class _RoundWatcher:
+    """A progress bar over rounds, fed by the controller's report file while the simulator runs."""
+
+    def __init__(self, path: Path, rounds: int, kind: str, enabled: bool):
+        self.path, self.rounds, self.kind, self.enabled = path, rounds, kind, enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self):
+        if self.enabled:
+            self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(timeout=5)
+
+    def _loop(self):
+        from tqdm import tqdm
+        bar = tqdm(total=self.rounds, desc=f"{self.kind} rounds", unit="round")
+        done = 0
+        while not self._stop.wait(2.0):
+            try:
+                n = len(json.loads(self.path.read_text()).get("rounds", []))
+            except (OSError, ValueError):
+                continue
+            if n > done:
+                bar.update(n - done)
+                done = n
+        bar.close()
+
+
+def _site_errors(job_root: Path, sites: list[str]) -> dict[str, str]:
+    errors = {}
+    for site in sites:
+        for err in (job_root / site).glob("**/error_log.txt"):
+            text = err.read_text(errors="replace").strip()
+            if text:
+                errors[site] = text[-3000:]
+                break
+    return errors
+
+
+def _failure_message(kind: str, crash, report, site_errors: dict, job_root: Path) -> str:
+    lines = [f"federated job {kind} did not complete"]
+    if crash:
+        lines.append(f"  simulator: {crash}")
+    if report is None:
+        lines.append("  the server wrote no pooled_metrics.json (the workflow never ran a round)")
+    elif not report.get("finished"):
+        lines.append("  the workflow stopped early: " + "; ".join(
+            f"round {e['round']}: {e['site']} {e['event']} ({e['reason']})" for e in report.get("events", [])))
+    for site, text in site_errors.items():
+        tail = [line for line in text.splitlines() if line.strip()][-6:]
+        lines.append(f"  site {site} failed:\n    " + "\n    ".join(tail))
+    server_err = job_root / "server" / "simulate_job" / "error_log.txt"
+    if not site_errors and server_err.is_file() and server_err.read_text().strip():
+        lines.append("  server: " + server_err.read_text().strip().splitlines()[-1])
+    lines.append(f"  logs: {job_root}/<site>/log.txt and {job_root}/server/")
+    return "\n".join(lines)
