@@ -290,10 +290,31 @@ def format_metrics_table(pooled: dict | None, sites: dict) -> str:
     return "\n".join(lines)
 
 
+def _demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on synthetic hospitals, ending in a visual report")
+    p.add_argument("--out", default="workspace/demo")
+    p.add_argument("--preset", default="cpu-small")
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--cases-per-site", type=int, default=16)
+    p.add_argument("--unlabeled-per-site", type=int, default=8)
+    p.add_argument("--mae-rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(args) -> int:
+        from ecefl.demo import run_demo
+        run_demo(args.out, args.preset, args.sites, args.cases_per_site, args.unlabeled_per_site, args.mae_rounds,
+                 args.rounds, args.local_epochs, args.seed, progress=not args.no_progress)
+        return 0
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecefl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _fl, _poc):
+    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _fl, _poc, _demo):
         add(sub)
     return parser
 

@@ -70,8 +70,11 @@ class FineTuner:
     def __post_init__(self):
         self.dev = device()
         self.model.to(self.dev)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.plan.learning_rate,
-                                           weight_decay=self.plan.weight_decay)
+        head = [p for n, p in self.model.named_parameters() if n.startswith(("evidence_head.", "cls_bias"))]
+        body = [p for n, p in self.model.named_parameters() if not n.startswith(("evidence_head.", "cls_bias"))]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": body}, {"params": head, "lr": self.plan.learning_rate * self.plan.head_lr_multiplier}],
+            lr=self.plan.learning_rate, weight_decay=self.plan.weight_decay)
         self.loader = cached_loader(self.train_items, train_transforms(self.plan), self.plan.batch_size,
                                     shuffle=True, seed=self.plan.seed, balanced=self.plan.balanced_sampling)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)

@@ -3,8 +3,8 @@
 DualOutputSwinUNETR: MONAI's SwinUNETR segments the nodal region; a per-voxel evidence head on the last decoder
 features scores each voxel, and the case logit is the evidence averaged over the pooling region
     a(v) = p_nodes(v) + shell_weight * shell(v),    logit = sum_v a(v) e(v) / sum_v a(v) + bias,
-so the decision is grounded in the predicted nodes (and their perinodal border, where ECE lives). The evidence
-map a(v) e(v) / sum a is each voxel's exact contribution to the logit. Both sums are additive, so sliding-window
+so the decision is grounded in the predicted nodes (and their perinodal border, where ECE lives). Only voxels predicted
+as node with p >= 0.5 enter p_nodes. The evidence map a(v) e(v) / sum a is each voxel's exact contribution to the logit. Both sums are additive, so sliding-window
 inference over a whole neck gives the same pooling as one big patch.
 
 MaskedPretrainer: the same SwinUNETR (same parameter names, so the encoder transfers key by key), random 3D
@@ -64,6 +64,9 @@ class DualOutputSwinUNETR(nn.Module):
         evidence = self.evidence_head(features)
         if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours
             node_prob = torch.softmax(seg, dim=1)[:, 1:2].detach()
+            # only confident node voxels: a faint probability over ~10^5 background voxels would otherwise
+            # outweigh the few thousand nodal voxels in the pooled average
+            node_prob = node_prob * (node_prob >= 0.5)
         else:  # teacher forcing with the reference ROI early in training
             node_prob = region_mask.float()
         weight = self.pooling_region(node_prob)

@@ -28,9 +28,10 @@ class Plan:
     focal_gamma: float = 2.0
     # total loss = DiceCE + w(epoch) * cls, w ramps linearly from cls_weight_start to 1 over the first
     # cls_ramp_fraction of the epochs (the head needs a sensible nodal region before its loss dominates)
-    cls_weight_start: float = 0.2
+    cls_weight_start: float = 0.5
     cls_ramp_fraction: float = 0.5
-    teacher_forcing_fraction: float = 0.3  # pool over the reference ROI for this share of epochs
+    teacher_forcing_fraction: float = 0.5  # pool over the reference ROI for this share of epochs
+    head_lr_multiplier: float = 10.0  # the small evidence head learns faster than the pretrained backbone
     shell_weight: float = 0.5  # perinodal shell added to the pooling region (ECE lives at the border)
     shell_mm: float = 6.0
     balanced_sampling: bool = False

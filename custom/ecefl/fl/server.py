@@ -152,6 +152,9 @@ class PooledFedAvg(BaseFedAvg):
         record["sites"] = {site: self._metrics(stats, n_boot=0) for site, stats in sorted(site_stats.items())}
         for site in suppressed:
             record["sites"][site] = {"suppressed": True}
+        if round_id == "final":  # per-site ROC curves for the report (the server holds these histograms anyway)
+            record["site_roc"] = {site: {"score_hist_pos": st["score_hist_pos"], "score_hist_neg": st["score_hist_neg"]}
+                                  for site, st in sorted(site_stats.items())}
         if site_stats:
             merged = M.merge_stats(list(site_stats.values()))
             record["pooled"] = self._metrics(merged, n_boot=1000)

@@ -1,0 +1,116 @@
+"""`ecefl demo`: the whole pipeline on built-in synthetic hospitals, ending in a report a person can read.
+
+synth -> preprocess at each site -> federated MAE pretraining -> federated fine-tuning (NVFlare simulator) ->
+site-local evidence rendering -> report (report/index.html, summary.json, PNGs).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_checkpoint
+from .cli import format_metrics_table
+from .data import load_datalist, stratified_split
+from .engine import predict_cases
+from .model import DualOutputSwinUNETR
+from .plan import get_plan
+from .report import write_report
+
+VAL_FRACTION = 0.25
+# Measured wall time of the default demo on a 2-core CPU (docs/BENCHMARKS.md), said up front.
+EXPECTED_MINUTES = {"cpu-small": 18, "test-tiny": 5, "gpu": 10}
+
+
+def stage(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int = 16, unlabeled_per_site: int = 8,
+             mae_rounds: int = 3, rounds: int = 6, local_epochs: int = 1, seed: int = 0, progress: bool = True) -> dict:
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.pipeline import run_preprocess
+    from site_preprocess.synth import synthesize
+    from .fl.simulate import simulate
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    plan = get_plan(preset, seed=seed)
+    print(f"ECE-FL demo: {sites} synthetic hospitals, preset {preset}; expected about "
+          f"{EXPECTED_MINUTES.get(preset, 20)} minutes on a 2-core CPU. Output: {out}")
+    timings, t0 = {}, time.time()
+
+    stage("1/5 synthesise hospitals (DICOM CT + RTSTRUCT + labels.csv)")
+    t = time.time()
+    site_dirs = synthesize(out / "hospitals", sites, cases_per_site, unlabeled_per_site, seed, progress=progress)
+    timings["synth_s"] = round(time.time() - t, 1)
+
+    stage("2/5 preprocess at each site (exact masks, soft-tissue dilation, pseudonyms)")
+    t = time.time()
+    datalists, data_summary = {}, {}
+    for site_dir in site_dirs:
+        site_out = out / "sites" / site_dir.name
+        cfg = SiteConfig(secret_file=str(out / "site_keys" / f"{site_dir.name}.key"))
+        code = run_preprocess(site_dir / "dicom", site_dir / "labels.csv", site_out, cfg, progress=progress)
+        if code not in (0, 3):
+            raise RuntimeError(f"preprocessing failed at {site_dir.name} (exit {code})")
+        qc = json.loads((site_out / "qc_report.json").read_text())["summary"]
+        data_summary[site_dir.name] = {"cases": qc["n_cases"], "ok": qc["ok"], "positives": qc["positives"],
+                                       "unlabeled": qc["unlabeled"], "failed": qc["failed"]}
+        datalists[site_dir.name] = (site_out / "datalist.json").resolve()
+    timings["preprocess_s"] = round(time.time() - t, 1)
+
+    stage("3/5 + 4/5 federated MAE pretraining, then federated fine-tuning (NVIDIA FLARE simulator)")
+    t = time.time()
+    fl_ws = out / "fl"
+    simulate(datalists, "mae_pretrain", mae_rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
+             quiet=True, progress=progress)
+    timings["mae_pretrain_s"] = round(time.time() - t, 1)
+    t = time.time()
+    simulate(datalists, "ece_finetune", rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
+             init=str(fl_ws / "mae_pretrain" / "global_model.pt"), quiet=True, progress=progress)
+    timings["ece_finetune_s"] = round(time.time() - t, 1)
+
+    stage("5/5 site-local evidence rendering and report")
+    t = time.time()
+    finetune = json.loads((fl_ws / "ece_finetune" / "pooled_metrics.json").read_text())
+    mae = json.loads((fl_ws / "mae_pretrain" / "pooled_metrics.json").read_text())
+    threshold = (finetune.get("final") or {}).get("threshold", 0.5)
+    cases = evidence_cases(fl_ws / "ece_finetune" / "global_model.pt", datalists, threshold, seed)
+    timings["report_s"] = round(time.time() - t, 1)
+    timings["total_s"] = round(time.time() - t0, 1)
+    config = {"preset": preset, "plan": plan.to_dict(), "sites": sites, "cases_per_site": cases_per_site,
+              "unlabeled_per_site": unlabeled_per_site, "mae_rounds": mae_rounds, "finetune_rounds": rounds,
+              "local_epochs": local_epochs, "val_fraction": VAL_FRACTION, "seed": seed}
+    summary = write_report(out / "report", finetune, mae, data_summary, config, cases, timings)
+    final = finetune.get("final") or {}
+    print()
+    print(format_metrics_table(final.get("pooled"), final.get("sites") or {}))
+    print(f"\nbest round (pooled AUC): {finetune.get('best_round')}; total {timings['total_s'] / 60:.1f} min")
+    print(f"report: {out / 'report' / 'index.html'}")
+    return summary
+
+
+def evidence_cases(model_path: Path, datalists: dict, threshold: float, seed: int) -> list[dict]:
+    """At each site: the global model on its validation cases; one TP, FP, FN and TN (most confident)."""
+    ckpt = load_checkpoint(model_path, kind="dual")
+    model = DualOutputSwinUNETR(ckpt["plan"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    best: dict[str, dict] = {}
+    for site, datalist in datalists.items():
+        labelled, _ = load_datalist(datalist, site=site)
+        _, val = stratified_split(labelled, VAL_FRACTION, seed)
+        if not val:
+            continue
+        pred = predict_cases(model, val, ckpt["plan"], progress=False, keep_outputs=True)
+        for i, p in enumerate(pred["probs"]):
+            y = int(pred["labels"][i])
+            positive = p >= threshold
+            category = {(True, 1): "tp", (True, 0): "fp", (False, 1): "fn", (False, 0): "tn"}[(bool(positive), y)]
+            confidence = abs(p - threshold)
+            if category not in best or confidence > best[category]["confidence"]:
+                best[category] = {"category": category, "site": site, "probability": float(p), "ece": y,
+                                  "confidence": confidence, **pred["outputs"][i]}
+    return [best[c] for c in ("tp", "fp", "fn", "tn") if c in best]

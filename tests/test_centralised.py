@@ -1,0 +1,83 @@
+"""Centralised CLI contract: pretrain -> train --init -> evaluate on preprocessed synthetic sites."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from ecefl.cli import main as ecefl_main
+
+KEYS = ("dice", "auc", "accuracy", "sensitivity", "specificity", "f1", "threshold", "n_cases", "ci")
+
+
+@pytest.fixture(scope="module")
+def runs(preprocessed, tmp_path_factory):
+    root = tmp_path_factory.mktemp("central")
+    datalists = []
+    for site in ("hospital-a", "hospital-b", "hospital-c"):
+        datalists += ["--datalist", str(preprocessed[site] / "datalist.json")]
+    assert ecefl_main(["pretrain", *datalists, "--preset", "test-tiny", "--epochs", "1", "--out",
+                       str(root / "mae"), "--no-progress"]) == 0
+    assert ecefl_main(["train", *datalists, "--preset", "test-tiny", "--epochs", "1", "--init",
+                       str(root / "mae" / "checkpoint.pt"), "--val-fraction", "0.34", "--out", str(root / "ft"),
+                       "--no-progress"]) == 0
+    assert ecefl_main(["evaluate", "--model", str(root / "ft" / "model.pt"), *datalists, "--out",
+                       str(root / "eval"), "--no-progress"]) == 0
+    return root
+
+
+def test_pretrain_outputs(runs):
+    metrics = json.loads((runs / "mae" / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1]
+    assert 0 < metrics["epochs"][0]["loss"] < 1
+    ckpt = torch.load(runs / "mae" / "checkpoint.pt", weights_only=False)
+    assert ckpt["kind"] == "mae" and ckpt["plan"]["feature_size"] == 12
+
+
+def test_train_outputs_in_range(runs):
+    metrics = json.loads((runs / "ft" / "metrics.json").read_text())
+    val = metrics["val"]
+    assert set(KEYS) <= set(val)
+    assert 0 <= val["dice"] <= 1 and 0 <= val["auc"] <= 1 and 0 <= val["threshold"] <= 1
+    assert val["n_cases"] == metrics["split"]["val"] >= 3
+    ckpt = torch.load(runs / "ft" / "model.pt", weights_only=False)
+    assert ckpt["threshold"] == pytest.approx(metrics["threshold"])
+    assert metrics["init"].endswith("checkpoint.pt")
+
+
+def test_evaluate_outputs(runs):
+    metrics = json.loads((runs / "eval" / "metrics.json").read_text())
+    assert set(KEYS) <= set(metrics) and metrics["n_cases"] == 9
+    assert len(metrics["per_site"]) == 3  # one entry per datalist (named by its folder)
+    rows = list(csv.DictReader(open(runs / "eval" / "predictions.csv")))
+    assert len(rows) == 9 and all(0 <= float(r["probability"]) <= 1 for r in rows)
+    assert all(r["case_id"].startswith("case-") for r in rows)
+
+
+def test_init_message_counts_every_encoder_tensor(preprocessed, tmp_path, capsys, runs):
+    ecefl_main(["train", "--datalist", str(preprocessed["hospital-a"] / "datalist.json"), "--preset", "test-tiny",
+                "--epochs", "1", "--init", str(runs / "mae" / "checkpoint.pt"), "--val-fraction", "0",
+                "--out", str(tmp_path / "r"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert "initialized 70/70 encoder tensors from" in out
+
+
+def test_clear_errors(tmp_path, capsys, runs):
+    assert ecefl_main(["train", "--datalist", str(tmp_path / "none.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty.json").write_text('{"training": [], "unlabeled": []}')
+    assert ecefl_main(["pretrain", "--datalist", str(tmp_path / "empty.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "is empty" in capsys.readouterr().err
+    (tmp_path / "missing.json").write_text(json.dumps({"training": [
+        {"image": "images/a.nii.gz", "label": "labels/a.nii.gz", "nodes": "nodes/a.nii.gz", "ece": 1,
+         "case_id": "a"}]}))
+    assert ecefl_main(["train", "--datalist", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing file" in capsys.readouterr().err
+    old = torch.load(runs / "ft" / "model.pt", weights_only=False)
+    old["version"] = 0
+    torch.save(old, tmp_path / "old.pt")
+    assert ecefl_main(["evaluate", "--model", str(tmp_path / "old.pt"), "--datalist",
+                       str(tmp_path / "missing.json"), "--out", str(tmp_path / "e")]) == 2
+    assert "another ecefl version" in capsys.readouterr().err

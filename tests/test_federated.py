@@ -1,0 +1,144 @@
+"""Federated jobs on the real NVFlare simulator: artifacts, pooled metrics = scikit-learn on local predictions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+from ecefl.checkpoint import load_checkpoint
+from ecefl.cli import main as ecefl_main
+from ecefl.data import load_datalist, stratified_split
+from ecefl.engine import predict_cases
+from ecefl.model import DualOutputSwinUNETR, encoder_keys
+
+VAL_FRACTION = 0.5
+SITES = ("hospital-a", "hospital-b")
+
+
+@pytest.fixture(scope="module")
+def fl_sites(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny hospitals: 4 labelled (2 ECE+, 2 ECE-) + 1 unlabelled each, preprocessed."""
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.pipeline import run_preprocess
+    from site_preprocess.synth import synthesize
+    root = tmp_path_factory.mktemp("fl")
+    synthesize(root / "dicom", sites=2, cases_per_site=4, unlabeled_per_site=1, seed=5, progress=False)
+    out = {}
+    for site in SITES:
+        dst = root / "pre" / site
+        assert run_preprocess(root / "dicom" / site / "dicom", root / "dicom" / site / "labels.csv", dst,
+                              SiteConfig(), progress=False) == 0
+        out[site] = dst / "datalist.json"
+    return out
+
+
+@pytest.fixture(scope="module")
+def simulated(fl_sites, tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    args = ["fl", "simulate", "--job", "all", "--rounds", "1", "--local-epochs", "1", "--preset", "test-tiny",
+            "--workspace", str(ws), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress"]
+    for site, datalist in fl_sites.items():
+        args += ["--site", f"{site}={datalist}"]
+    assert ecefl_main(args) == 0
+    return ws
+
+
+def test_contract_artifacts_exist_and_load(simulated):
+    for rel in ("mae_pretrain/global_model.pt", "ece_finetune/global_model.pt",
+                "ece_finetune/best_global_model.pt", "ece_finetune/pooled_metrics.json",
+                "ece_finetune/cross_site.json"):
+        assert (simulated / rel).is_file(), rel
+    assert load_checkpoint(simulated / "mae_pretrain" / "global_model.pt")["kind"] == "mae"
+    final = load_checkpoint(simulated / "ece_finetune" / "global_model.pt", kind="dual")
+    DualOutputSwinUNETR(final["plan"]).load_state_dict(final["model"], strict=True)
+    assert 0.0 <= final["threshold"] <= 1.0
+
+
+def test_global_models_trained_and_encoder_came_from_mae(simulated):
+    initial = torch.load(simulated / "ece_finetune" / "initial_model.pt")["model"]
+    mae = load_checkpoint(simulated / "mae_pretrain" / "global_model.pt")["model"]
+    final = load_checkpoint(simulated / "ece_finetune" / "global_model.pt")["model"]
+    keys = encoder_keys(initial)
+    assert len(keys) > 50 and all(torch.equal(initial[k], mae[k]) for k in keys)
+    changed = [k for k in final if not torch.equal(final[k], initial[k])]
+    assert len(changed) > len(final) // 2, "one round of FedAvg changes most tensors"
+    assert all(torch.isfinite(v).all() for v in final.values())
+
+
+def test_pooled_metrics_layout(simulated):
+    report = json.loads((simulated / "ece_finetune" / "pooled_metrics.json").read_text())
+    keys = {"dice", "dice_global", "auc", "accuracy", "sensitivity", "specificity", "f1", "n_cases"}
+    assert len(report["rounds"]) == 1 and report["rounds"][0]["round"] == 0
+    for record in report["rounds"] + [report["final"]]:
+        assert keys <= set(record["pooled"])
+        assert set(record["sites"]) == set(SITES)
+        for site_metrics in record["sites"].values():
+            assert keys <= set(site_metrics)
+        assert record["pooled"]["n_cases"] == sum(s["n_cases"] for s in record["sites"].values()) == 4
+    assert report["best_round"] in (0, "final")
+    assert report["finished"] is True and report["events"] == []
+
+
+def test_server_pooled_auc_and_confusion_equal_sklearn_on_local_predictions(simulated, fl_sites):
+    """The test computes each site's local predictions itself (never sent) and pools them with sklearn."""
+    report = json.loads((simulated / "ece_finetune" / "pooled_metrics.json").read_text())
+    final = report["final"]
+    ckpt = load_checkpoint(simulated / "ece_finetune" / "global_model.pt")
+    model = DualOutputSwinUNETR(ckpt["plan"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    probs, labels, dices = [], [], []
+    for site, datalist in fl_sites.items():
+        labelled, _ = load_datalist(datalist, site=site)
+        _, val = stratified_split(labelled, VAL_FRACTION, 0)
+        pred = predict_cases(model, val, ckpt["plan"], progress=False)
+        probs += list(pred["probs"])
+        labels += list(pred["labels"])
+        dices += list(pred["dices"])
+    probs, labels = np.array(probs), np.array(labels)
+    assert final["pooled"]["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=0.005)
+    tn, fp, fn, tp = confusion_matrix(labels, probs >= final["threshold"], labels=[0, 1]).ravel()
+    assert final["pooled"]["accuracy"] == pytest.approx((tp + tn) / len(labels))
+    assert final["pooled"]["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert final["pooled"]["specificity"] == pytest.approx(tn / (tn + fp))
+    assert final["pooled"]["dice"] == pytest.approx(float(np.mean(dices)), abs=1e-4)
+
+
+def test_cross_site_evaluation_covers_every_model_and_site(simulated):
+    cse = json.loads((simulated / "ece_finetune" / "cross_site.json").read_text())
+    assert set(cse) == set(SITES)
+    for site, by_model in cse.items():
+        assert set(SITES) <= set(by_model) and any(m.startswith("SRV_") for m in by_model)
+        for metrics in by_model.values():
+            assert 0.0 <= metrics["dice"] <= 1.0 and metrics["n_cases"] == 2
+
+
+def test_nothing_case_level_reaches_the_server(simulated, fl_sites):
+    case_ids = set()
+    for datalist in fl_sites.values():
+        labelled, unlabelled = load_datalist(datalist)
+        case_ids |= {it["case_id"] for it in labelled + unlabelled}
+    server = simulated / "ece_finetune" / "nvflare" / "ece_finetune" / "server"
+    for path in list(server.rglob("*")) + [simulated / "ece_finetune" / "pooled_metrics.json"]:
+        if path.is_file() and path.suffix in (".json", ".txt", ".log", ""):
+            text = path.read_text(errors="replace")
+            assert not any(cid in text for cid in case_ids), path
+
+
+def test_job_at_a_site_without_data_fails_naming_site_and_setting(fl_sites, tmp_path, capsys, monkeypatch):
+    from ecefl.fl.simulate import FederatedRunError, _run_job
+    from ecefl.plan import get_plan
+    cfg = tmp_path / "site_config.json"
+    cfg.write_text(json.dumps({"sites": {"hospital-a": {"datalist": str(fl_sites["hospital-a"])}}}))
+    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
+    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
+    with pytest.raises(FederatedRunError) as err:
+        _run_job("mae_pretrain", get_plan("test-tiny"), {"hospital-a": fl_sites["hospital-a"],
+                                                          "hospital-z": fl_sites["hospital-b"]},
+                 tmp_path / "ws", rounds=1, local_epochs=1, min_sites=2, seed=0, val_fraction=0.5, min_count=0,
+                 quiet=True, progress=False, log=lambda *_: None)
+    message = str(err.value)
+    assert "hospital-z" in message and "ECEFL_SITE_CONFIG" in message and "datalist" in message

@@ -1,0 +1,83 @@
+"""Dual-output SwinUNETR and the MAE pretrainer (real MONAI networks)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer, encoder_keys, load_encoder
+from ecefl.plan import get_plan
+
+
+@pytest.fixture(scope="module")
+def plan():
+    torch.manual_seed(0)
+    return get_plan("cpu-small")
+
+
+def test_forward_backward_shapes_and_finite_gradients(plan):
+    model = DualOutputSwinUNETR(plan)
+    x = torch.rand(2, 1, *plan.patch_size)
+    seg, logit, evidence = model(x)
+    assert seg.shape == (2, 2, *plan.patch_size)
+    assert logit.shape == (2,) and evidence.shape == (2, 1, *plan.patch_size)
+    (seg.mean() + logit.sum()).backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_evidence_map_is_each_voxels_share_of_the_logit(plan):
+    model = DualOutputSwinUNETR(plan).eval()
+    x = torch.rand(1, 1, *plan.patch_size)
+    with torch.no_grad():
+        _, logit, evidence = model(x)
+    assert evidence.sum().item() == pytest.approx((logit - model.cls_bias).item(), rel=1e-4, abs=1e-5)
+
+
+def test_classification_is_grounded_in_the_pooling_region(plan):
+    """With a reference region (teacher forcing), evidence outside region+shell is exactly zero."""
+    model = DualOutputSwinUNETR(plan).eval()
+    x = torch.rand(1, 1, *plan.patch_size)
+    region = torch.zeros(1, 1, *plan.patch_size, dtype=torch.bool)
+    region[..., 28:36, 28:36, 28:36] = True
+    with torch.no_grad():
+        _, _, evidence = model(x, region_mask=region)
+    outside = torch.ones_like(region)
+    r = model.shell_kernel // 2
+    outside[..., 28 - r:36 + r, 28 - r:36 + r, 28 - r:36 + r] = False
+    assert evidence[outside].abs().max().item() == 0.0
+    assert evidence[region].abs().sum().item() > 0
+
+
+def test_mae_masked_voxels_reach_no_path(plan):
+    mae = MaskedPretrainer(plan).eval()
+    x = torch.rand(1, 1, *plan.patch_size)
+    mask = mae.random_mask(x, generator=torch.Generator().manual_seed(0))
+    assert 0.55 <= mask.mean().item() <= 0.65
+    changed = x.clone()
+    changed[mask.bool()] = torch.rand(int(mask.sum().item()))  # only masked voxels differ
+    with torch.no_grad():
+        loss_a, rec_a, _ = mae(x, mask)
+        loss_b, rec_b, _ = mae(changed, mask)
+    assert torch.equal(rec_a, rec_b), "the reconstruction never sees a masked voxel"
+    assert loss_a.item() != loss_b.item(), "but the loss is computed on the masked voxels"
+    unmasked_change = x.clone()
+    unmasked_change[~mask.bool()] = 0.0
+    with torch.no_grad():
+        _, rec_c, _ = mae(unmasked_change, mask)
+    assert not torch.equal(rec_a, rec_c)
+
+
+def test_encoder_transfer_is_verified_key_by_key(plan, capsys):
+    mae = MaskedPretrainer(plan)
+    dual = DualOutputSwinUNETR(plan)
+    n = load_encoder(dual, mae.state_dict(), "mae.pt")
+    keys = encoder_keys(dual.state_dict())
+    assert n == len(keys) > 50
+    assert f"initialized {n}/{n} encoder tensors from mae.pt" in capsys.readouterr().out
+    assert all(torch.equal(dual.state_dict()[k], mae.state_dict()[k]) for k in keys)
+    broken = {k: v for k, v in mae.state_dict().items() if "mlp" not in k}
+    with pytest.raises(ValueError, match="missing"):
+        load_encoder(DualOutputSwinUNETR(plan), broken, "broken.pt")
+    other = MaskedPretrainer(plan.with_overrides(feature_size=24))
+    with pytest.raises(ValueError, match="another shape"):
+        load_encoder(DualOutputSwinUNETR(plan), other.state_dict(), "fs24.pt")

@@ -1,0 +1,53 @@
+"""POC end to end on loopback: real NVFlare server and hospital clients, driven through the FLARE API."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ecefl.cli import main as ecefl_main
+from ecefl.fl import poc
+
+PORT = 8142
+
+
+def test_poc_prepare_start_submit_wait_download_stop(fl_poc_sites, tmp_path, capsys):
+    ws = tmp_path / "poc"
+    args = ["--workspace", str(ws)]
+    datalists = [a for site, dl in fl_poc_sites.items() for a in ("--datalist", f"{site}={dl}")]
+    assert ecefl_main(["poc", "prepare", *args, *datalists, "--port", str(PORT)]) == 0
+    local = json.loads((poc.prod_dir(ws) / "hospital-a" / "local" / "ecefl_site.json").read_text())
+    assert local["datalist"] == str(fl_poc_sites["hospital-a"])
+    assert ecefl_main(["poc", "start", *args]) == 0
+    try:
+        assert poc.port_in_use(PORT)
+        # a second POC on the same port is reported, not silently reused
+        assert ecefl_main(["poc", "prepare", "--workspace", str(tmp_path / "other"), *datalists,
+                           "--port", str(PORT)]) == 1
+        assert "in use" in capsys.readouterr().err
+        capsys.readouterr()
+        assert ecefl_main(["poc", "submit", "mae_pretrain", *args, "--rounds", "1", "--preset", "test-tiny"]) == 0
+        job_id = capsys.readouterr().out.strip().splitlines()[-1]
+        assert ecefl_main(["poc", "wait", job_id, *args, "--timeout", "600"]) == 0
+        assert ecefl_main(["poc", "download", job_id, *args, "--out", str(tmp_path / "dl")]) == 0
+        report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
+        assert report["finished"] and report["rounds"][0]["n_sites"] == 2
+        assert (tmp_path / "dl" / "global_model.pt").is_file()
+    finally:
+        assert ecefl_main(["poc", "stop", *args]) == 0
+    assert not poc.port_in_use(PORT)
+
+
+@pytest.fixture(scope="module")
+def fl_poc_sites(tmp_path_factory):
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.pipeline import run_preprocess
+    from site_preprocess.synth import synthesize
+    root = tmp_path_factory.mktemp("pocdata")
+    synthesize(root / "dicom", sites=2, cases_per_site=2, unlabeled_per_site=0, seed=9, progress=False)
+    out = {}
+    for site in ("hospital-a", "hospital-b"):
+        run_preprocess(root / "dicom" / site / "dicom", root / "dicom" / site / "labels.csv", root / site,
+                       SiteConfig(), progress=False)
+        out[site] = (root / site / "datalist.json").resolve()
+    return out
