@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo clean-demo
+.PHONY: setup test demo jobs clean-demo
 
 setup: $(STAMP)
 
@@ -21,6 +21,12 @@ test: setup
 
 demo: setup
 	$(BIN)/ecefl demo --out workspace/demo
+
+# Exported NVFlare job folders (for `nvflare job submit -j jobs/<job>/<job>` or the admin console).
+jobs: setup
+	$(BIN)/python jobs/mae_pretrain/job.py --export --export-dir jobs/mae_pretrain
+	$(BIN)/python jobs/ece_finetune/job.py --export --export-dir jobs/ece_finetune
+	find jobs -name __pycache__ -type d -prune -exec rm -rf {} +
 
 clean-demo:
 	rm -rf workspace/demo

@@ -311,10 +311,32 @@ def _demo(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _infer(sub) -> None:
+    p = sub.add_parser("infer", help="one patient: ECE probability, nodal RTSTRUCT, evidence image")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dicom", required=True, help="the patient's folder (CT series, RTSTRUCT optional)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--use-rtstruct", action="store_true", help="pool over the patient's own nodal contours")
+    p.add_argument("--config", default=None, help="site.json (nodal ROI synonyms, tolerances)")
+
+    def run(args) -> int:
+        from ecefl.checkpoint import CheckpointError
+        from ecefl.infer import InferenceError, infer
+        from site_preprocess.config import SiteConfig
+        from site_preprocess.errors import UsageError
+        try:
+            infer(args.model, args.dicom, args.out, args.use_rtstruct, SiteConfig.load(args.config))
+        except (InferenceError, CheckpointError, UsageError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecefl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _fl, _poc, _demo):
+    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _fl, _poc, _demo, _infer):
         add(sub)
     return parser
 
