@@ -20,6 +20,11 @@ SITES = ("hospital-a", "hospital-b")
 
 
 @pytest.fixture(scope="module")
+def fl_root(fl_sites) -> Path:
+    return next(iter(fl_sites.values())).parents[2]
+
+
+@pytest.fixture(scope="module")
 def fl_sites(tmp_path_factory) -> dict[str, Path]:
     """Two tiny hospitals: 4 labelled (2 ECE+, 2 ECE-) + 1 unlabelled each, preprocessed."""
     from site_preprocess.config import SiteConfig
@@ -142,3 +147,15 @@ def test_job_at_a_site_without_data_fails_naming_site_and_setting(fl_sites, tmp_
                  quiet=True, progress=False, log=lambda *_: None)
     message = str(err.value)
     assert "hospital-z" in message and "ECEFL_SITE_CONFIG" in message and "datalist" in message
+
+
+def test_phi_audit_of_everything_the_federated_run_left(simulated, fl_root):
+    """Fake names, IDs, birth dates, accession numbers and UIDs of the DICOM headers appear nowhere: not in the
+    server workspace, logs, TensorBoard events, pooled metrics, models, nor in site artifacts outside private/."""
+    from phi import leaks, phi_strings
+    secrets = set()
+    for site in SITES:
+        secrets |= phi_strings(fl_root / "dicom" / site / "dicom")
+    assert len(secrets) > 100 and any(s.startswith("ZZSYN") for s in secrets)
+    assert leaks(simulated, secrets) == []
+    assert leaks(fl_root / "pre", secrets) == []

@@ -1,7 +1,7 @@
 """Dual-output SwinUNETR (MONAI) with mask-guided pooling, and its SimMIM-style masked-image pretrainer.
 
 DualOutputSwinUNETR: MONAI's SwinUNETR segments the nodal region; a per-voxel evidence head on the last decoder
-features scores each voxel, and the case logit is the evidence averaged over the pooling region
+features (and the windowed CT value) scores each voxel, and the case logit is the evidence averaged over the pooling region
     a(v) = p_nodes(v) + shell_weight * shell(v),    logit = sum_v a(v) e(v) / sum_v a(v) + bias,
 so the decision is grounded in the predicted nodes (and their perinodal border, where ECE lives). Only voxels predicted
 as node with p >= 0.5 enter p_nodes. The evidence map a(v) e(v) / sum a is each voxel's exact contribution to the logit. Both sums are additive, so sliding-window
@@ -41,7 +41,9 @@ class DualOutputSwinUNETR(nn.Module):
         self.plan = plan
         fs = plan.feature_size
         self.net = _swin(plan)
-        self.evidence_head = nn.Sequential(nn.Conv3d(fs, fs, 1), nn.GELU(), nn.Conv3d(fs, 1, 1))
+        # per-voxel evidence from the last decoder features plus the windowed CT value itself: instance norm in
+        # the decoder blunts absolute HU, and perinodal fat stranding is an absolute HU shift
+        self.evidence_head = nn.Sequential(nn.Conv3d(fs + 1, fs, 1), nn.GELU(), nn.Conv3d(fs, 1, 1))
         self.cls_bias = nn.Parameter(torch.zeros(1))
         radius = max(1, round(plan.shell_mm / min(plan.spacing)))
         self.shell_kernel = 2 * radius + 1
@@ -61,7 +63,7 @@ class DualOutputSwinUNETR(nn.Module):
         """Channels: 2 segmentation logits, pooling weight a, weighted evidence a*e (additive over windows)."""
         seg = self.net(x)
         features = self._decoder_features
-        evidence = self.evidence_head(features)
+        evidence = self.evidence_head(torch.cat([features, x], dim=1))
         if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours
             node_prob = torch.softmax(seg, dim=1)[:, 1:2].detach()
             # only confident node voxels: a faint probability over ~10^5 background voxels would otherwise

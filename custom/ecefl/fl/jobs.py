@@ -37,7 +37,9 @@ class EceFedAvgRecipe(FedAvgRecipe):
 def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_sites: int = 1,
                  val_fraction: float = 0.25, seed: int = 0, min_count: int = 0, initial_ckpt: str | None = None,
                  heartbeat_timeout: int | None = None, cross_site: bool = True, tracking: bool = True,
-                 name: str | None = None) -> EceFedAvgRecipe:
+                 name: str | None = None, site_scripts: dict[str, str | None] | None = None) -> EceFedAvgRecipe:
+    """site_scripts: {site: client script or None for the standard one}; when given it must name every site
+    (NVFlare then builds one client app per listed site)."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job {kind!r}; choose one of {JOB_KINDS}")
     if rounds < 1 or local_epochs < 1 or min_sites < 1:
@@ -50,6 +52,10 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         initial_ckpt=str(Path(initial_ckpt).resolve()) if initial_ckpt else None,
         min_clients=min_sites, num_rounds=rounds, train_script=str(CLIENT_SCRIPT), train_args=args,
         key_metric="auc")
+    if site_scripts:  # per-site client scripts (e.g. a site's own wrapper); the others run the standard client
+        from nvflare.recipe.utils import set_per_site_config
+        set_per_site_config(recipe, {site: {"train_script": script or str(CLIENT_SCRIPT)}
+                                     for site, script in site_scripts.items()})
     recipe.add_client_file(str(PACKAGE_PARENT))
     recipe.add_server_file(str(PACKAGE_PARENT))
     if heartbeat_timeout:
