@@ -103,3 +103,31 @@ def test_infer_errors_are_clear(model_file, patient, tmp_path, capsys):
         f.write_bytes(b"garbage")
     assert ecefl_main(["infer", "--model", str(model_file), "--dicom", str(broken), "--out", str(tmp_path / "o")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, preprocessed, tmp_path):
+    """The exported bundle, run by MONAI's bundle runner in a fresh process, segments like `ecefl infer`."""
+    import csv
+    import subprocess
+    import sys
+    bundle = tmp_path / "bundle"
+    assert ecefl_main(["export-bundle", "--model", str(model_file), "--out", str(bundle)]) == 0
+    for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+        assert (bundle / rel).is_file(), rel
+    from monai.bundle import ConfigParser
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    assert parser["network_def"]["_target_"] == "SwinUNETR"  # MONAI's own network, no ecefl import
+    ids = {r["patient_folder"]: r["case_id"] for r in csv.DictReader(open(preprocessed["hospital-a"] / "private" / "id_map.csv"))}
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(preprocessed["hospital-a"] / "images" / f"{ids[patient.name]}.nii.gz", data / "ct.nii.gz")
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                    str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                    "--dataset_dir", str(data), "--output_dir", str(tmp_path / "pred")],
+                   check=True, timeout=300, capture_output=True)
+    bundle_mask = np.asarray(nib.load(tmp_path / "pred" / "ct_nodes.nii.gz").dataobj).squeeze().astype(bool)
+    assert ecefl_main(["infer", "--model", str(model_file), "--dicom", str(patient), "--out", str(tmp_path / "inf")]) == 0
+    infer_mask = np.asarray(nib.load(tmp_path / "inf" / "nodes_pred.nii.gz").dataobj).astype(bool)
+    assert bundle_mask.shape == infer_mask.shape
+    assert dice(bundle_mask, infer_mask) >= 0.98

@@ -333,10 +333,25 @@ def _infer(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _export_bundle(sub) -> None:
+    p = sub.add_parser("export-bundle", help="export a model as a MONAI bundle (runs with MONAI alone)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+
+    @_learning_errors
+    def run(args) -> int:
+        from ecefl.bundle import export_bundle
+        out = export_bundle(args.model, args.out)
+        print(f"MONAI bundle in {out}; run: python -m monai.bundle run --config_file {out}/configs/inference.json "
+              f"--bundle_root {out} --dataset_dir NIFTI_DIR")
+        return 0
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecefl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _fl, _poc, _demo, _infer):
+    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _fl, _poc, _demo, _infer, _export_bundle):
         add(sub)
     return parser
 

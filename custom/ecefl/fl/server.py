@@ -140,6 +140,9 @@ class PooledFedAvg(BaseFedAvg):
                   for r in results if (r.metrics or {}).get("train_loss") is not None]
         if losses:
             record["train_loss"] = sum(l * w for l, w in losses) / max(sum(w for _, w in losses), 1)
+        train_s = {_client(r): (r.meta or {}).get("train_seconds") for r in results}
+        if any(v is not None for v in train_s.values()):
+            record["site_train_seconds"] = train_s  # local training time; the rest of "seconds" is overhead
         if self.job_kind != "ece_finetune":
             return M.nan_safe(record)
         site_stats, suppressed = {}, []

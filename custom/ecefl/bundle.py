@@ -1,0 +1,108 @@
+"""`ecefl export-bundle`: the global model as a MONAI bundle that MONAI's bundle runner loads without ecefl.
+
+The bundle's network is MONAI's own SwinUNETR (the segmentation part of the dual-output model, same weights),
+with the plan's preprocessing (RAS, spacing, HU window), the same sliding-window inference, and the mask
+inverted back to the input image's grid. The ECE head needs ecefl's pooling code, so the full dual-output
+checkpoint travels beside it (models/ecefl_dual.pt) for `ecefl infer`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import monai
+import torch
+
+from .checkpoint import load_checkpoint
+
+
+def inference_config(plan) -> dict:
+    return {
+        "imports": ["$import glob", "$import os"],
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "datalist": "$list(sorted(glob.glob(@dataset_dir + '/*.nii.gz')))",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": {"_target_": "SwinUNETR", "in_channels": 1, "out_channels": 2,
+                        "feature_size": plan.feature_size, "depths": list(plan.depths),
+                        "num_heads": list(plan.num_heads), "use_v2": plan.use_v2, "spatial_dims": 3},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS",
+             "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": list(plan.spacing), "mode": "bilinear"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": plan.hu_window[0],
+             "a_max": plan.hu_window[1], "b_min": 0.0, "b_max": 1.0, "clip": True},
+        ]},
+        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]",
+                    "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size), "sw_batch_size": 1,
+                    "overlap": plan.sw_overlap, "mode": "constant"},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": True, "to_tensor": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "nodes",
+             "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False},
+        ]},
+        "initialize": ["$torch.set_grad_enabled(False)",
+                       "$@network.load_state_dict(torch.load(@bundle_root + '/models/model.pt', "
+                       "map_location=@device, weights_only=True))", "$@network.eval()"],
+        # plain expressions (no ignite engine): predict each image, invert to its grid and save
+        "run": ["$[@postprocessing({**d, 'pred': @inferer(d['image'][None].to(@device), @network)[0].cpu()}) "
+                "for d in @dataset]"],
+    }
+
+
+def export_bundle(model_path, out) -> Path:
+    out = Path(out)
+    ckpt = load_checkpoint(model_path, kind="dual")
+    plan = ckpt["plan"]
+    for sub in ("configs", "models", "docs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    seg_state = {k[len("net."):]: v for k, v in ckpt["model"].items() if k.startswith("net.")}
+    torch.save(seg_state, out / "models" / "model.pt")
+    shutil.copy2(model_path, out / "models" / "ecefl_dual.pt")
+    (out / "configs" / "inference.json").write_text(json.dumps(inference_config(plan), indent=1))
+    metadata = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": "0.1.0", "changelog": {"0.1.0": "exported by ecefl"},
+        "monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": __import__("numpy").__version__, "required_packages_version": {},
+        "name": "ECE-FL nodal region segmentation (SwinUNETR)",
+        "task": "Segmentation of the gross nodal region on head-and-neck CT",
+        "description": "Segmentation part of the federated dual-output SwinUNETR of ECE-FL; the ECE classification "
+                       "(mask-guided pooling) runs with `ecefl infer --model models/ecefl_dual.pt`.",
+        "authors": "ECE-FL contributors", "copyright": "Apache-2.0",
+        "intended_use": "Research only; trained on the federation's data, not a medical device.",
+        "ecefl": {"plan": plan.to_dict(), "threshold": ckpt.get("threshold")},
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
+                                 "spatial_shape": list(plan.patch_size), "dtype": "float32",
+                                 "value_range": list(plan.hu_window), "is_patch_data": True,
+                                 "channel_def": {"0": "CT"}}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
+                                 "spatial_shape": list(plan.patch_size), "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": True, "channel_def": {"0": "background", "1": "nodal region"}}},
+        },
+    }
+    (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    (out / "docs" / "README.md").write_text(f"""# ECE-FL nodal region segmentation bundle
+
+MONAI SwinUNETR (feature_size {plan.feature_size}, depths {list(plan.depths)}) from an ECE-FL global model.
+Input: CT NIfTI in HU (any orientation/spacing); it is reoriented to RAS, resampled to {list(plan.spacing)} mm,
+windowed {list(plan.hu_window)} HU -> [0, 1], segmented with {list(plan.patch_size)} sliding windows, and the mask
+is written in the input's grid as `<name>_nodes.nii.gz`.
+
+    python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir /path/to/niftis
+
+The ECE decision (mask-guided pooling over the predicted nodes) needs ECE-FL:
+`ecefl infer --model models/ecefl_dual.pt --dicom PATIENT_DIR --out OUT`. Research use only.
+""")
+    return out
