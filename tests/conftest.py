@@ -39,3 +39,16 @@ def preprocessed(synth_root, tmp_path_factory) -> dict[str, Path]:
         assert code == 0, f"{site.name}: exit {code}"
         outs[site.name] = out
     return outs
+
+
+def preprocessed_sites(root: Path, sites: int, cases_per_site: int, unlabeled_per_site: int, seed: int) -> dict:
+    """Small synthetic hospitals, preprocessed: {site name: absolute datalist path}."""
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.pipeline import run_preprocess
+    from site_preprocess.synth import synthesize
+    out = {}
+    for site_dir in synthesize(root / "dicom", sites, cases_per_site, unlabeled_per_site, seed, progress=False):
+        dst = root / "pre" / site_dir.name
+        assert run_preprocess(site_dir / "dicom", site_dir / "labels.csv", dst, SiteConfig(), progress=False) == 0
+        out[site_dir.name] = (dst / "datalist.json").resolve()
+    return out

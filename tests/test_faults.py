@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import preprocessed_sites
 from ecefl.checkpoint import load_checkpoint
 from ecefl.fl.simulate import _run_job
 from ecefl.plan import get_plan
@@ -15,14 +16,7 @@ POISON = str(Path(__file__).with_name("fl_poisoned_client.py"))
 
 
 def test_nan_update_is_rejected_naming_site_and_round(fl_sites_small, tmp_path, monkeypatch):
-    import ecefl.fl.simulate as sim
-    cfg = tmp_path / "site_config.json"
-    cfg.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in fl_sites_small.items()}}))
-    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
-    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
-    real_build = sim.build_recipe
-    monkeypatch.setattr(sim, "build_recipe", lambda *a, **k: real_build(
-        *a, site_scripts={"hospital-a": None, "hospital-b": POISON}, **k))
+    _poison_hospital_b(fl_sites_small, tmp_path, monkeypatch)
     out = _run_job("mae_pretrain", get_plan("test-tiny"), fl_sites_small, tmp_path / "ws", rounds=2,
                    local_epochs=1, min_sites=1, seed=0, val_fraction=0.5, min_count=0, quiet=True,
                    progress=False, log=lambda *_: None)
@@ -38,15 +32,8 @@ def test_nan_update_is_rejected_naming_site_and_round(fl_sites_small, tmp_path, 
 
 
 def test_too_few_usable_sites_ends_the_job_with_a_clear_message(fl_sites_small, tmp_path, monkeypatch):
-    import ecefl.fl.simulate as sim
     from ecefl.fl.simulate import FederatedRunError
-    cfg = tmp_path / "site_config.json"
-    cfg.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in fl_sites_small.items()}}))
-    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
-    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
-    real_build = sim.build_recipe
-    monkeypatch.setattr(sim, "build_recipe", lambda *a, **k: real_build(
-        *a, site_scripts={"hospital-a": None, "hospital-b": POISON}, **k))
+    _poison_hospital_b(fl_sites_small, tmp_path, monkeypatch)
     with pytest.raises(FederatedRunError) as err:
         _run_job("mae_pretrain", get_plan("test-tiny"), fl_sites_small, tmp_path / "ws", rounds=1,
                  local_epochs=1, min_sites=2, seed=0, val_fraction=0.5, min_count=0, quiet=True, progress=False,
@@ -56,14 +43,16 @@ def test_too_few_usable_sites_ends_the_job_with_a_clear_message(fl_sites_small, 
 
 @pytest.fixture(scope="module")
 def fl_sites_small(tmp_path_factory):
-    from site_preprocess.config import SiteConfig
-    from site_preprocess.pipeline import run_preprocess
-    from site_preprocess.synth import synthesize
-    root = tmp_path_factory.mktemp("faults")
-    synthesize(root / "dicom", sites=2, cases_per_site=2, unlabeled_per_site=0, seed=21, progress=False)
-    out = {}
-    for site in ("hospital-a", "hospital-b"):
-        run_preprocess(root / "dicom" / site / "dicom", root / "dicom" / site / "labels.csv", root / site,
-                       SiteConfig(), progress=False)
-        out[site] = (root / site / "datalist.json").resolve()
-    return out
+    return preprocessed_sites(tmp_path_factory.mktemp("faults"), 2, 2, 0, seed=21)
+
+
+def _poison_hospital_b(fl_sites_small, tmp_path, monkeypatch) -> None:
+    """Site config for both sites; hospital-b runs the NaN-sending client script."""
+    import ecefl.fl.simulate as sim
+    cfg = tmp_path / "site_config.json"
+    cfg.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in fl_sites_small.items()}}))
+    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
+    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
+    real_build = sim.build_recipe
+    monkeypatch.setattr(sim, "build_recipe", lambda *a, **k: real_build(
+        *a, site_scripts={"hospital-a": None, "hospital-b": POISON}, **k))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from conftest import preprocessed_sites
 from ecefl.checkpoint import load_checkpoint
 from ecefl.cli import main as ecefl_main
 from ecefl.data import load_datalist, stratified_split
@@ -27,18 +29,7 @@ def fl_root(fl_sites) -> Path:
 @pytest.fixture(scope="module")
 def fl_sites(tmp_path_factory) -> dict[str, Path]:
     """Two tiny hospitals: 4 labelled (2 ECE+, 2 ECE-) + 1 unlabelled each, preprocessed."""
-    from site_preprocess.config import SiteConfig
-    from site_preprocess.pipeline import run_preprocess
-    from site_preprocess.synth import synthesize
-    root = tmp_path_factory.mktemp("fl")
-    synthesize(root / "dicom", sites=2, cases_per_site=4, unlabeled_per_site=1, seed=5, progress=False)
-    out = {}
-    for site in SITES:
-        dst = root / "pre" / site
-        assert run_preprocess(root / "dicom" / site / "dicom", root / "dicom" / site / "labels.csv", dst,
-                              SiteConfig(), progress=False) == 0
-        out[site] = dst / "datalist.json"
-    return out
+    return preprocessed_sites(tmp_path_factory.mktemp("fl"), 2, 4, 1, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +87,9 @@ def test_server_pooled_auc_and_confusion_equal_sklearn_on_local_predictions(simu
     model = DualOutputSwinUNETR(ckpt["plan"])
     model.load_state_dict(ckpt["model"], strict=True)
     probs, labels, dices = [], [], []
+    threads = torch.get_num_threads()
+    # as the simulated sites ran (ECEFL_TORCH_THREADS = cores // sites): same float reduction order
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // len(SITES)))
     for site, datalist in fl_sites.items():
         labelled, _ = load_datalist(datalist, site=site)
         _, val = stratified_split(labelled, VAL_FRACTION, 0)
@@ -103,6 +97,7 @@ def test_server_pooled_auc_and_confusion_equal_sklearn_on_local_predictions(simu
         probs += list(pred["probs"])
         labels += list(pred["labels"])
         dices += list(pred["dices"])
+    torch.set_num_threads(threads)
     probs, labels = np.array(probs), np.array(labels)
     assert final["pooled"]["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=0.005)
     tn, fp, fn, tp = confusion_matrix(labels, probs >= final["threshold"], labels=[0, 1]).ravel()

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from ecefl.cli import main as ecefl_main
+from conftest import preprocessed_sites
 from ecefl.fl import poc
 
 PORT = 8142
@@ -40,14 +41,4 @@ def test_poc_prepare_start_submit_wait_download_stop(fl_poc_sites, tmp_path, cap
 
 @pytest.fixture(scope="module")
 def fl_poc_sites(tmp_path_factory):
-    from site_preprocess.config import SiteConfig
-    from site_preprocess.pipeline import run_preprocess
-    from site_preprocess.synth import synthesize
-    root = tmp_path_factory.mktemp("pocdata")
-    synthesize(root / "dicom", sites=2, cases_per_site=2, unlabeled_per_site=0, seed=9, progress=False)
-    out = {}
-    for site in ("hospital-a", "hospital-b"):
-        run_preprocess(root / "dicom" / site / "dicom", root / "dicom" / site / "labels.csv", root / site,
-                       SiteConfig(), progress=False)
-        out[site] = (root / site / "datalist.json").resolve()
-    return out
+    return preprocessed_sites(tmp_path_factory.mktemp("pocdata"), 2, 2, 0, seed=9)

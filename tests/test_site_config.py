@@ -15,6 +15,7 @@ def test_lookup_order_local_file_then_env_file_then_env_path(tmp_path, monkeypat
     ws = tmp_path / "site-1" / "job-123"
     ws.mkdir(parents=True)
     monkeypatch.chdir(ws)
+    monkeypatch.delenv("ECEFL_SITE_CONFIG", raising=False)
     monkeypatch.setenv("ECEFL_DATALIST", str(d3))
     assert datalist_for("site-1") == d3
     cfg = tmp_path / "sites.json"

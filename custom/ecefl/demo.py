@@ -9,7 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from .checkpoint import load_checkpoint
 from .cli import format_metrics_table

@@ -5,7 +5,7 @@ exact spacing/window/architecture the weights were trained with (the nnU-Net ide
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ cycle through them with a jittered pixel spacing, so `--sites 5` still gives fiv
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)

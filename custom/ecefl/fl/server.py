@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 
 from ecefl import metrics as M

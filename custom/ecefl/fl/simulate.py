@@ -53,9 +53,24 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
     ws.mkdir(parents=True, exist_ok=True)
     site_config = ws / "site_config.json"
     site_config.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in sites.items()}}, indent=1))
-    # Simulated sites share this machine: each reads its own entry of this site-local file.
+    # Simulated sites share this machine: each reads its own entry of this site-local file. The variables are
+    # inherited by the simulator's site processes and restored afterwards.
+    saved = {k: os.environ.get(k) for k in ("ECEFL_SITE_CONFIG", "ECEFL_TORCH_THREADS")}
     os.environ["ECEFL_SITE_CONFIG"] = str(site_config)
     os.environ.setdefault("ECEFL_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) // len(sites))))
+    try:
+        return _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction,
+                              min_count, quiet, progress, log, overrides)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction, min_count,
+                   quiet, progress, log, overrides) -> dict:
     plan = get_plan(preset, seed=seed, **overrides)
     min_sites = min_sites or len(sites)
     outputs = {}
