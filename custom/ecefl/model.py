@@ -13,6 +13,8 @@ a light head reconstructs the voxels from the two deepest encoder stages, loss o
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -41,6 +43,10 @@ class DualOutputSwinUNETR(nn.Module):
         self.plan = plan
         fs = plan.feature_size
         self.net = _swin(plan)
+        # Prior for a rare foreground (nodes are ~1 % of a patch), as in RetinaNet: an untrained network predicts
+        # "no node" instead of p = 0.5 everywhere, where the p >= 0.5 pooling gate would flip on float noise.
+        with torch.no_grad():
+            self.net.out.conv.conv.bias.copy_(torch.tensor([0.0, math.log(plan.node_prior / (1 - plan.node_prior))]))
         # per-voxel evidence from the last decoder features plus the windowed CT value itself: instance norm in
         # the decoder blunts absolute HU, and perinodal fat stranding is an absolute HU shift
         self.evidence_head = nn.Sequential(nn.Conv3d(fs + 1, fs, 1), nn.GELU(), nn.Conv3d(fs, 1, 1))

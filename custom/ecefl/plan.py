@@ -32,6 +32,7 @@ class Plan:
     cls_ramp_fraction: float = 0.5
     teacher_forcing_fraction: float = 0.5  # pool over the reference ROI for this share of epochs
     head_lr_multiplier: float = 10.0  # the small evidence head learns faster than the pretrained backbone
+    node_prior: float = 0.05  # initial foreground probability of the segmentation output
     shell_weight: float = 0.5  # perinodal shell added to the pooling region (ECE lives at the border)
     shell_mm: float = 6.0
     balanced_sampling: bool = False
