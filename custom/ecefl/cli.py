@@ -66,15 +66,21 @@ def _learning_errors(fn):
     return run
 
 
-def _pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="MAE (masked-image) pretraining of the SwinUNETR encoder")
+def _training_parser(sub, name: str, help_text: str, epochs: int):
+    """Arguments shared by the centralised training stages."""
+    p = sub.add_parser(name, help=help_text)
     p.add_argument("--datalist", action="append", required=True, help="a site's datalist.json (repeatable)")
     p.add_argument("--preset", default="cpu-small")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
     _plan_overrides(p)
+    return p
+
+
+def _pretrain(sub) -> None:
+    p = _training_parser(sub, "pretrain", "MAE (masked-image) pretraining of the SwinUNETR encoder", 10)
 
     @_learning_errors
     def run(args) -> int:
@@ -87,17 +93,10 @@ def _pretrain(sub) -> None:
 
 
 def _train(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune the dual-output SwinUNETR (nodal segmentation + ECE)")
-    p.add_argument("--datalist", action="append", required=True, help="a site's datalist.json (repeatable)")
-    p.add_argument("--preset", default="cpu-small")
-    p.add_argument("--epochs", type=int, default=20)
+    p = _training_parser(sub, "train", "fine-tune the dual-output SwinUNETR (nodal segmentation + ECE)", 20)
     p.add_argument("--init", default=None, help="MAE checkpoint.pt to initialise the encoder from")
     p.add_argument("--label-fraction", type=float, default=1.0)
     p.add_argument("--val-fraction", type=float, default=0.25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--no-progress", action="store_true")
-    _plan_overrides(p)
 
     @_learning_errors
     def run(args) -> int:
