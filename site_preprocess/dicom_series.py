@@ -16,6 +16,8 @@ from pydicom.errors import InvalidDicomError
 
 from .errors import CaseError
 
+# Files with these suffixes that do not parse as DICOM are notes/exports beside the images, not damaged slices.
+NON_DICOM_SUFFIXES = {".txt", ".csv", ".json", ".xml", ".png", ".jpg", ".jpeg", ".pdf", ".md", ".nii", ".gz"}
 CT_STORAGE = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -37,7 +39,8 @@ def scan_folder(folder: Path) -> FolderScan:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            scan.unreadable.append((path, f"{type(exc).__name__}: {exc}"))
+            if path.suffix.lower() not in NON_DICOM_SUFFIXES:
+                scan.unreadable.append((path, f"{type(exc).__name__}: {exc}"))
             continue
         if "SOPClassUID" not in ds or "Modality" not in ds:  # a header cut short parses without error
             scan.unreadable.append((path, "incomplete DICOM header (no SOPClassUID/Modality): truncated?"))

@@ -20,10 +20,9 @@ from .labels import Labels, read_labels
 from .outputs import write_csv, write_json, write_nifti
 from .pseudonym import case_id as make_case_id
 from .pseudonym import load_or_create_secret
-from .rtstruct import nodal_rois, rasterise, referenced_series
+from .rtstruct import check_frame_of_reference, nodal_rois, rasterise, referenced_series
 
 EXIT_OK, EXIT_STRICT_FAIL, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
-NON_DICOM_SUFFIXES = {".txt", ".csv", ".json", ".xml", ".png", ".jpg", ".jpeg", ".pdf", ".md", ".nii", ".gz"}
 
 
 @dataclass
@@ -97,7 +96,6 @@ def _process_case(folder: Path, labels: Labels, out: Path, cfg: SiteConfig, secr
             seen_patients[pid] = cached_id
             return CaseOutcome(record=done, id_row=[cached_id, folder.name, pid])
     scan = scan_folder(folder)
-    scan.unreadable = [(p, e) for p, e in scan.unreadable if p.suffix.lower() not in NON_DICOM_SUFFIXES]
     patient_id = _patient_id(scan)
     cid = make_case_id(secret, patient_id if patient_id else f"folder:{folder.name}")
     record = {"case_id": cid, "status": "failed", "reason": "", "roi_names_used": [], "n_slices": 0,
@@ -213,10 +211,7 @@ def _choose_rtstruct(scan, cfg: SiteConfig):
 
 
 def _nodal_masks(rs, ct: CtVolume, cfg: SiteConfig, record: dict, outcome: CaseOutcome):
-    fors, _ = referenced_series(rs)
-    if ct.frame_of_reference not in fors:
-        raise CaseError("the RTSTRUCT's frame of reference does not match the CT's (contours drawn on another "
-                        "scan or registration); export the structure set of this planning CT")
+    check_frame_of_reference(rs, ct)
     rois = nodal_rois(rs, cfg)
     outcome.roi_rows += [[record["case_id"], name, int(nodal), why] for name, nodal, why in rois.decisions]
     record["roi_names_used"] = rois.names

@@ -43,6 +43,12 @@ def referenced_series(rs: pydicom.Dataset) -> tuple[set[str], set[str]]:
     return fors, series
 
 
+def check_frame_of_reference(rs: pydicom.Dataset, ct: CtVolume) -> None:
+    if ct.frame_of_reference not in referenced_series(rs)[0]:
+        raise CaseError("the RTSTRUCT's frame of reference does not match the CT's (contours drawn on another "
+                        "scan or registration); export the structure set of this planning CT")
+
+
 def nodal_rois(rs: pydicom.Dataset, cfg: SiteConfig) -> NodalRois:
     names = {int(r.ROINumber): str(r.get("ROIName", "")) for r in rs.get("StructureSetROISequence", [])}
     types = {int(o.ReferencedROINumber): o.get("RTROIInterpretedType")

@@ -242,14 +242,11 @@ def _export_job(args):
     from pathlib import Path
     from ecefl.fl.jobs import build_recipe
     from ecefl.plan import get_plan
-    from ecefl.stages import plan_from_pretraining
     plan = get_plan(args.preset, seed=args.seed)
     initial = None
     if args.job == "ece_finetune" and args.init:
-        from ecefl.checkpoint import load_checkpoint
-        from ecefl.fl.simulate import _merge_encoder
-        plan = plan_from_pretraining(plan, load_checkpoint(args.init)["plan"])
-        initial = _merge_encoder(args.init, plan, Path(args.workspace).resolve() / "initial_model.pt", print)
+        from ecefl.fl.simulate import finetune_start
+        plan, initial = finetune_start(args.init, plan, Path(args.workspace).resolve() / "initial_model.pt", print)
     from ecefl.fl import poc
     n_sites = len(poc.load_state(args.workspace)["sites"])
     recipe = build_recipe(args.job, plan, rounds=args.rounds, local_epochs=args.local_epochs,

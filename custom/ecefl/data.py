@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.transforms import (Compose, EnsureTyped, LoadImaged, Orientationd, RandAffined, RandCropByPosNegLabeld,
                               RandFlipd, RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd,
@@ -138,14 +139,12 @@ def cached_loader(items: list[dict], transform: Compose, batch_size: int, shuffl
     sampler = None
     if balanced:
         from torch.utils.data import WeightedRandomSampler
-        import torch
         labels = np.array([it["ece"] for it in items])
         counts = np.bincount(labels, minlength=2).astype(float)
         weights = 1.0 / counts[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(items), replacement=True,
                                         generator=torch.Generator().manual_seed(seed))
         shuffle = False
-    import torch
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=0,
                       collate_fn=list_data_collate, generator=torch.Generator().manual_seed(seed))
 

@@ -32,12 +32,10 @@ class InferenceError(RuntimeError):
 def _read_patient(dicom_dir: Path, use_rtstruct: bool, site_config):
     from site_preprocess.dicom_series import load_ct, scan_folder, select_series
     from site_preprocess.errors import CaseError
-    from site_preprocess.rtstruct import nodal_rois, rasterise, referenced_series
+    from site_preprocess.rtstruct import check_frame_of_reference, nodal_rois, rasterise, referenced_series
     if not dicom_dir.is_dir():
         raise InferenceError(f"{dicom_dir} is not a folder; pass one patient's DICOM folder")
-    from site_preprocess.pipeline import NON_DICOM_SUFFIXES
     scan = scan_folder(dicom_dir)
-    scan.unreadable = [(p, e) for p, e in scan.unreadable if p.suffix.lower() not in NON_DICOM_SUFFIXES]
     try:
         if scan.unreadable and not scan.series:
             raise CaseError(f"{len(scan.unreadable)} file(s) cannot be read as DICOM and no CT series was found")
@@ -52,8 +50,7 @@ def _read_patient(dicom_dir: Path, use_rtstruct: bool, site_config):
         ct = load_ct(files, site_config.slice_position_tolerance)
         region = None
         if use_rtstruct:
-            if ct.frame_of_reference not in referenced_series(rs)[0]:
-                raise CaseError("the RTSTRUCT's frame of reference does not match the CT's")
+            check_frame_of_reference(rs, ct)
             region, _ = rasterise(nodal_rois(rs, site_config), ct, site_config.contour_plane_tolerance)
     except CaseError as exc:
         raise InferenceError(f"{dicom_dir}: {exc.reason}") from exc
@@ -168,8 +165,9 @@ def _evidence_png(image, pred, evidence, region, result, path: Path) -> None:
     else:
         x, y, z = (s // 2 for s in image.shape)
     lim = float(np.abs(evidence).max()) or 1.0
-    views = [("axial", image[:, :, z].T[::-1, ::-1], pred[:, :, z].T[::-1, ::-1], evidence[:, :, z].T[::-1, ::-1]),
-             ("coronal", image[:, y, :].T[::-1, ::-1], pred[:, y, :].T[::-1, ::-1], evidence[:, y, :].T[::-1, ::-1])]
+    from .report import radiological
+    views = [(name, radiological(image[cut]), radiological(pred[cut]), radiological(evidence[cut]))
+             for name, cut in (("axial", np.s_[:, :, z]), ("coronal", np.s_[:, y, :]))]
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     for ax, (name, img, msk, ev) in zip(axes, views):
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)

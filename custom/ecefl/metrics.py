@@ -142,6 +142,26 @@ def roc_from_histograms(pos, neg) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
+def youden_threshold_from_histograms(pos, neg) -> float:
+    """Youden's J on a histogram ROC; the threshold is the lower edge of a bin (0.5 if one class only)."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    if pos.sum() == 0 or neg.sum() == 0:
+        return 0.5
+    tpr = np.cumsum(pos[::-1])[::-1] / pos.sum()  # predicted positive: bins >= i
+    fpr = np.cumsum(neg[::-1])[::-1] / neg.sum()
+    return float(int(np.argmax(tpr - fpr)) / len(pos))
+
+
+def summary(stats: dict, n_boot: int = 0) -> dict:
+    """The metric keys and case counts of (merged) statistics; with n_boot > 0 also their CIs."""
+    pooled = pooled_metrics(stats, n_boot=n_boot)
+    out = {k: pooled.get(k) for k in METRIC_KEYS}
+    out.update(n_cases=pooled["n_cases"], n_pos=pooled["n_pos"], n_neg=pooled["n_neg"])
+    if n_boot:
+        out["ci"] = pooled["ci"]
+    return out
+
+
 def pooled_metrics(stats: dict, n_boot: int = 1000, seed: int = 0) -> dict:
     """Metrics from (merged) additive statistics, with multinomial case-resampling CIs."""
     out = {"dice": stats["dice_sum"] / stats["dice_n"] if stats["dice_n"] else None,

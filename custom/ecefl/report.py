@@ -68,7 +68,7 @@ def learning_curves(mae: dict | None, finetune: dict, out: Path) -> Path:
     return _save(fig, out)
 
 
-def _display(slice_xy: np.ndarray) -> np.ndarray:
+def radiological(slice_xy: np.ndarray) -> np.ndarray:
     """RAS (x, y) slice -> radiological display: anterior up, patient right on the viewer's left."""
     return slice_xy.T[::-1, ::-1]
 
@@ -81,14 +81,14 @@ def evidence_overlay(case: dict, title: str, out: Path) -> Path:
     lim = float(np.abs(evidence).max()) or 1.0
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
     for ax, with_heat in zip(axes, (False, True)):
-        ax.imshow(_display(image[:, :, k]), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(radiological(image[:, :, k]), cmap="gray", vmin=0, vmax=1)
         if with_heat:
             heat = np.ma.masked_where(np.abs(ev) < 0.02 * lim, ev)
-            ax.imshow(_display(heat), cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.75)
+            ax.imshow(radiological(heat), cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.75)
         if label[:, :, k].any():
-            ax.contour(_display(label[:, :, k].astype(float)), levels=[0.5], colors="lime", linewidths=1.0)
+            ax.contour(radiological(label[:, :, k].astype(float)), levels=[0.5], colors="lime", linewidths=1.0)
         if pred[:, :, k].any():
-            ax.contour(_display(pred[:, :, k].astype(float)), levels=[0.5], colors="red", linewidths=1.0)
+            ax.contour(radiological(pred[:, :, k].astype(float)), levels=[0.5], colors="red", linewidths=1.0)
         ax.set_axis_off()
     axes[0].set_title("CT (green: reference ROI, red: predicted)", fontsize=8)
     axes[1].set_title("evidence (red raises, blue lowers the ECE logit)", fontsize=8)

@@ -85,9 +85,9 @@ class SiteLearner:
             self.log(f"validation split has fewer than {self.args.min_count} cases of a class: statistics "
                      "suppressed (min-count rule)")
             return {"suppressed": True, "n_cases": stats["n_cases"]}, {"suppressed": 1, "n_cases": stats["n_cases"]}
-        summary = M.pooled_metrics(stats, n_boot=0)
+        summary = M.summary(stats)
         site_metrics = {k: float(summary[k]) for k in M.METRIC_KEYS if summary.get(k) is not None}
-        site_metrics["n_cases"] = stats["n_cases"]
+        site_metrics["n_cases"] = summary["n_cases"]
         return stats, site_metrics
 
     def train_round(self, incoming) -> flare.FLModel:

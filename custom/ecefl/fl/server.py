@@ -152,7 +152,7 @@ class PooledFedAvg(BaseFedAvg):
                 suppressed.append(_client(r))
             elif stats.get("n_cases"):
                 site_stats[_client(r)] = stats
-        record["sites"] = {site: self._metrics(stats, n_boot=0) for site, stats in sorted(site_stats.items())}
+        record["sites"] = {site: M.summary(stats) for site, stats in sorted(site_stats.items())}
         for site in suppressed:
             record["sites"][site] = {"suppressed": True}
         if round_id == "final":  # per-site ROC curves for the report (the server holds these histograms anyway)
@@ -160,37 +160,15 @@ class PooledFedAvg(BaseFedAvg):
                                   for site, st in sorted(site_stats.items())}
         if site_stats:
             merged = M.merge_stats(list(site_stats.values()))
-            record["pooled"] = self._metrics(merged, n_boot=1000)
+            record["pooled"] = M.summary(merged, n_boot=1000)
             record["roc"] = {"score_hist_pos": merged["score_hist_pos"], "score_hist_neg": merged["score_hist_neg"]}
             # the next operating threshold: Youden's J on the pooled ROC, at a histogram bin edge
-            self.threshold = self._youden_from_hist(merged)
+            self.threshold = M.youden_threshold_from_histograms(merged["score_hist_pos"], merged["score_hist_neg"])
             record["next_threshold"] = self.threshold
         else:
             record["pooled"] = None
         self._track(round_id, record)
         return M.nan_safe(record)
-
-    @staticmethod
-    def _metrics(stats: dict, n_boot: int) -> dict:
-        pooled = M.pooled_metrics(stats, n_boot=n_boot)
-        out = {k: pooled.get(k) for k in M.METRIC_KEYS}
-        out.update(n_cases=pooled["n_cases"], n_pos=pooled["n_pos"], n_neg=pooled["n_neg"])
-        if n_boot:
-            out["ci"] = pooled["ci"]
-        return out
-
-    @staticmethod
-    def _youden_from_hist(stats: dict) -> float:
-        pos = np.asarray(stats["score_hist_pos"], float)
-        neg = np.asarray(stats["score_hist_neg"], float)
-        if pos.sum() == 0 or neg.sum() == 0:
-            return 0.5
-        bins = len(pos)
-        # predicted positive = bins >= i; threshold = lower edge of bin i
-        tpr = np.cumsum(pos[::-1])[::-1] / pos.sum()
-        fpr = np.cumsum(neg[::-1])[::-1] / neg.sum()
-        best = int(np.argmax(tpr - fpr))
-        return float(best / bins)
 
     def _maybe_best(self, record: dict, model: FLModel) -> None:
         pooled = record.get("pooled") or {}

@@ -82,20 +82,20 @@ def _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed
     if job in ("ece_finetune", "all"):
         initial = None
         if init:
-            mae_plan = load_checkpoint(init)["plan"]
-            plan = plan_from_pretraining(plan, mae_plan, log)
-            initial = _merge_encoder(init, plan, ws / "ece_finetune" / "initial_model.pt", log)
+            plan, initial = finetune_start(init, plan, ws / "ece_finetune" / "initial_model.pt", log)
         outputs["ece_finetune"] = _run_job("ece_finetune", plan, sites, ws, initial_ckpt=initial, **common)
     return outputs
 
 
-def _merge_encoder(mae_path: str, plan: Plan, out: Path, log) -> str:
-    """A full dual-output state dict whose encoder is the MAE global model's (verified N/N key by key)."""
+def finetune_start(mae_path: str, plan: Plan, out: Path, log) -> tuple[Plan, str]:
+    """The fine-tuning plan (geometry/architecture of the MAE plan) and a full dual-output state dict whose
+    encoder is the MAE global model's (verified N/N key by key), saved at `out` for the job's persistor."""
+    plan = plan_from_pretraining(plan, load_checkpoint(mae_path)["plan"], log)
     model = DualOutputSwinUNETR(plan)
     load_encoder(model, load_checkpoint(mae_path)["model"], str(mae_path), log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, out)
-    return str(out)
+    return plan, str(out)
 
 
 def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: int, local_epochs: int,
@@ -137,9 +137,10 @@ def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: in
             out[name.replace(".pt", "")] = job_dir / name
     shutil.copy2(report_path, job_dir / "pooled_metrics.json")
     cse = server_dir / "cross_site_val" / "cross_val_results.json"
-    if kind == "ece_finetune":
-        shutil.copy2(cse, job_dir / "cross_site.json") if cse.is_file() else \
-            (job_dir / "cross_site.json").write_text("{}")
+    if kind == "ece_finetune" and cse.is_file():
+        shutil.copy2(cse, job_dir / "cross_site.json")
+    elif kind == "ece_finetune":
+        (job_dir / "cross_site.json").write_text("{}")
     log(f"== {kind} finished in {seconds:.0f}s; artifacts in {job_dir}")
     return out
 
