@@ -9,6 +9,7 @@ import torch
 
 from conftest import preprocessed_sites
 from ecefl.checkpoint import load_checkpoint
+from ecefl.cli import main as ecefl_main
 from ecefl.fl.simulate import _run_job
 from ecefl.plan import get_plan
 
@@ -56,3 +57,39 @@ def _poison_hospital_b(fl_sites_small, tmp_path, monkeypatch) -> None:
     real_build = sim.build_recipe
     monkeypatch.setattr(sim, "build_recipe", lambda *a, **k: real_build(
         *a, site_scripts={"hospital-a": None, "hospital-b": POISON}, **k))
+
+
+def test_min_count_suppresses_small_site_statistics_and_simulate_resumes(tmp_path, capsys, fl_sites_four):
+    """Validation splits with fewer than --min-count cases of a class send no statistics (reported as
+    suppressed); a finished round's global model is resumed by `ecefl fl simulate --resume` at the next round."""
+    sites = [a for site, dl in fl_sites_four.items() for a in ("--site", f"{site}={dl}")]
+    common = ["fl", "simulate", "--job", "ece_finetune", "--local-epochs", "1", "--preset", "test-tiny",
+              "--val-fraction", "0.5", "--quiet", "--no-progress", *sites]
+    ws = tmp_path / "ws"
+    assert ecefl_main([*common, "--rounds", "1", "--min-count", "2", "--workspace", str(ws)]) == 0
+    assert "suppressed" in capsys.readouterr().out
+    report = json.loads((ws / "ece_finetune" / "pooled_metrics.json").read_text())
+    final = report["final"]
+    assert final["pooled"] is None
+    assert final["sites"] == {"hospital-a": {"suppressed": True}, "hospital-b": {"suppressed": True}}
+    first = load_checkpoint(ws / "ece_finetune" / "global_model.pt")
+    assert first["federated"]["round"] == 0
+
+    ws2 = tmp_path / "ws2"
+    assert ecefl_main([*common, "--rounds", "2", "--workspace", str(ws2),
+                       "--resume", str(ws / "ece_finetune" / "global_model.pt")]) == 0
+    resumed = json.loads((ws2 / "ece_finetune" / "pooled_metrics.json").read_text())
+    assert [r["round"] for r in resumed["rounds"]] == [1] and resumed["resumed_from"]["checkpoint_round"] == 0
+    assert resumed["final"]["pooled"]["n_cases"] >= 2  # without --min-count the statistics are pooled
+    start = torch.load(ws2 / "resume_model_ece_finetune.pt", weights_only=False)["model"]
+    assert all(torch.equal(start[k], v) for k, v in first["model"].items())
+    assert load_checkpoint(ws2 / "ece_finetune" / "global_model.pt")["federated"]["round"] == 1
+    # a checkpoint of the last round has nothing left to resume
+    assert ecefl_main([*common, "--rounds", "2", "--workspace", str(tmp_path / "ws3"),
+                       "--resume", str(ws2 / "ece_finetune" / "global_model.pt")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def fl_sites_four(tmp_path_factory):
+    return preprocessed_sites(tmp_path_factory.mktemp("faults4"), 2, 4, 0, seed=23)

@@ -2,21 +2,26 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from ecefl.cli import main as ecefl_main
 from conftest import preprocessed_sites
+from ecefl.checkpoint import load_checkpoint
 from ecefl.fl import poc
 
 PORT = 8142
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_poc_prepare_start_submit_wait_download_stop(fl_poc_sites, tmp_path, capsys):
     ws = tmp_path / "poc"
     args = ["--workspace", str(ws)]
     datalists = [a for site, dl in fl_poc_sites.items() for a in ("--datalist", f"{site}={dl}")]
-    assert ecefl_main(["poc", "prepare", *args, *datalists, "--port", str(PORT)]) == 0
+    privacy = ROOT / "poc" / "privacy.json"
+    assert ecefl_main(["poc", "prepare", *args, *datalists, "--port", str(PORT), "--privacy", str(privacy)]) == 0
     local = json.loads((poc.prod_dir(ws) / "hospital-a" / "local" / "ecefl_site.json").read_text())
     assert local["datalist"] == str(fl_poc_sites["hospital-a"])
     assert ecefl_main(["poc", "start", *args]) == 0
@@ -34,6 +39,24 @@ def test_poc_prepare_start_submit_wait_download_stop(fl_poc_sites, tmp_path, cap
         report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
         assert report["finished"] and report["rounds"][0]["n_sites"] == 2
         assert (tmp_path / "dl" / "global_model.pt").is_file()
+
+        # a job in the sites' "ecefl_strict" privacy scope: each site's update passes its PercentilePrivacy
+        # filter (only the largest 10 % of weight changes leave the site)
+        capsys.readouterr()
+        assert ecefl_main(["poc", "submit", "ece_finetune", *args, "--rounds", "1", "--preset", "test-tiny",
+                           "--init", str(tmp_path / "dl" / "global_model.pt"),
+                           "--privacy-scope", "ecefl_strict"]) == 0
+        private_job = capsys.readouterr().out.strip().splitlines()[-1]
+        assert ecefl_main(["poc", "wait", private_job, *args, "--timeout", "600"]) == 0
+        assert ecefl_main(["poc", "download", private_job, *args, "--out", str(tmp_path / "dl2")]) == 0
+        start = torch.load(ws / "initial_model.pt", weights_only=False)["model"]
+        after = load_checkpoint(tmp_path / "dl2" / "global_model.pt")["model"]
+        changed = sum(int((after[k] != v).sum()) for k, v in start.items() if v.is_floating_point())
+        total = sum(v.numel() for v in start.values() if v.is_floating_point())
+        # two sites, each sharing at most 10 % of its changes: at most ~20 % of the weights can move
+        assert 0 < changed / total <= 0.22, changed / total
+        site_log = (poc.prod_dir(ws) / "hospital-a" / private_job / "log.txt").read_text()
+        assert "PercentilePrivacy" in site_log and "cutoff" in site_log
     finally:
         assert ecefl_main(["poc", "stop", *args]) == 0
     assert not poc.port_in_use(PORT)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -143,6 +144,8 @@ def _fl(sub) -> None:
     s.add_argument("--val-fraction", type=float, default=0.25)
     s.add_argument("--min-count", type=int, default=0, help="suppress site statistics below this class count")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", default=None, metavar="CHECKPOINT_OR_RUN_DIR",
+                   help="continue an interrupted job from its last per-round global_model.pt")
     s.add_argument("--quiet", action="store_true", help="NVFlare logs at WARNING level")
     s.add_argument("--no-progress", action="store_true")
     _plan_overrides(s)
@@ -154,7 +157,7 @@ def _fl(sub) -> None:
             simulate(sites, args.job, args.rounds, args.local_epochs, args.preset, args.workspace,
                      min_sites=args.min_sites, seed=args.seed, init=args.init, val_fraction=args.val_fraction,
                      min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
-                     **_overrides(args))
+                     resume=args.resume, **_overrides(args))
         except FederatedRunError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -178,7 +181,11 @@ def _poc(sub) -> None:
     pr.add_argument("--datalist", action="append", default=[], metavar="NAME=DATALIST",
                     help="a hospital and its datalist.json, written to its local/ecefl_site.json")
     pr.add_argument("--port", type=int, default=8002)
+    pr.add_argument("--privacy", default=None, metavar="PRIVACY_JSON",
+                    help="site privacy policy (scopes with result filters) for every site, e.g. poc/privacy.json")
     st = poc_sub.add_parser("start", parents=[common], help="start server and clients, wait until connected")
+    st.add_argument("--service", action="append", default=[],
+                    help="start only this participant (server or a site; repeatable), e.g. after `poc kill`")
     su = poc_sub.add_parser("submit", parents=[common], help="submit a job through the FLARE API")
     su.add_argument("job", choices=["mae_pretrain", "ece_finetune"])
     su.add_argument("--rounds", type=int, default=5)
@@ -186,7 +193,14 @@ def _poc(sub) -> None:
     su.add_argument("--preset", default="cpu-small")
     su.add_argument("--min-sites", type=int, default=None)
     su.add_argument("--init", default=None, help="ece_finetune: MAE global_model.pt to start from")
-    su.add_argument("--heartbeat-timeout", type=int, default=None)
+    su.add_argument("--heartbeat-timeout", type=int, default=None,
+                    help="seconds without a heartbeat before a site is declared dead (NVFlare default 600)")
+    su.add_argument("--resume", default=None, metavar="CHECKPOINT_OR_RUN_DIR",
+                    help="continue an interrupted job from the server's last global_model.pt (or its run folder)")
+    su.add_argument("--resume-job", default=None, metavar="JOB_ID",
+                    help="POC: continue the interrupted job JOB_ID from what the server persisted")
+    su.add_argument("--privacy-scope", default=None, metavar="SCOPE",
+                    help="run only at sites whose local/privacy.json defines SCOPE, through its result filters")
     su.add_argument("--seed", type=int, default=0)
     wa = poc_sub.add_parser("wait", parents=[common], help="wait for a job; non-zero exit unless completed")
     wa.add_argument("job_id")
@@ -195,6 +209,9 @@ def _poc(sub) -> None:
     do.add_argument("job_id")
     do.add_argument("--out", required=True)
     so = poc_sub.add_parser("stop", parents=[common], help="stop the POC and wait until its port is free")
+    ki = poc_sub.add_parser("kill", parents=[common],
+                            help="fault drill: kill the server or one site as if its machine went down")
+    ki.add_argument("service", help="server or a site name")
 
     def run(args) -> int:
         from ecefl.fl import poc
@@ -206,12 +223,16 @@ def _poc(sub) -> None:
                         print("error: give --datalist NAME=PATH per hospital, or --sites N", file=sys.stderr)
                         return 2
                     datalists = {f"site-{i + 1}": "" for i in range(args.sites)}
-                state = poc.prepare(args.workspace, {k: v for k, v in datalists.items()}, port=args.port)
+                state = poc.prepare(args.workspace, {k: v for k, v in datalists.items()}, port=args.port,
+                                    privacy=args.privacy)
                 print(f"POC prepared in {state['workspace']} for {', '.join(state['sites'])} (port {state['port']})")
             elif args.poc_command == "start":
-                state = poc.start(args.workspace)
+                state = poc.start(args.workspace, services=args.service)
                 print(f"POC running; connected: {', '.join(state['connected'])}")
             elif args.poc_command == "submit":
+                if args.resume_job:
+                    args.resume = str(poc.prod_dir(poc.load_state(args.workspace)["workspace"]) / "server"
+                                      / args.resume_job)
                 job_dir = _export_job(args)
                 job_id = poc.submit(args.workspace, job_dir)
                 print(job_id)
@@ -221,17 +242,25 @@ def _poc(sub) -> None:
             elif args.poc_command == "download":
                 out = poc.download(args.workspace, args.job_id, args.out)
                 print(f"results in {out}")
+                if (out / "pooled_metrics.json").is_file():
+                    print(describe_events(json.loads((out / "pooled_metrics.json").read_text())))
             elif args.poc_command == "stop":
                 poc.stop(args.workspace)
                 print("POC stopped")
+            elif args.poc_command == "kill":
+                pids = poc.kill(args.workspace, args.service)
+                print(f"killed {args.service} (pids {', '.join(map(str, pids))}); `ecefl poc start` restarts it")
             else:
                 p.print_help()
                 return 2
         except poc.PocError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
-    for sp in (pr, st, su, wa, do, so):
+    for sp in (pr, st, su, wa, do, so, ki):
         sp.set_defaults(func=run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -242,17 +271,25 @@ def _export_job(args):
     from pathlib import Path
     from ecefl.fl.jobs import build_recipe
     from ecefl.plan import get_plan
+    from ecefl.fl.jobs import resume_point
     plan = get_plan(args.preset, seed=args.seed)
-    initial = None
-    if args.job == "ece_finetune" and args.init:
+    initial, resume = None, None
+    stamp = int(_time.time())
+    if args.resume:
+        if args.init:
+            raise ValueError("--resume and --init exclude each other: a resumed job starts from its checkpoint")
+        plan, initial, resume = resume_point(args.resume, args.job,
+                                             Path(args.workspace).resolve() / f"resume_model-{stamp}.pt")
+        print(f"resuming {args.job} at round {resume['start_round']} of {args.rounds}")
+    elif args.job == "ece_finetune" and args.init:
         from ecefl.fl.simulate import finetune_start
         plan, initial = finetune_start(args.init, plan, Path(args.workspace).resolve() / "initial_model.pt", print)
     from ecefl.fl import poc
     n_sites = len(poc.load_state(args.workspace)["sites"])
     recipe = build_recipe(args.job, plan, rounds=args.rounds, local_epochs=args.local_epochs,
                           min_sites=args.min_sites or n_sites, seed=args.seed, initial_ckpt=initial,
-                          heartbeat_timeout=args.heartbeat_timeout)
-    out = Path(args.workspace).resolve() / "submitted" / f"{args.job}-{int(_time.time())}"
+                          heartbeat_timeout=args.heartbeat_timeout, resume=resume, privacy_scope=args.privacy_scope)
+    out = Path(args.workspace).resolve() / "submitted" / f"{args.job}-{stamp}"
     recipe.export(str(out))
     return out / args.job
 
@@ -266,7 +303,17 @@ def _print_pooled(workspace) -> None:
     report = json.loads(path.read_text())
     final = report.get("final") or {}
     print(format_metrics_table(final.get("pooled"), final.get("sites", {})))
+    print(describe_events(report))
     print(f"best round by pooled AUC: {report.get('best_round')}; artifacts in {Path(workspace).resolve()}")
+
+
+def describe_events(report: dict) -> str:
+    """Dropped/rejected sites and failures, one line each (what a coordinator must see after a run)."""
+    lines = [f"{e['site']} {e['event']} in round {e['round']}: {e['reason']}" for e in report.get("events", [])]
+    if report.get("resumed_from"):
+        lines.insert(0, f"resumed at round {report.get('start_round')} from the global model of round "
+                        f"{report['resumed_from'].get('checkpoint_round')}")
+    return "\n".join(lines) if lines else "every site answered every round"
 
 
 def format_metrics_table(pooled: dict | None, sites: dict) -> str:

@@ -36,6 +36,26 @@ def _as_plan(plan: Plan | dict) -> Plan:
     return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
 
 
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; the gradient flowing back is multiplied by `scale` (0: none, as detach)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _GradScale.apply(x, scale)
+
+
 class DualOutputSwinUNETR(nn.Module):
     def __init__(self, plan: Plan | dict):
         super().__init__()
@@ -47,9 +67,14 @@ class DualOutputSwinUNETR(nn.Module):
         # "no node" instead of p = 0.5 everywhere, where the p >= 0.5 pooling gate would flip on float noise.
         with torch.no_grad():
             self.net.out.conv.conv.bias.copy_(torch.tensor([0.0, math.log(plan.node_prior / (1 - plan.node_prior))]))
-        # per-voxel evidence from the last decoder features plus the windowed CT value itself: instance norm in
-        # the decoder blunts absolute HU, and perinodal fat stranding is an absolute HU shift
-        self.evidence_head = nn.Sequential(nn.Conv3d(fs + 1, fs, 1), nn.GELU(), nn.Conv3d(fs, 1, 1))
+        # per-voxel evidence from the last decoder features plus the CT value itself, as the windowed value and as
+        # soft HU bins (fat, stranded fat, soft tissue, necrosis): instance norm in the decoder blunts absolute HU,
+        # while perinodal fat stranding and a lost fat plane are absolute HU changes that a radiologist reads off
+        # the window; a 3x3x3 first layer sees the voxel's neighbourhood (stranding is a texture, a margin an edge)
+        self.register_buffer("hu_bin_centres", torch.tensor(plan.evidence_hu_bins, dtype=torch.float32).view(1, -1, 1, 1, 1),
+                             persistent=False)
+        n_in = fs + 1 + len(plan.evidence_hu_bins)
+        self.evidence_head = nn.Sequential(nn.Conv3d(n_in, fs, 3, padding=1), nn.GELU(), nn.Conv3d(fs, 1, 1))
         self.cls_bias = nn.Parameter(torch.zeros(1))
         radius = max(1, round(plan.shell_mm / min(plan.spacing)))
         self.shell_kernel = 2 * radius + 1
@@ -68,8 +93,11 @@ class DualOutputSwinUNETR(nn.Module):
     def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Channels: 2 segmentation logits, pooling weight a, weighted evidence a*e (additive over windows)."""
         seg = self.net(x)
-        features = self._decoder_features
-        evidence = self.evidence_head(torch.cat([features, x], dim=1))
+        features = _scale_grad(self._decoder_features, self.plan.cls_feature_grad)
+        lo, hi = self.plan.hu_window
+        hu = x * (hi - lo) + lo
+        hu_bins = torch.sigmoid((hu - self.hu_bin_centres.to(x.dtype)) / self.plan.evidence_hu_bin_width)
+        evidence = self.evidence_head(torch.cat([features, x, hu_bins.to(features.dtype)], dim=1))
         if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours
             node_prob = torch.softmax(seg, dim=1)[:, 1:2].detach()
             # only confident node voxels: a faint probability over ~10^5 background voxels would otherwise

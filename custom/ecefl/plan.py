@@ -32,6 +32,12 @@ class Plan:
     cls_ramp_fraction: float = 0.5
     teacher_forcing_fraction: float = 0.5  # pool over the reference ROI for this share of epochs
     head_lr_multiplier: float = 10.0  # the small evidence head learns faster than the pretrained backbone
+    # share of the classification gradient that reaches the shared SwinUNETR features: with few cases the noisy
+    # case-level loss otherwise drowns the voxel-level segmentation signal (measured: no node found after 20
+    # steps with 1.0, Dice 0.15 with segmentation alone; docs/BENCHMARKS.md)
+    cls_feature_grad: float = 0.1
+    evidence_hu_bins: tuple[float, ...] = (-150.0, -100.0, -50.0, 0.0, 50.0, 100.0)  # soft HU steps for the head
+    evidence_hu_bin_width: float = 20.0  # HU
     node_prior: float = 0.05  # initial foreground probability of the segmentation output
     shell_weight: float = 0.5  # perinodal shell added to the pooling region (ECE lives at the border)
     shell_mm: float = 6.0
@@ -68,13 +74,16 @@ class Plan:
 
 PRESETS: dict[str, Plan] = {
     # Runs on a 2-core CPU: a 64^3 patch at 2 mm (12.8 cm: the whole neck cross-section), shallow Swin.
-    "cpu-small": Plan(),
+    # lr 1e-3: the small shallow model learns its first nodes within ~30 steps (3e-4 needed >200); its evidence
+    # head learns at the same rate (x10 = 1e-2 left it at chance: docs/BENCHMARKS.md)
+    "cpu-small": Plan(learning_rate=1e-3, head_lr_multiplier=1.0),
     # Real sites with a GPU: finer grid, the published SwinUNETR width, mixed precision.
     "gpu": Plan(preset="gpu", spacing=(1.5, 1.5, 1.5), patch_size=(96, 96, 96), feature_size=48,
                 depths=(2, 2, 2, 2), use_v2=True, amp=True, batch_size=2, crops_per_case=2,
                 learning_rate=1e-4),
     # Tests only: the smallest configuration MONAI's SwinUNETR accepts.
-    "test-tiny": Plan(preset="test-tiny", spacing=(2.5, 2.5, 2.5), batch_size=1, sw_overlap=0.0),
+    "test-tiny": Plan(preset="test-tiny", spacing=(2.5, 2.5, 2.5), batch_size=1, sw_overlap=0.0, learning_rate=1e-3,
+                      head_lr_multiplier=1.0),
 }
 
 

@@ -30,11 +30,17 @@ def main(kind: str, argv=None) -> None:
     p.add_argument("--username", default="admin@nvidia.com", help="prod: admin user of the startup kit")
     p.add_argument("--initial-ckpt", default=None, help="ece_finetune: full model checkpoint to start from")
     p.add_argument("--heartbeat-timeout", type=int, default=None)
+    p.add_argument("--privacy-scope", default=None, help="run only at sites defining this privacy scope")
+    p.add_argument("--resume", default=None, help="continue from an interrupted job's per-round global_model.pt")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    recipe = build_recipe(kind, get_plan(args.preset, seed=args.seed), rounds=args.rounds,
-                          local_epochs=args.local_epochs, min_sites=args.min_sites, seed=args.seed,
-                          initial_ckpt=args.initial_ckpt, heartbeat_timeout=args.heartbeat_timeout)
+    plan, initial, resume = get_plan(args.preset, seed=args.seed), args.initial_ckpt, None
+    if args.resume:
+        from .jobs import resume_point
+        plan, initial, resume = resume_point(args.resume, kind, Path(args.workspace).resolve() / "resume_model.pt")
+    recipe = build_recipe(kind, plan, rounds=args.rounds, local_epochs=args.local_epochs, min_sites=args.min_sites,
+                          seed=args.seed, initial_ckpt=initial, heartbeat_timeout=args.heartbeat_timeout,
+                          resume=resume, privacy_scope=args.privacy_scope)
     if args.env == "sim":
         clients = [f"site-{i + 1}" for i in range(args.sites)]
         if args.site_config:

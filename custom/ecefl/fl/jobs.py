@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nvflare.app_opt.pt.recipes import FedAvgRecipe
+from nvflare.client.config import TransferType
 
 from ecefl.plan import Plan
 
@@ -24,34 +25,51 @@ MODEL_CLASS = {"mae_pretrain": "ecefl.model.MaskedPretrainer", "ece_finetune": "
 
 
 class EceFedAvgRecipe(FedAvgRecipe):
-    def __init__(self, *, kind: str, plan: Plan, min_sites: int, **kwargs):
+    def __init__(self, *, kind: str, plan: Plan, min_sites: int, resume: dict | None = None, **kwargs):
         # set before super().__init__, which builds the controller
-        self._kind, self._plan_dict, self._min_sites = kind, plan.to_dict(), min_sites
+        self._kind, self._plan_dict, self._min_sites, self._resume = kind, plan.to_dict(), min_sites, resume
         super().__init__(**kwargs)
 
     def _create_controller(self, persistor_id: str, model_params, model_aggregator):
+        resume = self._resume or {}
         return PooledFedAvg(num_clients=self.min_clients, num_rounds=self.num_rounds, persistor_id=persistor_id,
-                            job_kind=self._kind, plan=self._plan_dict, min_sites=self._min_sites)
+                            start_round=resume.get("start_round", 0), job_kind=self._kind, plan=self._plan_dict,
+                            min_sites=self._min_sites, threshold=resume.get("threshold", 0.5),
+                            resumed_from=resume or None)
 
 
 def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_sites: int = 1,
                  val_fraction: float = 0.25, seed: int = 0, min_count: int = 0, initial_ckpt: str | None = None,
                  heartbeat_timeout: int | None = None, cross_site: bool = True, tracking: bool = True,
-                 name: str | None = None, site_scripts: dict[str, str | None] | None = None) -> EceFedAvgRecipe:
+                 name: str | None = None, site_scripts: dict[str, str | None] | None = None,
+                 resume: dict | None = None, privacy_scope: str | None = None) -> EceFedAvgRecipe:
     """site_scripts: {site: client script or None for the standard one}; when given it must name every site
-    (NVFlare then builds one client app per listed site)."""
+    (NVFlare then builds one client app per listed site).
+    rounds: the job's total rounds; with resume ({"start_round", "threshold", ...} from resume_point) the job
+    runs only the rounds from start_round on, starting from initial_ckpt.
+    privacy_scope: the job runs only at sites whose local/privacy.json defines that scope, and each applies the
+    scope's result filters (e.g. SVTPrivacy) to its update; updates travel as weight differences, which is what
+    NVFlare's privacy filters act on."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job {kind!r}; choose one of {JOB_KINDS}")
     if rounds < 1 or local_epochs < 1 or min_sites < 1:
         raise ValueError("rounds, local epochs and min_sites must be >= 1")
     args = f"--job {kind} --local-epochs {local_epochs} --val-fraction {val_fraction} --seed {seed} " \
            f"--min-count {min_count}"
+    remaining = rounds - (resume or {}).get("start_round", 0)
+    if remaining < 1:
+        raise ValueError(f"nothing to resume: the checkpoint is from round {resume['start_round'] - 1} and the job "
+                         f"has {rounds} round(s); raise --rounds to train further")
     recipe = EceFedAvgRecipe(
-        kind=kind, plan=plan, min_sites=min_sites, name=name or kind,
+        kind=kind, plan=plan, min_sites=min_sites, resume=resume, name=name or kind,
         model={"path": MODEL_CLASS[kind], "args": {"plan": plan.to_dict()}},
         initial_ckpt=str(Path(initial_ckpt).resolve()) if initial_ckpt else None,
-        min_clients=min_sites, num_rounds=rounds, train_script=str(CLIENT_SCRIPT), train_args=args,
-        key_metric="auc")
+        min_clients=min_sites, num_rounds=remaining, train_script=str(CLIENT_SCRIPT), train_args=args,
+        key_metric="auc", **({"params_transfer_type": TransferType.DIFF} if privacy_scope else {}))
+    if privacy_scope:
+        from nvflare.apis.job_def import JobMetaKey
+        from nvflare.recipe.utils import set_recipe_meta
+        set_recipe_meta(recipe, JobMetaKey.SCOPE, privacy_scope)
     if site_scripts:  # per-site client scripts (e.g. a site's own wrapper); the others run the standard client
         from nvflare.recipe.utils import set_per_site_config
         set_per_site_config(recipe, {site: {"train_script": script or str(CLIENT_SCRIPT)}
@@ -59,7 +77,10 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
     recipe.add_client_file(str(PACKAGE_PARENT))
     recipe.add_server_file(str(PACKAGE_PARENT))
     if heartbeat_timeout:
-        recipe.add_server_config({"heart_beat_timeout": int(heartbeat_timeout)})
+        # a site that stops sending heartbeats is declared dead after this many seconds (NVFlare's default, 600 s,
+        # keeps a round waiting ~11 minutes for a crashed hospital); its path in the server config is
+        # "server.heart_beat_timeout"
+        recipe.add_server_config({"server": {"heart_beat_timeout": int(heartbeat_timeout)}})
     if tracking:
         from nvflare.recipe.utils import add_experiment_tracking
         add_experiment_tracking(recipe, tracking_type="tensorboard")
@@ -67,3 +88,28 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         from nvflare.recipe.utils import add_cross_site_evaluation
         add_cross_site_evaluation(recipe)
     return recipe
+
+
+def resume_point(checkpoint: str | Path, kind: str, out: Path) -> tuple[Plan, str, dict]:
+    """From a server's persisted global model (ecefl/global_model.pt, written after every round): the plan, a
+    full state dict for the job's persistor at `out`, and the resume record (next round, threshold, origin).
+    `checkpoint` may also be the server's run folder of the interrupted job."""
+    import torch
+
+    from ecefl.checkpoint import load_checkpoint
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = sorted(path.rglob("ecefl/global_model.pt"))
+        if not found:
+            raise ValueError(f"no ecefl/global_model.pt under {path}: the interrupted job finished no round "
+                             "there; start it again from the beginning")
+        path = found[0]
+    ckpt = load_checkpoint(path, kind="dual" if kind == "ece_finetune" else "mae")
+    federated = ckpt.get("federated") or {}
+    if federated.get("job") != kind or not isinstance(federated.get("round"), int):
+        raise ValueError(f"{path} is not a per-round global model of a federated {kind} job")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": ckpt["model"]}, out)
+    resume = {"start_round": federated["round"] + 1, "threshold": float(ckpt.get("threshold", 0.5)),
+              "checkpoint_round": federated["round"]}
+    return ckpt["plan"], str(out), resume

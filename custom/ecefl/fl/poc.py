@@ -57,8 +57,16 @@ def _run(args: list[str], workspace: Path, timeout: int = 180) -> subprocess.Com
     return proc
 
 
-def prepare(workspace, datalists: dict[str, Path], port: int = 8002) -> dict:
-    """A POC workspace with one client per hospital, each with its site-local data config."""
+def prepare(workspace, datalists: dict[str, Path], port: int = 8002, privacy: str | Path | None = None) -> dict:
+    """A POC workspace with one client per hospital, each with its site-local data config (and, if given, the
+    site privacy policy `privacy` as its local/privacy.json)."""
+    if privacy:
+        try:
+            policy = json.loads(Path(privacy).read_text())
+        except (OSError, ValueError) as exc:
+            raise PocError(f"site privacy policy {privacy} cannot be read as JSON ({exc})") from exc
+        if not isinstance(policy.get("scopes"), list):
+            raise PocError(f"site privacy policy {privacy} has no \"scopes\" list (see poc/privacy.json)")
     workspace = Path(workspace).resolve()
     if port_in_use(port):
         raise PocError(f"port {port} is in use: a POC (or another server) from an earlier run is still running"
@@ -89,10 +97,12 @@ def prepare(workspace, datalists: dict[str, Path], port: int = 8002) -> dict:
     (workspace / "project.yml").write_text(yaml.safe_dump(project, sort_keys=False))
     prod = prod_dir(workspace)
     for site, datalist in datalists.items():
-        if not datalist:
-            continue  # a site without data: its jobs fail with a message naming the missing setting
         local = prod / site / "local"
         local.mkdir(parents=True, exist_ok=True)
+        if privacy:
+            shutil.copy2(privacy, local / "privacy.json")
+        if not datalist:
+            continue  # a site without data: its jobs fail with a message naming the missing setting
         (local / "ecefl_site.json").write_text(json.dumps({"datalist": str(Path(datalist).resolve())}, indent=1))
     state = {"workspace": str(workspace), "port": port, "sites": list(datalists), "admin": str(prod / ADMIN)}
     _state_file(workspace).write_text(json.dumps(state, indent=1))
@@ -106,18 +116,24 @@ def load_state(workspace) -> dict:
     return json.loads(path.read_text())
 
 
-def start(workspace, timeout: float = 120.0) -> dict:
+def start(workspace, timeout: float = 120.0, services: list[str] | None = None) -> dict:
+    """Start the POC (or only `services`, e.g. a restarted server or site) and wait until every site is
+    connected."""
     state = load_state(workspace)
-    if port_in_use(state["port"]):
+    services = list(services or [])
+    unknown = [s for s in services if s != "server" and s not in state["sites"]]
+    if unknown:
+        raise PocError(f"unknown POC service(s) {unknown}; choose server or one of {state['sites']}")
+    if (not services or "server" in services) and port_in_use(state["port"]):
         raise PocError(f"port {state['port']} is already in use: a stale POC is running; run `ecefl poc stop "
                        f"--workspace {state['workspace']}` first (it is not reused silently)")
-    _run(["poc", "start", "--no-wait"], Path(state["workspace"]), timeout=120)
+    _run(["poc", "start", *[a for s in services for a in ("-p", s)], "--no-wait"], Path(state["workspace"]),
+         timeout=120)
     deadline = time.time() + timeout
     connected: list[str] = []
     while time.time() < deadline:
         try:
-            with session(workspace) as s:
-                connected = sorted(c.name for c in s.get_connected_client_list())
+            connected = connected_sites(workspace)
             if set(state["sites"]) <= set(connected):
                 return {"connected": connected, **state}
         except Exception:
@@ -125,6 +141,11 @@ def start(workspace, timeout: float = 120.0) -> dict:
         time.sleep(2)
     raise PocError(f"POC started but only {connected} of {state['sites']} connected within {timeout:.0f}s; "
                    f"see {prod_dir(Path(state['workspace']))}/<site>/log.txt")
+
+
+def connected_sites(workspace) -> list[str]:
+    with session(workspace) as s:
+        return sorted(c.name for c in s.get_connected_client_list())
 
 
 class session:
@@ -185,6 +206,50 @@ def download(workspace, job_id: str, out) -> Path:
     if cse:
         shutil.copy2(cse, out / "cross_site.json")
     return out
+
+
+def server_run_dir(workspace, job_id: str) -> Path:
+    """Where the POC server keeps a job's run folder (its ecefl/ artifacts are written there every round)."""
+    return prod_dir(Path(load_state(workspace)["workspace"])) / "server" / job_id
+
+
+def kill(workspace, service: str) -> list[int]:
+    """Fault drill: SIGKILL one POC service ("server" or a site) with its restart loop and job processes, as if
+    the machine went down. Returns the killed PIDs; `ecefl poc start --service NAME` brings it back."""
+    state = load_state(workspace)
+    if service != "server" and service not in state["sites"]:
+        raise PocError(f"unknown POC service {service!r}; choose server or one of {state['sites']}")
+    killed = kill_participant(prod_dir(Path(state["workspace"])) / service)
+    if not killed:
+        raise PocError(f"{service} is not running in the POC at {state['workspace']}")
+    return killed
+
+
+def kill_participant(folder: Path) -> list[int]:
+    """SIGKILL the NVFlare participant started from a startup kit or POC folder: its restart loop
+    (daemon_pid.fl) first, or it would restart the process, then the process (pid.fl) and its job processes."""
+    import psutil
+    procs = []
+    for name in ("daemon_pid.fl", "pid.fl"):
+        path = Path(folder) / name
+        text = path.read_text().strip() if path.is_file() else ""
+        if text.isdigit():
+            try:
+                proc = psutil.Process(int(text))
+                procs += [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+    killed = []
+    for proc in procs:
+        try:
+            proc.kill()
+            killed.append(proc.pid)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    for name in ("daemon_pid.fl", "pid.fl"):
+        (Path(folder) / name).unlink(missing_ok=True)
+    return killed
 
 
 def stop(workspace, timeout: float = 60.0) -> None:

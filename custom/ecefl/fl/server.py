@@ -34,7 +34,8 @@ def _as_array(v) -> np.ndarray:
 
 class PooledFedAvg(BaseFedAvg):
     def __init__(self, *args, job_kind: str = "ece_finetune", plan: dict | None = None, min_sites: int = 1,
-                 final_validation: bool = True, max_update_ratio: float = 10.0, **kwargs):
+                 final_validation: bool = True, max_update_ratio: float = 10.0, threshold: float = 0.5,
+                 resumed_from: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.job_kind = job_kind
         self.plan = plan or {}
@@ -44,7 +45,8 @@ class PooledFedAvg(BaseFedAvg):
         self.records: list[dict] = []
         self.events: list[dict] = []
         self.best: dict | None = None
-        self.threshold = 0.5
+        self.threshold = threshold
+        self.resumed_from = resumed_from  # a resubmitted job continues at start_round from a persisted model
 
     # ---------------------------------------------------------------- workflow
     def run(self) -> None:
@@ -52,8 +54,12 @@ class PooledFedAvg(BaseFedAvg):
         model = self.load_model()
         if model is None:
             return
-        model.start_round = self.start_round
-        model.total_rounds = self.num_rounds
+        # sites schedule their epochs over the whole training: a resumed job keeps the original round numbers
+        model.start_round = 0
+        model.total_rounds = self.start_round + self.num_rounds
+        if self.resumed_from:
+            self.info(f"resuming at round {self.start_round} from the global model of round "
+                      f"{self.start_round - 1}")
         for self.current_round in range(self.start_round, self.start_round + self.num_rounds):
             t0 = time.time()
             model.current_round = self.current_round
@@ -112,6 +118,8 @@ class PooledFedAvg(BaseFedAvg):
     def _reject_reason(self, result: FLModel, global_model: FLModel) -> str | None:
         if not result.params:
             return "empty update"
+        # sites send full weights, or weight differences when the job transfers DIFFs (privacy filters)
+        is_diff = str(getattr(result, "params_type", "")).upper().endswith("DIFF")
         diff_sq, ref_sq = 0.0, 0.0
         for key, value in result.params.items():
             arr = _as_array(value).astype(np.float64, copy=False)
@@ -120,7 +128,7 @@ class PooledFedAvg(BaseFedAvg):
             ref = global_model.params.get(key) if global_model.params else None
             if ref is not None:
                 ref = _as_array(ref).astype(np.float64, copy=False)
-                diff_sq += float(((arr - ref) ** 2).sum())
+                diff_sq += float((arr ** 2).sum() if is_diff else ((arr - ref) ** 2).sum())
                 ref_sq += float((ref ** 2).sum())
         if ref_sq > 0 and math.sqrt(diff_sq) > self.max_update_ratio * math.sqrt(ref_sq):
             return (f"update out of scale (|w_site - w_global| = {math.sqrt(diff_sq):.3g} > "
@@ -212,7 +220,9 @@ class PooledFedAvg(BaseFedAvg):
         final = next((r for r in self.records if r["round"] == "final"), None)
         report = {"job": self.job_kind, "rounds": rounds, "final": final,
                   "best_round": self.best["round"] if self.best else None, "events": self.events,
-                  "threshold": self.threshold, "finished": finished, "min_sites": self.min_sites}
+                  "threshold": self.threshold, "finished": finished, "min_sites": self.min_sites,
+                  "start_round": self.start_round, "total_rounds": self.start_round + self.num_rounds,
+                  "resumed_from": self.resumed_from}
         path = self._out("pooled_metrics.json")
         with open(path + ".tmp", "w") as fh:
             json.dump(M.nan_safe(report), fh, indent=1, allow_nan=False)

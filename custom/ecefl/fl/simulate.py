@@ -48,7 +48,8 @@ def parse_sites(values: list[str]) -> dict[str, Path]:
 
 def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, preset: str, workspace,
              min_sites: int | None = None, seed: int = 0, init: str | None = None, val_fraction: float = 0.25,
-             min_count: int = 0, quiet: bool = False, progress: bool = True, log=print, **overrides) -> dict:
+             min_count: int = 0, quiet: bool = False, progress: bool = True, log=print, resume: str | None = None,
+             cross_site: bool = True, **overrides) -> dict:
     ws = Path(workspace).resolve()
     ws.mkdir(parents=True, exist_ok=True)
     site_config = ws / "site_config.json"
@@ -60,7 +61,7 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
     os.environ.setdefault("ECEFL_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) // len(sites))))
     try:
         return _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction,
-                              min_count, quiet, progress, log, overrides)
+                              min_count, quiet, progress, log, overrides, resume, cross_site)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -70,12 +71,21 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
 
 
 def _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction, min_count,
-                   quiet, progress, log, overrides) -> dict:
+                   quiet, progress, log, overrides, resume=None, cross_site=True) -> dict:
     plan = get_plan(preset, seed=seed, **overrides)
     min_sites = min_sites or len(sites)
     outputs = {}
     common = dict(rounds=rounds, local_epochs=local_epochs, min_sites=min_sites, seed=seed,
-                  val_fraction=val_fraction, min_count=min_count, quiet=quiet, progress=progress, log=log)
+                  val_fraction=val_fraction, min_count=min_count, quiet=quiet, progress=progress, log=log,
+                  cross_site=cross_site)
+    if resume:
+        if job == "all" or init:
+            raise ValueError("--resume continues one job (--job mae_pretrain or ece_finetune) and excludes --init")
+        from .jobs import resume_point
+        plan, initial, record = resume_point(resume, job, ws / f"resume_model_{job}.pt")
+        log(f"resuming {job} at round {record['start_round']} of {rounds}")
+        outputs[job] = _run_job(job, plan, sites, ws, initial_ckpt=initial, resume=record, **common)
+        return outputs
     if job in ("mae_pretrain", "all"):
         outputs["mae_pretrain"] = _run_job("mae_pretrain", plan, sites, ws, **common)
         init = str(outputs["mae_pretrain"]["global_model"])
@@ -100,20 +110,22 @@ def finetune_start(mae_path: str, plan: Plan, out: Path, log) -> tuple[Plan, str
 
 def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: int, local_epochs: int,
              min_sites: int, seed: int, val_fraction: float, min_count: int, quiet: bool, progress: bool, log,
-             initial_ckpt: str | None = None) -> dict:
+             initial_ckpt: str | None = None, resume: dict | None = None, cross_site: bool = True) -> dict:
     from nvflare.recipe import SimEnv
     job_dir = ws / kind
     sim_root = job_dir / "nvflare"
     if sim_root.exists():
         shutil.rmtree(sim_root)  # a previous run's logs must not be judged as this run's
     recipe = build_recipe(kind, plan, rounds=rounds, local_epochs=local_epochs, min_sites=min_sites,
-                          val_fraction=val_fraction, seed=seed, min_count=min_count, initial_ckpt=initial_ckpt)
+                          val_fraction=val_fraction, seed=seed, min_count=min_count, initial_ckpt=initial_ckpt,
+                          resume=resume, cross_site=cross_site)
     env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(sim_root),
                  log_config="WARNING" if quiet else None)
     server_dir = sim_root / kind / "server" / "simulate_job"
     log(f"== {kind}: {len(sites)} sites, {rounds} round(s) x {local_epochs} local epoch(s), preset {plan.preset}")
     t0 = time.time()
-    watcher = _RoundWatcher(server_dir / "ecefl" / "pooled_metrics.json", rounds, kind, progress)
+    watcher = _RoundWatcher(server_dir / "ecefl" / "pooled_metrics.json", rounds - (resume or {}).get("start_round", 0),
+                            kind, progress)
     watcher.start()
     crash = None
     try:

@@ -1,0 +1,82 @@
+"""Throughput (voxels/s) and peak memory of one fine-tuning step (forward + backward + AdamW), any preset/device.
+
+    python benchmarks/step.py --preset cpu-small --steps 5
+    python benchmarks/step.py --preset gpu --steps 20 [--compile]       # on a GPU: bf16 autocast from the plan
+
+The step is the engine's: DualOutputSwinUNETR, MONAI DiceCE + BCE on the pooled logit, the plan's batch size and
+patch size, autocast when the plan asks for AMP on CUDA. Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "custom"))
+
+
+def measure(preset: str, steps: int, compile_model: bool = False) -> dict:
+    import numpy as np
+    import torch
+    from monai.losses import DiceCELoss
+
+    from ecefl.engine import _autocast, device
+    from ecefl.model import DualOutputSwinUNETR
+    from ecefl.plan import get_plan
+
+    plan = get_plan(preset)
+    dev = device()
+    torch.manual_seed(0)
+    model = DualOutputSwinUNETR(plan).to(dev)
+    step_model = torch.compile(model) if compile_model else model
+    opt = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate)
+    seg_loss, cls_loss = DiceCELoss(to_onehot_y=True, softmax=True), torch.nn.BCEWithLogitsLoss()
+    x = torch.rand(plan.batch_size, 1, *plan.patch_size, device=dev)
+    y = (torch.rand(plan.batch_size, 1, *plan.patch_size, device=dev) > 0.99).float()
+    target = torch.ones(plan.batch_size, 1, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(steps + 2):  # two warm-up steps (allocator, cuDNN autotune, compilation)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with _autocast(plan, dev):
+            seg, logit, _ = step_model(x, region_mask=y > 0)
+            loss = seg_loss(seg.float(), y) + cls_loss(logit.float().view(-1, 1), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    voxels = plan.batch_size * int(np.prod(plan.patch_size))
+    step_s = float(np.median(times))
+    out = {"preset": preset, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+           "threads": torch.get_num_threads(), "amp_bf16": bool(plan.amp and dev.type == "cuda"),
+           "compile": compile_model, "batch": plan.batch_size, "patch": list(plan.patch_size),
+           "feature_size": plan.feature_size, "params": sum(p.numel() for p in model.parameters()),
+           "steps": steps, "step_s_median": round(step_s, 4), "voxels_per_s": int(voxels / step_s),
+           "peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if dev.type == "cuda":
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu-small")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--compile", action="store_true")
+    args = p.parse_args(argv)
+    print(json.dumps(measure(args.preset, args.steps, args.compile)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

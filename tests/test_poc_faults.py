@@ -1,0 +1,123 @@
+"""Faults caused for real on a POC deployment (server + 3 hospital clients on loopback, separate processes):
+a hospital's node dies mid-round, too few hospitals stay alive, and the server dies mid-job and the job is
+resumed from its last persisted global model."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from conftest import preprocessed_sites
+from ecefl.checkpoint import load_checkpoint
+from ecefl.cli import main as ecefl_main
+from ecefl.fl import poc
+
+PORT = 8144
+TINY = ["--preset", "test-tiny", "--local-epochs", "1"]
+
+
+def _submit(ws, capsys, *extra) -> str:
+    capsys.readouterr()
+    assert ecefl_main(["poc", "submit", "ece_finetune", "--workspace", str(ws), *TINY, *extra]) == 0
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _site_is_training(ws, site: str, job_id: str) -> bool:
+    """The site's job process has started work on this job (its per-job log exists and has content)."""
+    log = poc.prod_dir(ws) / site / job_id / "log.txt"
+    return log.is_file() and log.stat().st_size > 0
+
+
+def test_server_killed_mid_job_resumes_from_last_persisted_round(poc3, tmp_path, capsys):
+    job = _submit(poc3, capsys, "--rounds", "4")
+    ckpt = poc.server_run_dir(poc3, job) / "ecefl" / "global_model.pt"
+    _wait_for(ckpt.is_file, 400, "the first persisted global model")
+    assert ecefl_main(["poc", "kill", "server", "--workspace", str(poc3)]) == 0
+    assert not poc.port_in_use(PORT)
+    persisted = load_checkpoint(ckpt)
+    done = persisted["federated"]["round"]
+    assert done < 3, "the job finished before the server could be killed; the test needs a longer job"
+
+    assert ecefl_main(["poc", "start", "--service", "server", "--workspace", str(poc3)]) == 0
+    capsys.readouterr()
+    assert ecefl_main(["poc", "submit", "ece_finetune", "--workspace", str(poc3), *TINY, "--rounds", "4",
+                       "--resume-job", job]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming ece_finetune at round {done + 1} of 4" in out
+    resumed = out.strip().splitlines()[-1]
+    assert ecefl_main(["poc", "wait", resumed, "--workspace", str(poc3), "--timeout", "600"]) == 0
+    assert ecefl_main(["poc", "download", resumed, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
+    report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
+    assert report["finished"] and report["resumed_from"]["checkpoint_round"] == done
+    assert [r["round"] for r in report["rounds"]] == list(range(done + 1, 4))
+    assert report["start_round"] == done + 1 and report["total_rounds"] == 4
+    # the resumed job started from the persisted weights, not from scratch
+    start = torch.load(next(poc3.glob("resume_model-*.pt")), weights_only=False)["model"]
+    assert all(torch.equal(start[k], v) for k, v in persisted["model"].items())
+    final = load_checkpoint(tmp_path / "dl" / "global_model.pt")
+    assert final["federated"]["round"] == 3
+
+
+def test_site_killed_mid_round_job_continues_with_the_others(poc3, tmp_path, capsys):
+    job = _submit(poc3, capsys, "--rounds", "2", "--min-sites", "2", "--heartbeat-timeout", "30")
+    _wait_for(lambda: _site_is_training(poc3, "hospital-c", job), 300, "hospital-c to start the job")
+    time.sleep(2)
+    assert ecefl_main(["poc", "kill", "hospital-c", "--workspace", str(poc3)]) == 0
+    t0 = time.time()
+    assert ecefl_main(["poc", "wait", job, "--workspace", str(poc3), "--timeout", "600"]) == 0
+    assert time.time() - t0 < 400
+    assert ecefl_main(["poc", "download", job, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
+    assert "hospital-c dropped in round" in capsys.readouterr().out
+    report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
+    dropped = [e for e in report["events"] if e["event"] == "dropped"]
+    assert {e["site"] for e in dropped} == {"hospital-c"}
+    first = min(e["round"] for e in dropped)
+    assert report["finished"] and [r["round"] for r in report["rounds"]] == [0, 1]
+    assert all(r["n_sites"] == 2 for r in report["rounds"] if r["round"] >= first)
+    assert report["final"]["n_sites"] == 2
+    # bring the hospital back for the next test
+    assert ecefl_main(["poc", "start", "--service", "hospital-c", "--workspace", str(poc3)]) == 0
+
+
+def test_fewer_live_sites_than_minimum_ends_the_job_not_hangs(poc3, tmp_path, capsys):
+    job = _submit(poc3, capsys, "--rounds", "3", "--min-sites", "3", "--heartbeat-timeout", "30")
+    _wait_for(lambda: _site_is_training(poc3, "hospital-b", job), 300, "hospital-b to start the job")
+    assert ecefl_main(["poc", "kill", "hospital-b", "--workspace", str(poc3)]) == 0
+    t0 = time.time()
+    capsys.readouterr()
+    assert ecefl_main(["poc", "wait", job, "--workspace", str(poc3), "--timeout", "600"]) == 1
+    assert time.time() - t0 < 400
+    err = capsys.readouterr().err
+    assert f"job {job} ended with status" in err and "COMPLETED" not in err.split("status", 1)[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+def poc3(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pocfaults")
+    sites = preprocessed_sites(root, 3, 2, 0, seed=13)
+    ws = root / "poc"
+    datalists = [a for site, dl in sites.items() for a in ("--datalist", f"{site}={dl}")]
+    assert ecefl_main(["poc", "prepare", "--workspace", str(ws), *datalists, "--port", str(PORT)]) == 0
+    assert ecefl_main(["poc", "start", "--workspace", str(ws)]) == 0
+    try:
+        yield ws
+    finally:
+        ecefl_main(["poc", "stop", "--workspace", str(ws)])
+        if poc.port_in_use(PORT):  # a killed-and-restarted service may escape `poc stop`
+            for service in ("server", *sites):
+                try:
+                    poc.kill(ws, service)
+                except poc.PocError:
+                    pass

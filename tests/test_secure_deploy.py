@@ -1,0 +1,138 @@
+"""A provisioned, mutually TLS-authenticated deployment on loopback, started from its startup kits as hospitals
+would: poc/project.yml (server renamed to localhost for this machine) -> `nvflare provision` -> server, two
+hospitals and the project admin. Checks that the admin can submit and finish a job through the FLARE API, that a
+client holding a certificate from another CA or no certificate cannot join, and that a role without job
+submission rights (org_admin) is refused."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import preprocessed_sites
+from ecefl.fl import poc
+from ecefl.fl.jobs import build_recipe
+from ecefl.plan import get_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PORT = 8146
+ADMIN = "admin@coordinating-center.org"
+ORG_ADMIN = "it@hospital-a.org"
+
+
+def _provision(project: dict, workspace: Path) -> Path:
+    workspace.mkdir(parents=True, exist_ok=True)
+    project_file = workspace.parent / f"{workspace.name}.yml"
+    project_file.write_text(yaml.safe_dump(project, sort_keys=False))
+    nvflare = str(Path(sys.executable).parent / "nvflare")
+    subprocess.run([nvflare, "provision", "-p", str(project_file), "-w", str(workspace)], check=True,
+                   capture_output=True, text=True, timeout=120)
+    return workspace / project["name"] / "prod_00"
+
+
+def _loopback_project(extra_clients: tuple[str, ...] = ()) -> dict:
+    """poc/project.yml as shipped, with the server reachable on this machine's loopback."""
+    project = yaml.safe_load((ROOT / "poc" / "project.yml").read_text())
+    for p in project["participants"]:
+        if p["type"] == "server":
+            p["name"], p["fed_learn_port"] = "localhost", PORT
+    project["participants"] += [{"name": c, "type": "client", "org": "elsewhere"} for c in extra_clients]
+    return project
+
+
+def _start_kit(kit: Path) -> None:
+    """`startup/start.sh` of a kit, with this interpreter's environment first on PATH (it runs `python3`)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    subprocess.run(["bash", str(kit / "startup" / "start.sh")], env=env, cwd=kit, check=True, timeout=60,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+def _connected(session) -> set[str]:
+    return {c.name for c in session.get_connected_client_list()}
+
+
+def _wait_connected(session, expected: set[str], timeout: float = 120) -> set[str]:
+    deadline, seen = time.time() + timeout, set()
+    while time.time() < deadline:
+        seen = _connected(session)
+        if expected <= seen:
+            return seen
+        time.sleep(2)
+    raise AssertionError(f"only {seen} of {expected} connected within {timeout}s")
+
+
+def _admin_session(prod: Path, user: str):
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+    return closing(new_secure_session(user, str(prod / user), timeout=30.0))
+
+
+def _log_text(kit: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in kit.glob("*.txt"))
+
+
+def test_tls_deployment_admits_only_provisioned_participants_and_roles(secure_net, tmp_path):
+    prod, foreign_prod = secure_net["prod"], secure_net["foreign"]
+    with _admin_session(prod, ADMIN) as s:
+        assert _wait_connected(s, {"hospital-a", "hospital-b"}) == {"hospital-a", "hospital-b"}
+
+        # the project admin submits a job through the FLARE API and it completes at both hospitals
+        recipe = build_recipe("mae_pretrain", get_plan("test-tiny"), rounds=1, min_sites=2,
+                              cross_site=False, tracking=False)
+        recipe.export(str(tmp_path / "job"))
+        job_id = s.submit_job(str(tmp_path / "job" / "mae_pretrain"))
+        meta = s.wait_for_job(job_id, timeout=600)
+        assert meta["status"] == "FINISHED:COMPLETED"
+        result = Path(s.download_job_result(job_id, destination=str(tmp_path / "dl")))
+        report = json.loads(next(result.rglob("ecefl/pooled_metrics.json")).read_text())
+        assert report["finished"] and report["rounds"][0]["n_sites"] == 2
+
+        # a client with a certificate signed by another CA (same site name) cannot join
+        _start_kit(foreign_prod / "hospital-c")
+        # and neither can the genuine hospital-c kit once its certificate and key are missing
+        stripped = secure_net["stripped"]
+        _start_kit(stripped)
+        time.sleep(25)
+        assert _connected(s) == {"hospital-a", "hospital-b"}
+
+    # a role without the submit_job right is refused by the server's authorization policy
+    from nvflare.fuel.flare_api.api_spec import AuthorizationError
+    with _admin_session(prod, ORG_ADMIN) as s:
+        with pytest.raises(AuthorizationError, match="not authorized"):
+            s.submit_job(str(tmp_path / "job" / "mae_pretrain"))
+    with _admin_session(prod, ADMIN) as s:
+        assert len(s.list_jobs()) == 1  # the refused submission left no job behind
+
+
+@pytest.fixture(scope="module")
+def secure_net(tmp_path_factory):
+    root = tmp_path_factory.mktemp("secure")
+    if poc.port_in_use(PORT):
+        pytest.fail(f"port {PORT} is in use: a previous secure-deployment test left a server running")
+    sites = preprocessed_sites(root / "data", 2, 2, 0, seed=17)
+    prod = _provision(_loopback_project(), root / "provision")
+    foreign = _provision(_loopback_project(), root / "foreign")  # same names, another root CA
+    stripped = root / "hospital-c-no-cert"
+    shutil.copytree(prod / "hospital-c", stripped)
+    for name in ("client.crt", "client.key"):
+        (stripped / "startup" / name).unlink()
+    kits = [prod / "localhost", prod / "hospital-a", prod / "hospital-b", foreign / "hospital-c", stripped]
+    for site, datalist in sites.items():  # site-local data settings live in the kit's local/ folder
+        (prod / site / "local" / "ecefl_site.json").write_text(json.dumps({"datalist": str(datalist)}))
+    try:
+        for kit in kits[:3]:
+            _start_kit(kit)
+        yield {"prod": prod, "foreign": foreign, "stripped": stripped}
+    finally:
+        for kit in kits:
+            poc.kill_participant(kit)
+        deadline = time.time() + 30
+        while poc.port_in_use(PORT) and time.time() < deadline:
+            time.sleep(1)
