@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "custom"), str(REPO)]
 
 # quick: a CPU-sized run of every arm (sliding windows without overlap to halve evaluation time); full: a GPU
-QUICK = {"preset": "cpu-small", "cases": 6, "unlabeled": 3, "heldout_cases": 12, "epochs": 3, "mae_epochs": 2,
+QUICK = {"preset": "cpu-small", "cases": 6, "unlabeled": 3, "heldout_cases": 12, "epochs": 2, "mae_epochs": 2,
          "seeds": [0, 1, 2], "overrides": {"sw_overlap": 0.0}}
 FULL = {"preset": "gpu", "cases": 40, "unlabeled": 40, "heldout_cases": 40, "epochs": 60, "mae_epochs": 100,
         "seeds": [0, 1, 2, 3, 4], "overrides": {}}

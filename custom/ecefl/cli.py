@@ -181,6 +181,8 @@ def _poc(sub) -> None:
     pr.add_argument("--datalist", action="append", default=[], metavar="NAME=DATALIST",
                     help="a hospital and its datalist.json, written to its local/ecefl_site.json")
     pr.add_argument("--port", type=int, default=8002)
+    pr.add_argument("--heartbeat-timeout", type=int, default=None,
+                    help="seconds without heartbeats before the server declares a site dead (NVFlare default 600)")
     pr.add_argument("--privacy", default=None, metavar="PRIVACY_JSON",
                     help="site privacy policy (scopes with result filters) for every site, e.g. poc/privacy.json")
     st = poc_sub.add_parser("start", parents=[common], help="start server and clients, wait until connected")
@@ -194,11 +196,13 @@ def _poc(sub) -> None:
     su.add_argument("--min-sites", type=int, default=None)
     su.add_argument("--init", default=None, help="ece_finetune: MAE global_model.pt to start from")
     su.add_argument("--heartbeat-timeout", type=int, default=None,
-                    help="seconds without a heartbeat before a site is declared dead (NVFlare default 600)")
+                    help="job-level heart_beat_timeout (NVFlare job config); a dead node is detected with the "
+                         "server's own setting: `poc prepare --heartbeat-timeout`")
     su.add_argument("--resume", default=None, metavar="CHECKPOINT_OR_RUN_DIR",
                     help="continue an interrupted job from the server's last global_model.pt (or its run folder)")
     su.add_argument("--resume-job", default=None, metavar="JOB_ID",
                     help="POC: continue the interrupted job JOB_ID from what the server persisted")
+    su.add_argument("--no-cross-site", action="store_true", help="skip NVFlare's cross-site evaluation after training")
     su.add_argument("--privacy-scope", default=None, metavar="SCOPE",
                     help="run only at sites whose local/privacy.json defines SCOPE, through its result filters")
     su.add_argument("--seed", type=int, default=0)
@@ -224,7 +228,7 @@ def _poc(sub) -> None:
                         return 2
                     datalists = {f"site-{i + 1}": "" for i in range(args.sites)}
                 state = poc.prepare(args.workspace, {k: v for k, v in datalists.items()}, port=args.port,
-                                    privacy=args.privacy)
+                                    privacy=args.privacy, heartbeat_timeout=args.heartbeat_timeout)
                 print(f"POC prepared in {state['workspace']} for {', '.join(state['sites'])} (port {state['port']})")
             elif args.poc_command == "start":
                 state = poc.start(args.workspace, services=args.service)
@@ -288,7 +292,8 @@ def _export_job(args):
     n_sites = len(poc.load_state(args.workspace)["sites"])
     recipe = build_recipe(args.job, plan, rounds=args.rounds, local_epochs=args.local_epochs,
                           min_sites=args.min_sites or n_sites, seed=args.seed, initial_ckpt=initial,
-                          heartbeat_timeout=args.heartbeat_timeout, resume=resume, privacy_scope=args.privacy_scope)
+                          heartbeat_timeout=args.heartbeat_timeout, resume=resume, privacy_scope=args.privacy_scope,
+                          cross_site=not args.no_cross_site)
     out = Path(args.workspace).resolve() / "submitted" / f"{args.job}-{stamp}"
     recipe.export(str(out))
     return out / args.job

@@ -86,7 +86,13 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         add_experiment_tracking(recipe, tracking_type="tensorboard")
     if cross_site and kind == "ece_finetune":
         from nvflare.recipe.utils import add_cross_site_evaluation
-        add_cross_site_evaluation(recipe)
+        # NVFlare's cross-site evaluation waits for every site, dead ones included (measured: a hospital killed
+        # during training held the finished job in CSE for submit_model_timeout, then validation_timeout, defaults
+        # 600 s and 6000 s); a cpu-small model is submitted and validated in seconds, a gpu-preset one (278 MiB)
+        # may need minutes on a slow link
+        gpu = plan.preset == "gpu"
+        add_cross_site_evaluation(recipe, submit_model_timeout=600 if gpu else 120,
+                                  validation_timeout=3600 if gpu else 300)
     return recipe
 
 

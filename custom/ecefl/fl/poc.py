@@ -57,9 +57,11 @@ def _run(args: list[str], workspace: Path, timeout: int = 180) -> subprocess.Com
     return proc
 
 
-def prepare(workspace, datalists: dict[str, Path], port: int = 8002, privacy: str | Path | None = None) -> dict:
+def prepare(workspace, datalists: dict[str, Path], port: int = 8002, privacy: str | Path | None = None,
+            heartbeat_timeout: int | None = None) -> dict:
     """A POC workspace with one client per hospital, each with its site-local data config (and, if given, the
-    site privacy policy `privacy` as its local/privacy.json)."""
+    site privacy policy `privacy` as its local/privacy.json). heartbeat_timeout: seconds without a heartbeat
+    before the server declares a site dead (server local/resources.json; NVFlare's default is 600)."""
     if privacy:
         try:
             policy = json.loads(Path(privacy).read_text())
@@ -96,6 +98,8 @@ def prepare(workspace, datalists: dict[str, Path], port: int = 8002, privacy: st
         _run(["poc", "prepare", "-i", str(project_file), "--force"], workspace)
     (workspace / "project.yml").write_text(yaml.safe_dump(project, sort_keys=False))
     prod = prod_dir(workspace)
+    if heartbeat_timeout:
+        set_server_heartbeat_timeout(prod / "server", heartbeat_timeout)
     for site, datalist in datalists.items():
         local = prod / site / "local"
         local.mkdir(parents=True, exist_ok=True)
@@ -107,6 +111,17 @@ def prepare(workspace, datalists: dict[str, Path], port: int = 8002, privacy: st
     state = {"workspace": str(workspace), "port": port, "sites": list(datalists), "admin": str(prod / ADMIN)}
     _state_file(workspace).write_text(json.dumps(state, indent=1))
     return state
+
+
+def set_server_heartbeat_timeout(server_dir: Path, seconds: int) -> None:
+    """A dead site (machine down, no heartbeats) is detected by the server process itself, with the
+    "heart_beat_timeout" of its local/resources.json (site-local configuration, not part of the signed kit)."""
+    local = Path(server_dir) / "local"
+    path = local / "resources.json"
+    config = json.loads((path if path.is_file() else local / "resources.json.default").read_text())
+    for server in config.get("servers", []):
+        server["heart_beat_timeout"] = int(seconds)
+    path.write_text(json.dumps(config, indent=2))
 
 
 def load_state(workspace) -> dict:
@@ -254,7 +269,15 @@ def kill_participant(folder: Path) -> list[int]:
 
 def stop(workspace, timeout: float = 60.0) -> None:
     state = load_state(workspace)
-    _run(["poc", "stop"], Path(state["workspace"]), timeout=120)
+    try:
+        _run(["poc", "stop"], Path(state["workspace"]), timeout=120)
+    except (PocError, subprocess.TimeoutExpired) as exc:
+        # e.g. after a server crash NVFlare's stop can fail on a job it restored as running: stop the processes
+        print(f"`nvflare poc stop` failed ({str(exc).splitlines()[0]}); stopping the POC processes directly",
+              file=sys.stderr)
+        prod = prod_dir(Path(state["workspace"]))
+        for service in ("server", *state["sites"]):
+            kill_participant(prod / service)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if not port_in_use(state["port"]):
