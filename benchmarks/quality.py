@@ -68,9 +68,7 @@ def _predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_heldout(model: Path, heldout: Path, out: Path) -> dict:
     from ecefl.stages import evaluate
     evaluate(str(model), [str(heldout)], str(out), progress=False, log=lambda *_: None)
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["predictions"] = str(out / "predictions.csv")
-    return metrics
+    return {"val": json.loads((out / "metrics.json").read_text()), "predictions": str(out / "predictions.csv")}
 
 
 def run_seed(seed: int, cfg: dict, data: dict[str, Path], out: Path, log) -> dict:
@@ -87,7 +85,7 @@ def run_seed(seed: int, cfg: dict, data: dict[str, Path], out: Path, log) -> dic
         model = fn()
         arms[name] = evaluate_heldout(model, data[HELDOUT], root / name / "heldout")
         arms[name]["train_seconds"] = round(time.perf_counter() - t0, 1)
-        log(f"seed {seed} {name}: held-out AUC {arms[name]['val']['auc']}, Dice {arms[name]['val']['dice']:.3f} "
+        log(f"seed {seed} {name}: held-out AUC {arms[name]['val']['auc']:.3f}, Dice {arms[name]['val']['dice']:.3f} "
             f"({arms[name]['train_seconds']:.0f}s)")
 
     # MAE pretraining on every CT of the training hospitals (labelled and unlabelled)
