@@ -140,8 +140,12 @@ def bench_overhead(out: Path, epochs: int) -> dict:
 def bench_bytes() -> dict:
     """Payload per site per round for the cpu-small and gpu presets, and NVFlare's quantizer round-trip error."""
     import torch
-    from nvflare.app_opt.pt.quantization.dequantizer import ModelDequantizer
-    from nvflare.app_opt.pt.quantization.quantizer import ModelQuantizer
+    try:  # NVFlare's message quantization filters import bitsandbytes (not a dependency of this project)
+        from nvflare.app_opt.pt.quantization.dequantizer import ModelDequantizer
+        from nvflare.app_opt.pt.quantization.quantizer import ModelQuantizer
+    except ImportError as exc:
+        ModelQuantizer = ModelDequantizer = None
+        missing = f"NVFlare quantization filters unavailable here ({exc})"
     from ecefl.model import DualOutputSwinUNETR
     from ecefl.plan import get_plan
     from nvflare.apis.dxo import DXO, DataKind
@@ -160,7 +164,14 @@ def bench_bytes() -> dict:
         update = {k: (v + np.random.default_rng(1).normal(0, 1e-3, v.shape).astype(v.dtype)
                       if v.dtype.kind == "f" else v) for k, v in base.items()}
         row = {"params": int(sum(v.size for v in base.values())), "fp32_bytes": nbytes(update)}
-        for qtype in ("float16", "adaquant", "blockwise8"):
+        half = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in update.items()}
+        row["fp16_cast_bytes"] = nbytes(half)
+        row["fp16_cast_ratio"] = round(row["fp16_cast_bytes"] / row["fp32_bytes"], 3)
+        row["fp16_cast_max_abs_error"] = max(float(np.max(np.abs(half[k].astype(np.float64) - update[k])))
+                                             for k in update if update[k].dtype.kind == "f")
+        if ModelQuantizer is None:
+            row["nvflare_quantization"] = missing
+        for qtype in (("float16", "adaquant", "blockwise8") if ModelQuantizer else ()):
             dxo = DXO(data_kind=DataKind.WEIGHTS, data={k: v.copy() for k, v in update.items()})
             try:
                 q = ModelQuantizer(quantization_type=qtype).process_dxo(dxo, Shareable(), FLContext())
