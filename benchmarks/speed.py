@@ -194,13 +194,12 @@ def bench_bytes() -> dict:
 
 
 def _fp16_round_trip_effect() -> dict:
-    """Validation AUC/Dice of a trained model before and after one fp16 quantize->dequantize round trip (what a
-    quantized message does to the weights it carries); needs a centralised run (--model-for-auc)."""
+    """Validation AUC/Dice of a trained model before and after one fp16 round trip of its weights (what an fp16
+    message does to the weights it carries); needs ECEFL_BENCH_MODEL and ECEFL_BENCH_DATALISTS."""
     model_path = os.environ.get("ECEFL_BENCH_MODEL")
     datalists = os.environ.get("ECEFL_BENCH_DATALISTS")
     if not model_path or not datalists:
         return {"skipped": "set ECEFL_BENCH_MODEL=RUN/model.pt and ECEFL_BENCH_DATALISTS=a.json,b.json"}
-    import torch
     from ecefl.checkpoint import load_checkpoint
     from ecefl.data import load_datalists, stratified_split
     from ecefl.engine import evaluate_cases, predict_cases
@@ -209,23 +208,17 @@ def _fp16_round_trip_effect() -> dict:
     plan = ckpt["plan"]
     labelled, _ = load_datalists(datalists.split(","))
     _, val = stratified_split(labelled, 0.25, plan.seed)
-    out = {}
-    for name, cast in (("fp32", lambda t: t), ("fp16_round_trip", lambda t: t.half().float()
-                                                if t.is_floating_point() else t)):
+    out, probs = {"cases": len(val)}, {}
+    for name, cast in (("fp32", lambda t: t),
+                       ("fp16_round_trip", lambda t: t.half().float() if t.is_floating_point() else t)):
         model = DualOutputSwinUNETR(plan)
         model.load_state_dict({k: cast(v) for k, v in ckpt["model"].items()})
         pred = predict_cases(model, val, plan, progress=False)
         m = evaluate_cases(pred, float(ckpt.get("threshold", 0.5)), n_boot=200)
-        out[name] = {"auc": m["auc"], "dice": m["dice"], "max_prob_change": None}
-        out[name]["_probs"] = pred["probs"].tolist()
+        out[name] = {"auc": m["auc"], "dice": m["dice"]}
+        probs[name] = pred["probs"]
     out["delta_auc"] = out["fp16_round_trip"]["auc"] - out["fp32"]["auc"]
-    out["max_prob_change"] = float(np.max(np.abs(np.array(out["fp16_round_trip"]["_probs"])
-                                                  - np.array(out["fp32"]["_probs"]))))
-    for k in ("fp32", "fp16_round_trip"):
-        out[k].pop("_probs")
-        out[k].pop("max_prob_change")
-    out["cases"] = len(val)
-    _ = torch
+    out["max_prob_change"] = float(np.max(np.abs(probs["fp16_round_trip"] - probs["fp32"])))
     return out
 
 

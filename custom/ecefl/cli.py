@@ -235,8 +235,7 @@ def _poc(sub) -> None:
                 print(f"POC running; connected: {', '.join(state['connected'])}")
             elif args.poc_command == "submit":
                 if args.resume_job:
-                    args.resume = str(poc.prod_dir(poc.load_state(args.workspace)["workspace"]) / "server"
-                                      / args.resume_job)
+                    args.resume = str(poc.server_run_dir(args.workspace, args.resume_job))
                 job_dir = _export_job(args)
                 job_id = poc.submit(args.workspace, job_dir)
                 print(job_id)
@@ -273,9 +272,8 @@ def _export_job(args):
     """Export the job folder the admin submits (the same recipe as jobs/<job>/job.py builds)."""
     import time as _time
     from pathlib import Path
-    from ecefl.fl.jobs import build_recipe
+    from ecefl.fl.jobs import build_recipe, resume_point
     from ecefl.plan import get_plan
-    from ecefl.fl.jobs import resume_point
     plan = get_plan(args.preset, seed=args.seed)
     initial, resume = None, None
     stamp = int(_time.time())

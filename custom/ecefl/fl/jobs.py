@@ -48,7 +48,7 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
     rounds: the job's total rounds; with resume ({"start_round", "threshold", ...} from resume_point) the job
     runs only the rounds from start_round on, starting from initial_ckpt.
     privacy_scope: the job runs only at sites whose local/privacy.json defines that scope, and each applies the
-    scope's result filters (e.g. SVTPrivacy) to its update; updates travel as weight differences, which is what
+    scope's result filters (e.g. PercentilePrivacy, SVTPrivacy) to its update; updates travel as weight differences, which is what
     NVFlare's privacy filters act on."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job {kind!r}; choose one of {JOB_KINDS}")
@@ -77,9 +77,8 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
     recipe.add_client_file(str(PACKAGE_PARENT))
     recipe.add_server_file(str(PACKAGE_PARENT))
     if heartbeat_timeout:
-        # a site that stops sending heartbeats is declared dead after this many seconds (NVFlare's default, 600 s,
-        # keeps a round waiting ~11 minutes for a crashed hospital); its path in the server config is
-        # "server.heart_beat_timeout"
+        # the job's own "server.heart_beat_timeout"; measured: a killed hospital was still declared dead only
+        # after the server's system value (local/resources.json, `ecefl poc prepare --heartbeat-timeout`)
         recipe.add_server_config({"server": {"heart_beat_timeout": int(heartbeat_timeout)}})
     if tracking:
         from nvflare.recipe.utils import add_experiment_tracking

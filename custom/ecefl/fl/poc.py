@@ -136,9 +136,7 @@ def start(workspace, timeout: float = 120.0, services: list[str] | None = None) 
     connected."""
     state = load_state(workspace)
     services = list(services or [])
-    unknown = [s for s in services if s != "server" and s not in state["sites"]]
-    if unknown:
-        raise PocError(f"unknown POC service(s) {unknown}; choose server or one of {state['sites']}")
+    _check_services(state, services)
     if (not services or "server" in services) and port_in_use(state["port"]):
         raise PocError(f"port {state['port']} is already in use: a stale POC is running; run `ecefl poc stop "
                        f"--workspace {state['workspace']}` first (it is not reused silently)")
@@ -156,6 +154,12 @@ def start(workspace, timeout: float = 120.0, services: list[str] | None = None) 
         time.sleep(2)
     raise PocError(f"POC started but only {connected} of {state['sites']} connected within {timeout:.0f}s; "
                    f"see {prod_dir(Path(state['workspace']))}/<site>/log.txt")
+
+
+def _check_services(state: dict, services: list[str]) -> None:
+    unknown = [s for s in services if s != "server" and s not in state["sites"]]
+    if unknown:
+        raise PocError(f"unknown POC service(s) {unknown}; choose server or one of {state['sites']}")
 
 
 def connected_sites(workspace) -> list[str]:
@@ -232,8 +236,7 @@ def kill(workspace, service: str) -> list[int]:
     """Fault drill: SIGKILL one POC service ("server" or a site) with its restart loop and job processes, as if
     the machine went down. Returns the killed PIDs; `ecefl poc start --service NAME` brings it back."""
     state = load_state(workspace)
-    if service != "server" and service not in state["sites"]:
-        raise PocError(f"unknown POC service {service!r}; choose server or one of {state['sites']}")
+    _check_services(state, [service])
     killed = kill_participant(prod_dir(Path(state["workspace"])) / service)
     if not killed:
         raise PocError(f"{service} is not running in the POC at {state['workspace']}")
