@@ -74,10 +74,6 @@ def _admin_session(prod: Path, user: str):
     return closing(new_secure_session(user, str(prod / user), timeout=30.0))
 
 
-def _log_text(kit: Path) -> str:
-    return "\n".join(p.read_text(errors="replace") for p in kit.glob("*.txt"))
-
-
 def test_tls_deployment_admits_only_provisioned_participants_and_roles(secure_net, tmp_path):
     prod, foreign_prod = secure_net["prod"], secure_net["foreign"]
     with _admin_session(prod, ADMIN) as s:
@@ -111,6 +107,18 @@ def test_tls_deployment_admits_only_provisioned_participants_and_roles(secure_ne
         assert len(s.list_jobs()) == 1  # the refused submission left no job behind
 
 
+def _private_server_storage(server_kit: Path, storage: Path) -> None:
+    """The provisioned server keeps jobs and snapshots under /tmp/nvflare by default (resources.json.default),
+    shared by every server on the machine; give this one its own, as `nvflare poc prepare` does for a POC."""
+    local = server_kit / "local"
+    config = json.loads((local / "resources.json.default").read_text())
+    config["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] = str(storage / "snapshot-storage")
+    for component in config["components"]:
+        if component["id"] == "job_manager":
+            component["args"]["uri_root"] = str(storage / "jobs-storage")
+    (local / "resources.json").write_text(json.dumps(config, indent=2))
+
+
 @pytest.fixture(scope="module")
 def secure_net(tmp_path_factory):
     root = tmp_path_factory.mktemp("secure")
@@ -124,6 +132,7 @@ def secure_net(tmp_path_factory):
     for name in ("client.crt", "client.key"):
         (stripped / "startup" / name).unlink()
     kits = [prod / "localhost", prod / "hospital-a", prod / "hospital-b", foreign / "hospital-c", stripped]
+    _private_server_storage(prod / "localhost", root / "server_storage")
     for site, datalist in sites.items():  # site-local data settings live in the kit's local/ folder
         (prod / site / "local" / "ecefl_site.json").write_text(json.dumps({"datalist": str(datalist)}))
     try:
