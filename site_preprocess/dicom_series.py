@@ -30,6 +30,11 @@ class FolderScan:
     other_modalities: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
+# Values larger than this (pixel data) are read from the file only when used: each file's header is parsed
+# once, and the pixels of the selected series are decoded straight from it (no second full read per slice).
+DEFER_SIZE = "64 KB"
+
+
 def scan_folder(folder: Path) -> FolderScan:
     """Read every file's header below `folder` (pixels deferred); group image files by series."""
     scan = FolderScan()
@@ -37,7 +42,7 @@ def scan_folder(folder: Path) -> FolderScan:
         if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, defer_size=DEFER_SIZE)
         except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError, KeyError) as exc:
             if path.suffix.lower() not in NON_DICOM_SUFFIXES:
                 scan.unreadable.append((path, f"{type(exc).__name__}: {exc}"))
@@ -172,8 +177,8 @@ def load_ct(files: list[tuple[Path, pydicom.Dataset]], position_tol: float) -> C
     if gaps.max() - gaps.min() > 1e-3:
         warnings.append(f"slice spacing jitters {gaps.min():.2f}–{gaps.max():.2f} mm (within tolerance)")
     hu = np.empty((shape0[1], shape0[0], len(files)), dtype=np.float32)
-    for k, (path, _) in enumerate(files):
-        hu[:, :, k] = _read_slice_hu(path).T
+    for k, (path, ds) in enumerate(files):
+        hu[:, :, k] = _read_slice_hu(path, ds).T
     dr, dc = spacing0
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_dir * dc
@@ -188,9 +193,10 @@ def load_ct(files: list[tuple[Path, pydicom.Dataset]], position_tol: float) -> C
                     warnings=warnings)
 
 
-def _read_slice_hu(path: Path) -> np.ndarray:
+def _read_slice_hu(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """HU of one slice, decoded from its scanned dataset (deferred pixel data); the raw pixel bytes are
+    dropped again so a long series is never held twice."""
     try:
-        ds = pydicom.dcmread(path)
         ts = ds.file_meta.get("TransferSyntaxUID")
         if ts is not None and ts.is_compressed:
             from pydicom.pixels import get_decoder
@@ -198,6 +204,7 @@ def _read_slice_hu(path: Path) -> np.ndarray:
                 raise CaseError(f"CT slices use the compressed transfer syntax {ts.name} and no decoder is "
                                 "installed; install pylibjpeg/gdcm or export uncompressed", detail=str(path))
         pixels = ds.pixel_array
+        del ds.PixelData  # also drops pydicom's cached array
     except CaseError:
         raise
     except Exception as exc:  # truncated or corrupt pixel data

@@ -61,7 +61,8 @@ def _poison_hospital_b(fl_sites_small, tmp_path, monkeypatch) -> None:
 
 def test_min_count_suppresses_small_site_statistics_and_simulate_resumes(tmp_path, capsys, fl_sites_four):
     """Validation splits with fewer than --min-count cases of a class send no statistics (reported as
-    suppressed); a finished round's global model is resumed by `ecefl fl simulate --resume` at the next round."""
+    suppressed); a finished round's global model is resumed by `ecefl fl simulate --resume` at the next round,
+    here with every site applying the ecefl_strict scope of poc/privacy.json to its update."""
     sites = [a for site, dl in fl_sites_four.items() for a in ("--site", f"{site}={dl}")]
     common = ["fl", "simulate", "--job", "ece_finetune", "--local-epochs", "1", "--preset", "test-tiny",
               "--val-fraction", "0.5", "--quiet", "--no-progress", *sites]
@@ -76,14 +77,22 @@ def test_min_count_suppresses_small_site_statistics_and_simulate_resumes(tmp_pat
     assert first["federated"]["round"] == 0
 
     ws2 = tmp_path / "ws2"
-    assert ecefl_main([*common, "--rounds", "2", "--workspace", str(ws2),
+    privacy = ["--privacy", str(Path(__file__).parents[1] / "poc" / "privacy.json"), "--privacy-scope"]
+    assert ecefl_main([*common, "--rounds", "2", "--workspace", str(ws2), *privacy, "ecefl_strict",
                        "--resume", str(ws / "ece_finetune" / "global_model.pt")]) == 0
     resumed = json.loads((ws2 / "ece_finetune" / "pooled_metrics.json").read_text())
     assert [r["round"] for r in resumed["rounds"]] == [1] and resumed["resumed_from"]["checkpoint_round"] == 0
     assert resumed["final"]["pooled"]["n_cases"] >= 2  # without --min-count the statistics are pooled
     start = torch.load(ws2 / "resume_model_ece_finetune.pt", weights_only=False)["model"]
     assert all(torch.equal(start[k], v) for k, v in first["model"].items())
-    assert load_checkpoint(ws2 / "ece_finetune" / "global_model.pt")["federated"]["round"] == 1
+    after = load_checkpoint(ws2 / "ece_finetune" / "global_model.pt")
+    assert after["federated"]["round"] == 1
+    # PercentilePrivacy (percentile 90): each of the 2 sites shares at most 10 % of its weight changes
+    changed = sum(int((after["model"][k] != v).sum()) for k, v in start.items() if v.is_floating_point())
+    total = sum(v.numel() for k, v in start.items() if v.is_floating_point())
+    assert 0 < changed / total <= 0.22, changed / total
+    assert ecefl_main([*common, "--rounds", "1", "--workspace", str(tmp_path / "ws4"), *privacy, "nope"]) == 2
+    assert "defines no scope 'nope'" in capsys.readouterr().err
     # a checkpoint of the last round has nothing left to resume
     assert ecefl_main([*common, "--rounds", "2", "--workspace", str(tmp_path / "ws3"),
                        "--resume", str(ws2 / "ece_finetune" / "global_model.pt")]) == 2

@@ -21,9 +21,14 @@ def test_poc_prepare_start_submit_wait_download_stop(fl_poc_sites, tmp_path, cap
     args = ["--workspace", str(ws)]
     datalists = [a for site, dl in fl_poc_sites.items() for a in ("--datalist", f"{site}={dl}")]
     privacy = ROOT / "poc" / "privacy.json"
-    assert ecefl_main(["poc", "prepare", *args, *datalists, "--port", str(PORT), "--privacy", str(privacy)]) == 0
+    assert ecefl_main(["poc", "prepare", *args, *datalists, "--port", str(PORT), "--privacy", str(privacy),
+                       "--large-updates"]) == 0
     local = json.loads((poc.prod_dir(ws) / "hospital-a" / "local" / "ecefl_site.json").read_text())
     assert local["datalist"] == str(fl_poc_sites["hospital-a"])
+    # the streaming timeouts for large updates are what NVFlare's own configuration lookup finds in each kit
+    # (and the POC below runs with them)
+    for participant in ("server", "hospital-a", "hospital-b"):
+        assert nvflare_streaming_settings(poc.prod_dir(ws) / participant) == [900, 600.0, 120.0]
     assert ecefl_main(["poc", "start", *args]) == 0
     try:
         assert poc.port_in_use(PORT)
@@ -60,6 +65,19 @@ def test_poc_prepare_start_submit_wait_download_stop(fl_poc_sites, tmp_path, cap
     finally:
         assert ecefl_main(["poc", "stop", *args]) == 0
     assert not poc.port_in_use(PORT)
+
+
+def nvflare_streaming_settings(kit: Path) -> list:
+    """Read through NVFlare's ConfigService as a participant process started in `kit` does (fresh process)."""
+    import subprocess
+    import sys
+    code = ("import json, sys; from nvflare.fuel.utils.config_service import ConfigService; "
+            "ConfigService.initialize(section_files={}, config_path=[sys.argv[1]]); "
+            "from nvflare.fuel.f3.comm_config import CommConfigurator as C; c = C(); "
+            "print(json.dumps([c.get_streaming_read_timeout(300), c.get_streaming_ack_progress_timeout(60.0), "
+            "c.get_streaming_send_timeout(30.0)]))")
+    out = subprocess.run([sys.executable, "-c", code, str(kit)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

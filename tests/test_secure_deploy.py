@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import preprocessed_sites
+from ecefl.cli import main as ecefl_main
 from ecefl.fl import poc
 from ecefl.fl.jobs import build_recipe
 from ecefl.plan import get_plan
@@ -135,6 +136,15 @@ def secure_net(tmp_path_factory):
     _private_server_storage(prod / "localhost", root / "server_storage")
     for site, datalist in sites.items():  # site-local data settings live in the kit's local/ folder
         (prod / site / "local" / "ecefl_site.json").write_text(json.dumps({"datalist": str(datalist)}))
+    # the gpu preset's streaming timeouts, merged into what provisioning wrote to local/comm_config.json; the
+    # participants below start and run a job with them
+    provisioned = {k: (k / "local" / "comm_config.json").read_text() for k in kits[:3]
+                   if (k / "local" / "comm_config.json").is_file()}
+    assert ecefl_main(["fl", "large-updates", *map(str, kits[:3])]) == 0
+    for kit in kits[:3]:
+        merged = json.loads((kit / "local" / "comm_config.json").read_text())
+        assert merged["streaming_read_timeout"] == 900
+        assert all(merged.get(k) == v for k, v in json.loads(provisioned.get(kit, "{}")).items())
     try:
         for kit in kits[:3]:
             _start_kit(kit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _synth(sub) -> None:
@@ -146,6 +147,10 @@ def _fl(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", default=None, metavar="CHECKPOINT_OR_RUN_DIR",
                    help="continue an interrupted job from its last per-round global_model.pt")
+    s.add_argument("--privacy", default=None, metavar="PRIVACY_JSON",
+                   help="a site privacy policy (e.g. poc/privacy.json) whose --privacy-scope every site applies")
+    s.add_argument("--privacy-scope", default=None, metavar="SCOPE",
+                   help="the scope of --privacy whose result filters every simulated site applies to its updates")
     s.add_argument("--quiet", action="store_true", help="NVFlare logs at WARNING level")
     s.add_argument("--no-progress", action="store_true")
     _plan_overrides(s)
@@ -157,7 +162,8 @@ def _fl(sub) -> None:
             simulate(sites, args.job, args.rounds, args.local_epochs, args.preset, args.workspace,
                      min_sites=args.min_sites, seed=args.seed, init=args.init, val_fraction=args.val_fraction,
                      min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
-                     resume=args.resume, **_overrides(args))
+                     resume=args.resume, privacy=args.privacy, privacy_scope=args.privacy_scope,
+                     **_overrides(args))
         except FederatedRunError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -167,6 +173,22 @@ def _fl(sub) -> None:
         _print_pooled(args.workspace)
         return 0
     s.set_defaults(func=run)
+
+    lu = fl_sub.add_parser("large-updates", help="set the streaming timeouts for gpu-preset updates (278 MiB) "
+                                                 "in startup kits' local/comm_config.json (DEPLOY §8)")
+    lu.add_argument("kits", nargs="+", metavar="KIT_DIR", help="a participant's startup kit (server or site)")
+
+    def run_large_updates(args) -> int:
+        from ecefl.fl.poc import LARGE_UPDATE_STREAMING, PocError, set_streaming_timeouts
+        try:
+            for kit in args.kits:
+                print(f"{set_streaming_timeouts(Path(kit))}: {json.dumps(LARGE_UPDATE_STREAMING)}")
+        except PocError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print("restart each participant for the settings to take effect (they are read at process start)")
+        return 0
+    lu.set_defaults(func=run_large_updates)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -185,6 +207,9 @@ def _poc(sub) -> None:
                     help="seconds without heartbeats before the server declares a site dead (NVFlare default 600)")
     pr.add_argument("--privacy", default=None, metavar="PRIVACY_JSON",
                     help="site privacy policy (scopes with result filters) for every site, e.g. poc/privacy.json")
+    pr.add_argument("--large-updates", action="store_true",
+                    help="streaming timeouts for gpu-preset updates (278 MiB) over slow links in every "
+                         "participant's local/comm_config.json (docs/DEPLOY.md §8)")
     st = poc_sub.add_parser("start", parents=[common], help="start server and clients, wait until connected")
     st.add_argument("--service", action="append", default=[],
                     help="start only this participant (server or a site; repeatable), e.g. after `poc kill`")
@@ -228,7 +253,8 @@ def _poc(sub) -> None:
                         return 2
                     datalists = {f"site-{i + 1}": "" for i in range(args.sites)}
                 state = poc.prepare(args.workspace, {k: v for k, v in datalists.items()}, port=args.port,
-                                    privacy=args.privacy, heartbeat_timeout=args.heartbeat_timeout)
+                                    privacy=args.privacy, heartbeat_timeout=args.heartbeat_timeout,
+                                    large_updates=args.large_updates)
                 print(f"POC prepared in {state['workspace']} for {', '.join(state['sites'])} (port {state['port']})")
             elif args.poc_command == "start":
                 state = poc.start(args.workspace, services=args.service)
@@ -271,7 +297,6 @@ def _poc(sub) -> None:
 def _export_job(args):
     """Export the job folder the admin submits (the same recipe as jobs/<job>/job.py builds)."""
     import time as _time
-    from pathlib import Path
     from ecefl.fl.jobs import build_recipe, resume_point
     from ecefl.plan import get_plan
     plan = get_plan(args.preset, seed=args.seed)

@@ -175,8 +175,8 @@ class Pretrainer:
 @torch.no_grad()
 def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, region: torch.Tensor | None = None):
     """Whole-volume sliding-window outputs (1, 4, ...) and the case probability; image is (1,1,D,H,W) in [0,1]."""
-    model.eval()
     dev = device()
+    model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
 
     def predictor(x, r=None):
         return model.voxel_outputs(x, r).float()

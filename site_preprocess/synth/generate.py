@@ -22,10 +22,14 @@ FIRST_NAMES = ("Avery", "Blake", "Casey", "Dana", "Emery", "Finley", "Gray", "Ha
 
 
 def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_per_site: int = 8,
-               seed: int = 0, progress: bool = True) -> list[Path]:
+               seed: int = 0, progress: bool = True, only: list[int] | None = None) -> list[Path]:
+    """only: synthesise just these site indices (each site's data depends on its index alone, so a subset is
+    identical to those sites of the full set)."""
     out = Path(out)
     site_dirs = []
     for site_index in range(sites):
+        if only is not None and site_index not in only:
+            continue
         profile = site_profile(site_index)
         site_dir = out / profile.name
         site_rng = np.random.default_rng([seed, site_index, 7919])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
 
@@ -99,7 +100,9 @@ class SiteLearner:
         total_rounds = incoming.total_rounds or 1
         e = self.args.local_epochs
         if self.args.job == "ece_finetune":
+            t0 = time.perf_counter()
             stats, site_metrics = self.evaluate(float(incoming.meta.get("threshold", 0.5)))
+            meta_out["validate_seconds"] = round(time.perf_counter() - t0, 3)
             meta_out["site_stats"] = stats
             meta_out["site_metrics"] = site_metrics
             n_cases = len(self.train_items)

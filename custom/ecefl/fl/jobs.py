@@ -35,21 +35,24 @@ class EceFedAvgRecipe(FedAvgRecipe):
         return PooledFedAvg(num_clients=self.min_clients, num_rounds=self.num_rounds, persistor_id=persistor_id,
                             start_round=resume.get("start_round", 0), job_kind=self._kind, plan=self._plan_dict,
                             min_sites=self._min_sites, threshold=resume.get("threshold", 0.5),
-                            resumed_from=resume or None)
+                            resumed_from=resume or None, memory_gc_rounds=self.server_memory_gc_rounds)
 
 
 def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_sites: int = 1,
                  val_fraction: float = 0.25, seed: int = 0, min_count: int = 0, initial_ckpt: str | None = None,
                  heartbeat_timeout: int | None = None, cross_site: bool = True, tracking: bool = True,
                  name: str | None = None, site_scripts: dict[str, str | None] | None = None,
-                 resume: dict | None = None, privacy_scope: str | None = None) -> EceFedAvgRecipe:
+                 resume: dict | None = None, privacy_scope: str | None = None,
+                 result_filters: list | None = None) -> EceFedAvgRecipe:
     """site_scripts: {site: client script or None for the standard one}; when given it must name every site
     (NVFlare then builds one client app per listed site).
     rounds: the job's total rounds; with resume ({"start_round", "threshold", ...} from resume_point) the job
     runs only the rounds from start_round on, starting from initial_ckpt.
     privacy_scope: the job runs only at sites whose local/privacy.json defines that scope, and each applies the
     scope's result filters (e.g. PercentilePrivacy, SVTPrivacy) to its update; updates travel as weight differences, which is what
-    NVFlare's privacy filters act on."""
+    NVFlare's privacy filters act on.
+    result_filters: filter objects every site applies to its training result, built into the job (the simulator
+    has no site privacy.json; see privacy_filters); updates then travel as weight differences too."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job {kind!r}; choose one of {JOB_KINDS}")
     if rounds < 1 or local_epochs < 1 or min_sites < 1:
@@ -65,7 +68,13 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         model={"path": MODEL_CLASS[kind], "args": {"plan": plan.to_dict()}},
         initial_ckpt=str(Path(initial_ckpt).resolve()) if initial_ckpt else None,
         min_clients=min_sites, num_rounds=remaining, train_script=str(CLIENT_SCRIPT), train_args=args,
-        key_metric="auc", **({"params_transfer_type": TransferType.DIFF} if privacy_scope else {}))
+        key_metric="auc",
+        # gc.collect + malloc_trim after every round on the server and at the sites: without it the server's job
+        # process grew by a quarter over 20 rounds (docs/BENCHMARKS.md, "Speed and bytes")
+        server_memory_gc_rounds=1, client_memory_gc_rounds=1,
+        **({"params_transfer_type": TransferType.DIFF} if privacy_scope or result_filters else {}))
+    for result_filter in result_filters or []:
+        recipe.add_client_output_filter(result_filter, tasks=["train"])
     if privacy_scope:
         from nvflare.apis.job_def import JobMetaKey
         from nvflare.recipe.utils import set_recipe_meta
@@ -93,6 +102,26 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         add_cross_site_evaluation(recipe, submit_model_timeout=600 if gpu else 120,
                                   validation_timeout=3600 if gpu else 300)
     return recipe
+
+
+def privacy_filters(privacy_json: str | Path, scope: str) -> list:
+    """The result filters of `scope` in a site privacy policy (NVFlare's local/privacy.json format), instantiated,
+    so a simulation can apply exactly the filters a hospital's policy would."""
+    import importlib
+    import json
+    path = Path(privacy_json)
+    try:
+        policy = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"privacy policy {path}: cannot read it ({exc})") from exc
+    scopes = {s.get("name"): s for s in policy.get("scopes", [])}
+    if scope not in scopes:
+        raise ValueError(f"privacy policy {path} defines no scope {scope!r} (it has: {', '.join(map(str, scopes))})")
+    filters = []
+    for spec in scopes[scope].get("task_result_filters", []):
+        module, _, name = spec["path"].rpartition(".")
+        filters.append(getattr(importlib.import_module(module), name)(**spec.get("args", {})))
+    return filters
 
 
 def resume_point(checkpoint: str | Path, kind: str, out: Path) -> tuple[Plan, str, dict]:

@@ -58,10 +58,11 @@ def _run(args: list[str], workspace: Path, timeout: int = 180) -> subprocess.Com
 
 
 def prepare(workspace, datalists: dict[str, Path], port: int = 8002, privacy: str | Path | None = None,
-            heartbeat_timeout: int | None = None) -> dict:
+            heartbeat_timeout: int | None = None, large_updates: bool = False) -> dict:
     """A POC workspace with one client per hospital, each with its site-local data config (and, if given, the
     site privacy policy `privacy` as its local/privacy.json). heartbeat_timeout: seconds without a heartbeat
-    before the server declares a site dead (server local/resources.json; NVFlare's default is 600)."""
+    before the server declares a site dead (server local/resources.json; NVFlare's default is 600).
+    large_updates: every participant gets the streaming timeouts for gpu-preset updates (LARGE_UPDATE_STREAMING)."""
     if privacy:
         try:
             policy = json.loads(Path(privacy).read_text())
@@ -100,6 +101,9 @@ def prepare(workspace, datalists: dict[str, Path], port: int = 8002, privacy: st
     prod = prod_dir(workspace)
     if heartbeat_timeout:
         set_server_heartbeat_timeout(prod / "server", heartbeat_timeout)
+    if large_updates:
+        for participant in ("server", *datalists):
+            set_streaming_timeouts(prod / participant)
     for site, datalist in datalists.items():
         local = prod / site / "local"
         local.mkdir(parents=True, exist_ok=True)
@@ -122,6 +126,29 @@ def set_server_heartbeat_timeout(server_dir: Path, seconds: int) -> None:
     for server in config.get("servers", []):
         server["heart_beat_timeout"] = int(seconds)
     path.write_text(json.dumps(config, indent=2))
+
+
+# NVFlare's defaults (300 s / 60 s / 30 s) abort a 278 MiB gpu-preset update that crawls over a slow hospital
+# link; these are process-level settings read from each participant's local/comm_config.json (docs/DEPLOY.md §8)
+LARGE_UPDATE_STREAMING = {"streaming_read_timeout": 900, "streaming_ack_progress_timeout": 600,
+                          "streaming_send_timeout": 120}
+
+
+def set_streaming_timeouts(participant_dir: Path, values: dict | None = None) -> Path:
+    """Merge the streaming timeouts into a participant's (startup kit's) local/comm_config.json, keeping what
+    provisioning wrote there (internal listener sections)."""
+    local = Path(participant_dir) / "local"
+    if not local.is_dir():
+        raise PocError(f"{participant_dir} has no local/ folder: give a participant's startup kit folder "
+                       "(the one holding startup/ and local/)")
+    path = local / "comm_config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError as exc:
+        raise PocError(f"{path} is not valid JSON ({exc}); fix or remove it first") from exc
+    config.update(values or LARGE_UPDATE_STREAMING)
+    path.write_text(json.dumps(config, indent=2))
+    return path
 
 
 def load_state(workspace) -> dict:

@@ -82,6 +82,8 @@ class PooledFedAvg(BaseFedAvg):
             self.save_model(model)
             self._write_checkpoint("global_model.pt", model.params)
             self._write_report()
+            del results, usable, aggregated
+            self._maybe_cleanup_memory()  # every memory_gc_rounds rounds (NVFlare's gc.collect + malloc_trim)
         if self.final_validation:
             model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind}
             targets = self.sample_clients()
@@ -148,9 +150,11 @@ class PooledFedAvg(BaseFedAvg):
                   for r in results if (r.metrics or {}).get("train_loss") is not None]
         if losses:
             record["train_loss"] = sum(l * w for l, w in losses) / max(sum(w for _, w in losses), 1)
-        train_s = {_client(r): (r.meta or {}).get("train_seconds") for r in results}
-        if any(v is not None for v in train_s.values()):
-            record["site_train_seconds"] = train_s  # local training time; the rest of "seconds" is overhead
+        # local training and validation time per site; the rest of the round's "seconds" is the framework's
+        for key in ("train_seconds", "validate_seconds"):
+            per_site = {_client(r): (r.meta or {}).get(key) for r in results}
+            if any(v is not None for v in per_site.values()):
+                record[f"site_{key}"] = per_site
         if self.job_kind != "ece_finetune":
             return M.nan_safe(record)
         site_stats, suppressed = {}, []
