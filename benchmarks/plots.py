@@ -69,7 +69,7 @@ def speed_ratios(speed: Path, out: Path) -> Path:
     if "rss" in s:
         for name, proc in s["rss"]["processes"].items():
             if name != "driver" and proc["peak_first_fifth_mib"] > 100:  # the processes that hold a model
-                rows.append((f"RSS growth over {s['rss']['rounds']} rounds, {name.split(' (')[0]}",
+                rows.append((f"RSS growth, 2nd → last fifth of {s['rss']['rounds']} rounds, {name.split(' (')[0]}",
                              proc.get("growth_second_to_last_fifth", proc["growth"]), 0.05, False))
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
     for i, (label, value, target, higher) in enumerate(rows):

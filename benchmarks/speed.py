@@ -116,10 +116,11 @@ def _central_epochs(datalist: str, epochs: int, threads: int) -> float:
     return float(sum(h["seconds"] for h in history))  # the epoch loop alone, as the site reports it
 
 
-def bench_overhead(out: Path, epochs: int) -> dict:
-    """One site, one round of `epochs` local epochs in the simulator vs the same epochs centralised (each in its
-    own fresh process, centralised run both before and after); the framework's share of a round is what is left
-    of the round after the site's local training and its validation of the received model."""
+def bench_overhead(out: Path, epochs: int, rounds: int = 3) -> dict:
+    """One site, `rounds` rounds of `epochs` local epochs in the simulator vs the same epochs centralised (each in
+    its own fresh process; the centralised run both before and after). The framework's share of a round is what is
+    left of it after the site's local training and its validation of the received model; round 0 also holds the
+    site's one-time set-up (model, optimiser, data cache), so the steady state is taken from the later rounds."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -133,25 +134,31 @@ def bench_overhead(out: Path, epochs: int) -> dict:
 
     def central() -> float:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(_central_epochs, str(datalist), epochs, threads).result()
+            return pool.submit(_central_epochs, str(datalist), epochs * rounds, threads).result()
 
     central_before = central()
     t0 = time.perf_counter()
-    simulate(sites, "ece_finetune", rounds=1, local_epochs=epochs, preset="cpu-small", workspace=out / "ws_overhead",
-             quiet=True, progress=False, log=lambda *_: None, val_fraction=0.25, cross_site=False)
+    simulate(sites, "ece_finetune", rounds=rounds, local_epochs=epochs, preset="cpu-small",
+             workspace=out / "ws_overhead", quiet=True, progress=False, log=lambda *_: None, val_fraction=0.25,
+             cross_site=False)
     fed_wall = time.perf_counter() - t0
     central_after = central()
     report = json.loads((out / "ws_overhead" / "ece_finetune" / "pooled_metrics.json").read_text())
-    rnd = report["rounds"][0]
-    fed_train = float(rnd["site_train_seconds"][site])
-    fed_val = float(rnd["site_validate_seconds"][site])
-    round_s = float(rnd["seconds"])
+    per_round = []
+    for rnd in report["rounds"]:
+        train, val = float(rnd["site_train_seconds"][site]), float(rnd["site_validate_seconds"][site])
+        framework = float(rnd["seconds"]) - train - val
+        per_round.append({"round": rnd["round"], "seconds": rnd["seconds"], "train_s": round(train, 2),
+                          "validate_s": round(val, 2), "framework_s": round(framework, 2),
+                          "framework_fraction_of_train": round(framework / train, 3)})
+    fed_train = sum(r["train_s"] for r in per_round)
     central_s = (central_before + central_after) / 2
-    framework = round_s - fed_train - fed_val
-    return {"epochs": epochs, "threads": threads, "central_train_s": [round(central_before, 2), round(central_after, 2)],
+    later = [r["framework_fraction_of_train"] for r in per_round[1:]] or [per_round[0]["framework_fraction_of_train"]]
+    return {"epochs_per_round": epochs, "rounds": rounds, "threads": threads,
+            "central_train_s": [round(central_before, 2), round(central_after, 2)],
             "client_train_s": round(fed_train, 2), "client_vs_central_train": round(fed_train / central_s, 3),
-            "round_s": round_s, "site_validate_s": round(fed_val, 2), "framework_s": round(framework, 2),
-            "framework_fraction_of_train": round(framework / fed_train, 3), "job_wall_s": round(fed_wall, 1)}
+            "per_round": per_round, "framework_fraction_of_train": round(float(np.median(later)), 3),
+            "framework_fraction_round0": per_round[0]["framework_fraction_of_train"], "job_wall_s": round(fed_wall, 1)}
 
 
 def bench_bytes() -> dict:
@@ -322,7 +329,9 @@ def bench_rss(out: Path, rounds: int) -> dict:
             "peak_first_fifth_mib": round(max(head) / 2**20, 1), "peak_last_fifth_mib": round(max(tail) / 2**20, 1),
             "growth": round(max(tail) / max(head) - 1, 4),
             # the first fifth still holds the start-up ramp (imports, first model copies): steady-state growth
-            "growth_second_to_last_fifth": round(max(tail) / max(second) - 1, 4), "samples": n}
+            "growth_second_to_last_fifth": round(max(tail) / max(second) - 1, 4), "samples": n,
+            "peak_per_tenth_mib": [round(max(series[i * n // 10:(i + 1) * n // 10] or [0]) / 2**20, 1)
+                                   for i in range(10)]}
     result["round_seconds"] = durations
     return result
 

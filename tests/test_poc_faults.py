@@ -41,33 +41,33 @@ def _site_is_training(ws, site: str, job_id: str) -> bool:
 
 
 def test_server_killed_mid_job_resumes_from_last_persisted_round(poc3, tmp_path, capsys):
-    job = _submit(poc3, capsys, "--rounds", "4")
+    job = _submit(poc3, capsys, "--rounds", "3")
     ckpt = poc.server_run_dir(poc3, job) / "ecefl" / "global_model.pt"
     _wait_for(ckpt.is_file, 400, "the first persisted global model")
     assert ecefl_main(["poc", "kill", "server", "--workspace", str(poc3)]) == 0
     assert not poc.port_in_use(PORT)
     persisted = load_checkpoint(ckpt)
     done = persisted["federated"]["round"]
-    assert done < 3, "the job finished before the server could be killed; the test needs a longer job"
+    assert done < 2, "the job finished before the server could be killed; the test needs a longer job"
 
     assert ecefl_main(["poc", "start", "--service", "server", "--workspace", str(poc3)]) == 0
     capsys.readouterr()
-    assert ecefl_main(["poc", "submit", "ece_finetune", "--workspace", str(poc3), *TINY, "--rounds", "4",
+    assert ecefl_main(["poc", "submit", "ece_finetune", "--workspace", str(poc3), *TINY, "--rounds", "3",
                        "--resume-job", job]) == 0
     out = capsys.readouterr().out
-    assert f"resuming ece_finetune at round {done + 1} of 4" in out
+    assert f"resuming ece_finetune at round {done + 1} of 3" in out
     resumed = out.strip().splitlines()[-1]
     assert ecefl_main(["poc", "wait", resumed, "--workspace", str(poc3), "--timeout", "600"]) == 0
     assert ecefl_main(["poc", "download", resumed, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
     report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
     assert report["finished"] and report["resumed_from"]["checkpoint_round"] == done
-    assert [r["round"] for r in report["rounds"]] == list(range(done + 1, 4))
-    assert report["start_round"] == done + 1 and report["total_rounds"] == 4
+    assert [r["round"] for r in report["rounds"]] == list(range(done + 1, 3))
+    assert report["start_round"] == done + 1 and report["total_rounds"] == 3
     # the resumed job started from the persisted weights, not from scratch
     start = torch.load(next(poc3.glob("resume_model-*.pt")), weights_only=False)["model"]
     assert all(torch.equal(start[k], v) for k, v in persisted["model"].items())
     final = load_checkpoint(tmp_path / "dl" / "global_model.pt")
-    assert final["federated"]["round"] == 3
+    assert final["federated"]["round"] == 2
 
 
 def test_site_killed_mid_round_job_continues_with_the_others(poc3, tmp_path, capsys):
@@ -92,7 +92,7 @@ def test_site_killed_mid_round_job_continues_with_the_others(poc3, tmp_path, cap
 
 
 def test_fewer_live_sites_than_minimum_ends_the_job_not_hangs(poc3, tmp_path, capsys):
-    job = _submit(poc3, capsys, "--rounds", "3", "--min-sites", "3")
+    job = _submit(poc3, capsys, "--rounds", "2", "--min-sites", "3")
     _wait_for(lambda: _site_is_training(poc3, "hospital-b", job), 300, "hospital-b to start the job")
     assert ecefl_main(["poc", "kill", "hospital-b", "--workspace", str(poc3)]) == 0
     t0 = time.time()
