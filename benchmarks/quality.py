@@ -413,11 +413,10 @@ def main(argv=None) -> int:
 def write_outputs(results: dict, out: Path, argv) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results)
-    results["summary"] = summary
-    (out / "quality.json").write_text(json.dumps(results, indent=1))
+    # a re-summarised run keeps the command that produced its arms
     command = results.get("command") or "python benchmarks/quality.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    results["command"] = command
+    results.update(summary=summary, command=command)
     (out / "quality.json").write_text(json.dumps(results, indent=1))
     md = markdown(results, summary, command)
     (out / "quality.md").write_text(md)

@@ -49,8 +49,8 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
     rounds: the job's total rounds; with resume ({"start_round", "threshold", ...} from resume_point) the job
     runs only the rounds from start_round on, starting from initial_ckpt.
     privacy_scope: the job runs only at sites whose local/privacy.json defines that scope, and each applies the
-    scope's result filters (e.g. PercentilePrivacy, SVTPrivacy) to its update; updates travel as weight differences, which is what
-    NVFlare's privacy filters act on.
+    scope's result filters (e.g. PercentilePrivacy, SVTPrivacy) to its update; updates travel as weight
+    differences, which is what NVFlare's privacy filters act on.
     result_filters: filter objects every site applies to its training result, built into the job (the simulator
     has no site privacy.json; see privacy_filters); updates then travel as weight differences too."""
     if kind not in JOB_KINDS:
@@ -108,15 +108,12 @@ def privacy_filters(privacy_json: str | Path, scope: str) -> list:
     """The result filters of `scope` in a site privacy policy (NVFlare's local/privacy.json format), instantiated,
     so a simulation can apply exactly the filters a hospital's policy would."""
     import importlib
-    import json
-    path = Path(privacy_json)
-    try:
-        policy = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"privacy policy {path}: cannot read it ({exc})") from exc
-    scopes = {s.get("name"): s for s in policy.get("scopes", [])}
+
+    from .site_config import load_privacy_policy
+    scopes = {s.get("name"): s for s in load_privacy_policy(privacy_json)["scopes"]}
     if scope not in scopes:
-        raise ValueError(f"privacy policy {path} defines no scope {scope!r} (it has: {', '.join(map(str, scopes))})")
+        raise ValueError(f"site privacy policy {privacy_json} defines no scope {scope!r} "
+                         f"(it has: {', '.join(map(str, scopes))})")
     filters = []
     for spec in scopes[scope].get("task_result_filters", []):
         module, _, name = spec["path"].rpartition(".")

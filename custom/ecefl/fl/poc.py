@@ -64,12 +64,11 @@ def prepare(workspace, datalists: dict[str, Path], port: int = 8002, privacy: st
     before the server declares a site dead (server local/resources.json; NVFlare's default is 600).
     large_updates: every participant gets the streaming timeouts for gpu-preset updates (LARGE_UPDATE_STREAMING)."""
     if privacy:
+        from .site_config import load_privacy_policy
         try:
-            policy = json.loads(Path(privacy).read_text())
-        except (OSError, ValueError) as exc:
-            raise PocError(f"site privacy policy {privacy} cannot be read as JSON ({exc})") from exc
-        if not isinstance(policy.get("scopes"), list):
-            raise PocError(f"site privacy policy {privacy} has no \"scopes\" list (see poc/privacy.json)")
+            load_privacy_policy(privacy)
+        except ValueError as exc:
+            raise PocError(str(exc)) from exc
     workspace = Path(workspace).resolve()
     if port_in_use(port):
         raise PocError(f"port {port} is in use: a POC (or another server) from an earlier run is still running"

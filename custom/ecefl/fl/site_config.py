@@ -61,3 +61,15 @@ def _checked(site: str, value, source: str) -> Path:
         raise SiteConfigError(f"site {site}: datalist {path} (from {source}) does not exist; run `ecefl "
                               "preprocess` at this site or fix the setting")
     return path
+
+
+def load_privacy_policy(path) -> dict:
+    """A site privacy policy (NVFlare's local/privacy.json format: named scopes with result filters);
+    ValueError naming the file when it cannot be read or holds no scopes."""
+    try:
+        policy = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"site privacy policy {path} cannot be read as JSON ({exc})") from exc
+    if not isinstance(policy, dict) or not isinstance(policy.get("scopes"), list):
+        raise ValueError(f"site privacy policy {path} has no \"scopes\" list (see poc/privacy.json)")
+    return policy
