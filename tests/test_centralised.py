@@ -32,7 +32,7 @@ def test_pretrain_outputs(runs):
     metrics = json.loads((runs / "mae" / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1]
     assert 0 < metrics["epochs"][0]["loss"] < 1
-    ckpt = torch.load(runs / "mae" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(runs / "mae" / "checkpoint.pt", weights_only=True)
     assert ckpt["kind"] == "mae" and ckpt["plan"]["feature_size"] == 12
 
 
@@ -42,7 +42,7 @@ def test_train_outputs_in_range(runs):
     assert set(KEYS) <= set(val)
     assert 0 <= val["dice"] <= 1 and 0 <= val["auc"] <= 1 and 0 <= val["threshold"] <= 1
     assert val["n_cases"] == metrics["split"]["val"] >= 3
-    ckpt = torch.load(runs / "ft" / "model.pt", weights_only=False)
+    ckpt = torch.load(runs / "ft" / "model.pt", weights_only=True)
     assert ckpt["threshold"] == pytest.approx(metrics["threshold"])
     assert metrics["init"].endswith("checkpoint.pt")
 
@@ -75,7 +75,7 @@ def test_clear_errors(tmp_path, capsys, runs):
          "case_id": "a"}]}))
     assert ecefl_main(["train", "--datalist", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
     assert "missing file" in capsys.readouterr().err
-    old = torch.load(runs / "ft" / "model.pt", weights_only=False)
+    old = torch.load(runs / "ft" / "model.pt", weights_only=True)
     old["version"] = 0
     torch.save(old, tmp_path / "old.pt")
     assert ecefl_main(["evaluate", "--model", str(tmp_path / "old.pt"), "--datalist",

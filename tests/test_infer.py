@@ -94,7 +94,7 @@ def test_infer_errors_are_clear(model_file, patient, tmp_path, capsys):
     (empty / "notes.txt").write_text("not dicom")
     assert ecefl_main(["infer", "--model", str(model_file), "--dicom", str(empty), "--out", str(tmp_path / "o")]) == 2
     assert "no image series" in capsys.readouterr().err
-    old = torch.load(model_file, weights_only=False)
+    old = torch.load(model_file, weights_only=True)
     old["version"] = 99
     torch.save(old, tmp_path / "old.pt")
     assert ecefl_main(["infer", "--model", str(tmp_path / "old.pt"), "--dicom", str(patient), "--out",

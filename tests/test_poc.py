@@ -54,7 +54,7 @@ def test_poc_prepare_start_submit_wait_download_stop(fl_poc_sites, tmp_path, cap
         private_job = capsys.readouterr().out.strip().splitlines()[-1]
         assert ecefl_main(["poc", "wait", private_job, *args, "--timeout", "600"]) == 0
         assert ecefl_main(["poc", "download", private_job, *args, "--out", str(tmp_path / "dl2")]) == 0
-        start = torch.load(ws / "initial_model.pt", weights_only=False)["model"]
+        start = torch.load(ws / "initial_model.pt", weights_only=True)["model"]
         after = load_checkpoint(tmp_path / "dl2" / "global_model.pt")["model"]
         changed = sum(int((after[k] != v).sum()) for k, v in start.items() if v.is_floating_point())
         total = sum(v.numel() for v in start.values() if v.is_floating_point())

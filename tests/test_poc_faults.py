@@ -64,7 +64,7 @@ def test_server_killed_mid_job_resumes_from_last_persisted_round(poc3, tmp_path,
     assert [r["round"] for r in report["rounds"]] == list(range(done + 1, 3))
     assert report["start_round"] == done + 1 and report["total_rounds"] == 3
     # the resumed job started from the persisted weights, not from scratch
-    start = torch.load(next(poc3.glob("resume_model-*.pt")), weights_only=False)["model"]
+    start = torch.load(next(poc3.glob("resume_model-*.pt")), weights_only=True)["model"]
     assert all(torch.equal(start[k], v) for k, v in persisted["model"].items())
     final = load_checkpoint(tmp_path / "dl" / "global_model.pt")
     assert final["federated"]["round"] == 2

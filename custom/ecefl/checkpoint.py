@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -35,7 +36,13 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # Model files travel between hospitals: unpickle tensors and plain data only, so a crafted file cannot
+        # run code at the site that opens it (torch's restricted unpickler refuses every other object).
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"model file {path} was refused: it holds Python objects other than tensors and "
+                              "plain data, which could run code when loaded. Nothing from it was executed. Use a "
+                              "model file written by ecefl from a source you trust.") from exc
     except Exception as exc:
         raise CheckpointError(f"model file {path} cannot be read ({type(exc).__name__}); is it a PyTorch file "
                               "written by ecefl?") from exc
