@@ -1,6 +1,6 @@
 """Throughput (voxels/s) and peak memory of one fine-tuning step (forward + backward + AdamW), any preset/device.
 
-    python benchmarks/step.py --preset cpu-small --steps 5
+    python benchmarks/step.py --preset cpu-small --steps 5 [--cpu-bf16] [--threads 1]
     python benchmarks/step.py --preset gpu --steps 20 [--compile]       # on a GPU: bf16 autocast from the plan
 
 The step is the engine's: DualOutputSwinUNETR, MONAI DiceCE + BCE on the pooled logit, the plan's batch size and
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "custom"))
 
 
-def measure(preset: str, steps: int, compile_model: bool = False) -> dict:
+def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool = False) -> dict:
     import numpy as np
     import torch
     from monai.losses import DiceCELoss
@@ -28,7 +28,7 @@ def measure(preset: str, steps: int, compile_model: bool = False) -> dict:
     from ecefl.model import DualOutputSwinUNETR
     from ecefl.plan import get_plan
 
-    plan = get_plan(preset)
+    plan = get_plan(preset, cpu_bf16=cpu_bf16 or None)
     dev = device()
     torch.manual_seed(0)
     model = DualOutputSwinUNETR(plan).to(dev)
@@ -58,7 +58,7 @@ def measure(preset: str, steps: int, compile_model: bool = False) -> dict:
     voxels = plan.batch_size * int(np.prod(plan.patch_size))
     step_s = float(np.median(times))
     out = {"preset": preset, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
-           "threads": torch.get_num_threads(), "amp_bf16": bool(plan.amp and dev.type == "cuda"),
+           "threads": torch.get_num_threads(), "amp_bf16": bool(plan.amp and dev.type == "cuda") or bool(plan.cpu_bf16 and dev.type == "cpu"),
            "compile": compile_model, "batch": plan.batch_size, "patch": list(plan.patch_size),
            "feature_size": plan.feature_size, "params": sum(p.numel() for p in model.parameters()),
            "steps": steps, "step_s_median": round(step_s, 4), "voxels_per_s": int(voxels / step_s),
@@ -73,8 +73,13 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="cpu-small")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (the plan's cpu_bf16)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
-    print(json.dumps(measure(args.preset, args.steps, args.compile)), flush=True)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    print(json.dumps(measure(args.preset, args.steps, args.compile, args.cpu_bf16)), flush=True)
     return 0
 
 

@@ -22,7 +22,8 @@ def _digest(root):
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     synthesize(tmp_path / "a", sites=1, cases_per_site=2, unlabeled_per_site=1, seed=3, progress=False)
-    synthesize(tmp_path / "b", sites=1, cases_per_site=2, unlabeled_per_site=1, seed=3, progress=False)
+    # written by 2 worker processes: the same bytes as in one process
+    synthesize(tmp_path / "b", sites=1, cases_per_site=2, unlabeled_per_site=1, seed=3, progress=False, workers=2)
     synthesize(tmp_path / "c", sites=1, cases_per_site=2, unlabeled_per_site=1, seed=4, progress=False)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b") != _digest(tmp_path / "c")
 

@@ -27,7 +27,8 @@ def inference_config(plan) -> dict:
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": {"_target_": "SwinUNETR", "in_channels": 1, "out_channels": 2,
                         "feature_size": plan.feature_size, "depths": list(plan.depths),
-                        "num_heads": list(plan.num_heads), "use_v2": plan.use_v2, "spatial_dims": 3},
+                        "num_heads": list(plan.num_heads), "use_v2": plan.use_v2,
+                        "window_size": plan.window_size, "spatial_dims": 3},
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": "image", "image_only": True},

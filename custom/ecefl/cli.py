@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ def _synth(sub) -> None:
     p.add_argument("--cases-per-site", type=int, default=16)
     p.add_argument("--unlabeled-per-site", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes writing patients (the files do not depend on it; default: the CPU count)")
     p.add_argument("--no-progress", action="store_true")
 
     def run(args) -> int:
@@ -22,7 +25,7 @@ def _synth(sub) -> None:
             print("error: --sites must be >= 1 and case counts >= 0", file=sys.stderr)
             return 2
         dirs = synthesize(args.out, args.sites, args.cases_per_site, args.unlabeled_per_site, args.seed,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, workers=max(1, args.workers))
         for d in dirs:
             print(f"{d.name}: {d}/dicom, {d}/labels.csv")
         return 0
@@ -125,6 +128,29 @@ def _evaluate(sub) -> None:
         from ecefl.stages import evaluate
         evaluate(args.model, args.datalist, args.out, progress=not args.no_progress)
         print(f"wrote {args.out}/metrics.json and {args.out}/predictions.csv (site-local)")
+        return 0
+    p.set_defaults(func=run)
+
+
+def _calibrate(sub) -> None:
+    from ecefl.stages import CALIBRATION_MIN_PER_CLASS
+    p = sub.add_parser("calibrate", help="set this site's own operating threshold from its labelled cases",
+                       description="Scores the site's labelled cases with the model and writes a copy of the model "
+                                   "file whose threshold is chosen on them (Youden's J, or the highest threshold "
+                                   f"keeping --sensitivity). Needs >= {CALIBRATION_MIN_PER_CLASS} cases of each "
+                                   "class. Only counts and rates are stored with it, no case id or score.")
+    p.add_argument("--model", required=True, help="the dual-output model file (e.g. best_global_model.pt)")
+    p.add_argument("--datalist", action="append", required=True, help="this site's datalist.json (repeatable)")
+    p.add_argument("--out", required=True, help="the calibrated model file to write")
+    p.add_argument("--sensitivity", type=float, default=None,
+                   help="choose the highest threshold with at least this sensitivity (default: Youden's J)")
+    p.add_argument("--no-progress", action="store_true")
+
+    @_learning_errors
+    def run(args) -> int:
+        from ecefl.stages import calibrate
+        calibrate(args.model, args.datalist, args.out, sensitivity=args.sensitivity, progress=not args.no_progress)
+        print(f"wrote {args.out}")
         return 0
     p.set_defaults(func=run)
 
@@ -422,7 +448,7 @@ def _export_bundle(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecefl", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _fl, _poc, _demo, _infer, _export_bundle):
+    for add in (_synth, _preprocess, _pretrain, _train, _evaluate, _calibrate, _fl, _poc, _demo, _infer, _export_bundle):
         add(sub)
     return parser
 

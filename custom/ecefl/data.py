@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.transforms import (Compose, EnsureTyped, LoadImaged, Orientationd, RandAffined, RandCropByPosNegLabeld,
-                              RandFlipd, RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropd,
-                              ScaleIntensityRanged, Spacingd, SpatialPadd)
+                              RandFlipd, RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd,
+                              RandShiftIntensityd, RandSimulateLowResolutiond, RandSpatialCropd, ScaleIntensityRanged,
+                              Spacingd, SpatialPadd)
 
 from .plan import Plan
 
@@ -112,15 +113,30 @@ def train_transforms(plan: Plan) -> Compose:
     keys = ["image", "label"]
     return Compose(_geometry(plan, keys) + [
         SpatialPadd(keys=keys, spatial_size=plan.patch_size),
-        # label-aware crops: centred on nodal voxels, so the case's nodes (and its ECE evidence) are in view
-        RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=plan.patch_size, pos=1, neg=0,
-                               num_samples=plan.crops_per_case, allow_smaller=False),
+        # mostly node-centred crops (the case's nodes and ECE evidence in view), a share anywhere in the neck;
+        # with crop_jitter, a larger node-centred crop and then a random patch inside it, so the node sits anywhere
+        RandCropByPosNegLabeld(keys=keys, label_key="label",
+                               spatial_size=[p + 2 * plan.crop_jitter for p in plan.patch_size],
+                               pos=1.0 - plan.neg_crop_fraction, neg=plan.neg_crop_fraction,
+                               num_samples=plan.crops_per_case, allow_smaller=plan.crop_jitter > 0),
+        *([RandSpatialCropd(keys=keys, roi_size=plan.patch_size, random_size=False)] if plan.crop_jitter else []),
         RandFlipd(keys=keys, prob=0.5, spatial_axis=0),  # left-right: the neck is nearly symmetric
         RandAffined(keys=keys, prob=0.3, rotate_range=(0.17, 0.17, 0.17), scale_range=(0.1, 0.1, 0.1),
                     mode=("bilinear", "nearest"), padding_mode="border"),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-    ])
+    ] + _intensity_augmentation(plan))
+
+
+def _intensity_augmentation(plan: Plan) -> list:
+    if plan.augmentation == "intensity":
+        return [RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+                RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5)]
+    hu_unit = 1.0 / (plan.hu_window[1] - plan.hu_window[0])  # one HU in window units
+    return [
+        RandSimulateLowResolutiond(keys="image", prob=0.15, zoom_range=(0.5, 1.0)),
+        RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.25, 0.8), sigma_y=(0.25, 0.8), sigma_z=(0.25, 0.8)),
+        RandGaussianNoised(keys="image", prob=0.3, mean=0.0, std=15 * hu_unit, sample_std=True),
+        RandShiftIntensityd(keys="image", offsets=10 * hu_unit, prob=0.5),
+    ]
 
 
 def mae_transforms(plan: Plan) -> Compose:
@@ -133,16 +149,19 @@ def mae_transforms(plan: Plan) -> Compose:
 
 
 def cached_loader(items: list[dict], transform: Compose, batch_size: int, shuffle: bool, seed: int,
-                  balanced: bool = False, progress: bool = False) -> DataLoader:
-    """CacheDataset keeps everything up to the first random transform in memory (no NIfTI re-reads)."""
+                  balanced: bool = False, progress: bool = False, iterations: int = 0) -> DataLoader:
+    """CacheDataset keeps everything up to the first random transform in memory (no NIfTI re-reads).
+    iterations > 0: each pass yields exactly that many batches, cases drawn at random with replacement."""
     ds = CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=0, progress=progress)
     sampler = None
-    if balanced:
+    if balanced or iterations > 0:
         from torch.utils.data import WeightedRandomSampler
-        labels = np.array([it["ece"] for it in items])
-        counts = np.bincount(labels, minlength=2).astype(float)
-        weights = 1.0 / counts[labels]
-        sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(items), replacement=True,
+        weights = np.ones(len(items))
+        if balanced:
+            labels = np.array([it["ece"] for it in items])
+            weights = 1.0 / np.bincount(labels, minlength=2).astype(float)[labels]
+        n = iterations * batch_size if iterations > 0 else len(items)
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=n, replacement=True,
                                         generator=torch.Generator().manual_seed(seed))
         shuffle = False
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=0,

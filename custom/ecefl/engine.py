@@ -36,7 +36,35 @@ def seed_everything(seed: int) -> None:
 def _autocast(plan: Plan, dev: torch.device):
     if plan.amp and dev.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if plan.cpu_bf16 and dev.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def lr_factor(plan: Plan, step: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at a global step: linear warm-up, then constant or cosine to 0."""
+    warmup = int(plan.warmup_fraction * total_steps)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if plan.lr_schedule == "cosine":
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+class _ScheduledSteps:
+    """Sets every parameter group's lr from its base lr and the global step (epoch * steps per epoch + i)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, plan: Plan):
+        self.optimizer, self.plan = optimizer, plan
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+
+    def set(self, step: int, total_steps: int) -> float:
+        factor = lr_factor(self.plan, step, total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        return factor
 
 
 def cls_weight(plan: Plan, epoch: int, total: int) -> float:
@@ -76,8 +104,11 @@ class FineTuner:
             [{"params": body}, {"params": head, "lr": self.plan.learning_rate * self.plan.head_lr_multiplier}],
             lr=self.plan.learning_rate, weight_decay=self.plan.weight_decay)
         self.loader = cached_loader(self.train_items, train_transforms(self.plan), self.plan.batch_size,
-                                    shuffle=True, seed=self.plan.seed, balanced=self.plan.balanced_sampling)
-        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+                                    shuffle=True, seed=self.plan.seed, balanced=self.plan.balanced_sampling,
+                                    iterations=self.plan.iterations_per_epoch)
+        self.schedule = _ScheduledSteps(self.optimizer, self.plan)
+        fg_batch = self.plan.dice_foreground_batch
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=not fg_batch, batch=fg_batch)
         pos_weight = positive_weight(self.train_items)
         if self.plan.cls_loss == "focal":
             # alpha = weight of the positive class, from the label counts
@@ -96,9 +127,11 @@ class FineTuner:
             forced = teacher_forcing(self.plan, epoch, total_epochs)
             sums = {"loss": 0.0, "seg_loss": 0.0, "cls_loss": 0.0}
             steps = 0
+            per_epoch, lr = len(self.loader), 1.0
             bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{total_epochs}", unit="batch", leave=False,
                        disable=not self.progress)
             for batch in bar:
+                lr = self.schedule.set(epoch * per_epoch + steps, total_epochs * per_epoch)
                 x = batch["image"].to(self.dev)
                 y = batch["label"].to(self.dev)
                 target = torch.as_tensor(batch["ece"], dtype=torch.float32, device=self.dev).view(-1, 1)
@@ -120,7 +153,7 @@ class FineTuner:
                 steps += 1
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             record = {k: v / max(steps, 1) for k, v in sums.items()}
-            record.update(epoch=epoch + 1, steps=steps, cls_weight=w, teacher_forcing=forced,
+            record.update(epoch=epoch + 1, steps=steps, cls_weight=w, teacher_forcing=forced, lr_factor=lr,
                           seconds=round(time.perf_counter() - t0, 2))
             self.log(f"epoch {epoch + 1}/{total_epochs}: loss {record['loss']:.4f} (seg {record['seg_loss']:.4f}, "
                      f"cls {record['cls_loss']:.4f} x{w:.2f}{', teacher forcing' if forced else ''}) "
@@ -144,7 +177,7 @@ class Pretrainer:
                                            weight_decay=0.05)
         images = [{"image": it["image"]} for it in self.items]
         self.loader = cached_loader(images, mae_transforms(self.plan), self.plan.batch_size, shuffle=True,
-                                    seed=self.plan.seed)
+                                    seed=self.plan.seed, iterations=self.plan.iterations_per_epoch)
 
     def run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
         history = []

@@ -4,7 +4,7 @@ DualOutputSwinUNETR: MONAI's SwinUNETR segments the nodal region; a per-voxel ev
 features (and the windowed CT value) scores each voxel, and the case logit is the evidence averaged over the pooling region
     a(v) = p_nodes(v) + shell_weight * shell(v),    logit = sum_v a(v) e(v) / sum_v a(v) + bias,
 so the decision is grounded in the predicted nodes (and their perinodal border, where ECE lives). Only voxels predicted
-as node with p >= 0.5 enter p_nodes. The evidence map a(v) e(v) / sum a is each voxel's exact contribution to the logit. Both sums are additive, so sliding-window
+as node with p >= 0.5 enter p_nodes; a case with no such voxel is pooled over the soft probability instead. The evidence map a(v) e(v) / sum a is each voxel's exact contribution to the logit. Both sums are additive, so sliding-window
 inference over a whole neck gives the same pooling as one big patch.
 
 MaskedPretrainer: the same SwinUNETR (same parameter names, so the encoder transfers key by key), random 3D
@@ -28,7 +28,8 @@ ENCODER_PREFIX = "net.swinViT."
 
 def _swin(plan: Plan) -> SwinUNETR:
     return SwinUNETR(in_channels=1, out_channels=2, feature_size=plan.feature_size, depths=tuple(plan.depths),
-                     num_heads=tuple(plan.num_heads), use_v2=plan.use_v2, spatial_dims=3)
+                     num_heads=tuple(plan.num_heads), use_v2=plan.use_v2, window_size=plan.window_size,
+                     spatial_dims=3)
 
 
 def _as_plan(plan: Plan | dict) -> Plan:
@@ -91,7 +92,8 @@ class DualOutputSwinUNETR(nn.Module):
         return node_prob + self.plan.shell_weight * shell.clamp_min(0)
 
     def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Channels: 2 segmentation logits, pooling weight a, weighted evidence a*e (additive over windows)."""
+        """Channels (all but the first two additive over windows): 2 segmentation logits, pooling weight a,
+        weighted evidence a*e, and the same two over the ungated soft region (used when no voxel is a node)."""
         seg = self.net(x)
         features = _scale_grad(self._decoder_features, self.plan.cls_feature_grad)
         lo, hi = self.plan.hu_window
@@ -99,26 +101,35 @@ class DualOutputSwinUNETR(nn.Module):
         hu_bins = torch.sigmoid((hu - self.hu_bin_centres.to(x.dtype)) / self.plan.evidence_hu_bin_width)
         evidence = self.evidence_head(torch.cat([features, x, hu_bins.to(features.dtype)], dim=1))
         if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours
-            node_prob = torch.softmax(seg, dim=1)[:, 1:2].detach()
+            soft = torch.softmax(seg, dim=1)[:, 1:2].detach()
             # only confident node voxels: a faint probability over ~10^5 background voxels would otherwise
             # outweigh the few thousand nodal voxels in the pooled average
-            node_prob = node_prob * (node_prob >= 0.5)
+            weight = self.pooling_region(soft * (soft >= 0.5))
+            soft_weight = self.pooling_region(soft)
         else:  # teacher forcing with the reference ROI early in training
-            node_prob = region_mask.float()
-        weight = self.pooling_region(node_prob)
-        return torch.cat([seg, weight, weight * evidence], dim=1)
+            weight = soft_weight = self.pooling_region(region_mask.float())
+        return torch.cat([seg, weight, weight * evidence, soft_weight, soft_weight * evidence], dim=1)
+
+    @staticmethod
+    def _pooling_channels(voxel_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, weighted evidence) channels that decide the case: the gated region where at least one voxel's
+        worth of node was found, else the soft region (a case without a confident node is not scored by the
+        bias alone)."""
+        found = voxel_out[:, 2:3].flatten(1).sum(1) >= 1.0
+        pick = found.view(-1, 1, 1, 1, 1)
+        return torch.where(pick, voxel_out[:, 2:3], voxel_out[:, 4:5]), torch.where(pick, voxel_out[:, 3:4],
+                                                                                    voxel_out[:, 5:6])
 
     def pool(self, voxel_out: torch.Tensor) -> torch.Tensor:
         """Case logit (B,) from voxel outputs over any extent (a patch or a stitched whole volume)."""
-        weight_sum = voxel_out[:, 2:3].flatten(1).sum(1)
-        evidence_sum = voxel_out[:, 3:4].flatten(1).sum(1)
-        return evidence_sum / (weight_sum + 1e-3) + self.cls_bias
+        weight, weighted = self._pooling_channels(voxel_out)
+        return weighted.flatten(1).sum(1) / (weight.flatten(1).sum(1) + 1e-3) + self.cls_bias
 
     @staticmethod
     def evidence_map(voxel_out: torch.Tensor) -> torch.Tensor:
         """Each voxel's contribution to the logit (sums to logit - bias)."""
-        weight_sum = voxel_out[:, 2:3].flatten(1).sum(1).view(-1, 1, 1, 1, 1)
-        return voxel_out[:, 3:4] / (weight_sum + 1e-3)
+        weight, weighted = DualOutputSwinUNETR._pooling_channels(voxel_out)
+        return weighted / (weight.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
 
     def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None):
         out = self.voxel_outputs(x, region_mask)

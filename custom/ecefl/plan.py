@@ -18,11 +18,36 @@ class Plan:
     depths: tuple[int, ...] = (1, 1, 1, 1)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
     use_v2: bool = False
+    # Swin attention window in tokens; 7 is MONAI's default. 4 divides the 32^3 token grid of a 64^3 patch (7 pads
+    # it to 35^3) and makes a CPU training step 2.4x cheaper (docs/BENCHMARKS.md)
+    window_size: int = 7
     amp: bool = False
     batch_size: int = 2
     crops_per_case: int = 1
+    # optimiser steps per epoch; 0 = one pass over the training cases. A fixed count (nnU-Net's 250 iterations)
+    # gives every site the same local steps per round whatever its size, and a schedule independent of data size
+    iterations_per_epoch: int = 0
     learning_rate: float = 3e-4
     weight_decay: float = 1e-5
+    # learning rate over the global step count (identical in central and federated training):
+    # "constant", or "cosine" decay to 0 after a linear warm-up over warmup_fraction of the steps
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    # share of training crops centred anywhere in the volume instead of on a node: sliding-window inference sees
+    # background everywhere, and a network that never saw it there predicts nodes in it
+    neg_crop_fraction: float = 0.0
+    # a node-centred crop is shifted by up to this many voxels per axis: with the node always at the crop centre
+    # the network learns "node = centre of the window" and finds nothing in a sliding window (measured: 0 true
+    # positive voxels of whole-volume predictions with crop Dice 0.2; docs/BENCHMARKS.md)
+    crop_jitter: int = 0
+    # Dice over the node class only and over the whole batch (nnU-Net's batch Dice): a crop with few nodal voxels
+    # then does not swing the loss, and background Dice (always ~1) does not halve the nodal gradient
+    dice_foreground_batch: bool = False
+    # "intensity": random intensity scale x(1 +- 0.1) and shift +-0.05 of the window (up to +-60 HU at fat);
+    # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
+    # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
+    augmentation: str = "intensity"
+    cpu_bf16: bool = False  # bf16 autocast on CPUs with AVX512-BF16 (benchmarks/step.py measures it)
     # classification: positive-class weight from label counts ("weighted_bce") or "focal"
     cls_loss: str = "weighted_bce"
     focal_gamma: float = 2.0
@@ -46,6 +71,9 @@ class Plan:
     mae_cube: int = 16  # voxels; divides the patch size and is a multiple of the patch embedding (2)
     score_bins: int = 1000  # fixed [0,1] bins of the additive score histograms
     sw_overlap: float = 0.25  # sliding-window overlap at evaluation/inference
+    # federated: sites validate the received global model every k-th round (and always the final model);
+    # whole-neck sliding-window validation otherwise costs about as much as a round's training on a CPU
+    validate_every: int = 1
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -67,6 +95,12 @@ class Plan:
             raise ValueError(f"feature_size {self.feature_size} must be divisible by 12")
         if any(p % self.mae_cube for p in self.patch_size) or self.mae_cube % 2:
             raise ValueError(f"mae_cube {self.mae_cube} must divide patch_size {self.patch_size} and be even")
+        if self.augmentation not in ("intensity", "ct"):
+            raise ValueError(f"augmentation must be intensity or ct, not {self.augmentation}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
+        if not 0 <= self.neg_crop_fraction < 1 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("neg_crop_fraction and warmup_fraction must lie in [0, 1)")
         if self.cls_loss not in ("weighted_bce", "focal"):
             raise ValueError(f"cls_loss must be weighted_bce or focal, not {self.cls_loss}")
         return self

@@ -54,14 +54,18 @@ def learning_curves(mae: dict | None, finetune: dict, out: Path) -> Path:
     rounds = finetune.get("rounds", [])
     axes[1].plot([r["round"] for r in rounds], [r.get("train_loss") for r in rounds], "o-", color="C1")
     axes[1].set_title("fine-tuning: DiceCE + weighted BCE")
-    x = [r["round"] for r in rounds]
+    # validated rounds only (sites validate every validate_every rounds), then the final model after the last one
+    validated = [(r["round"], r["pooled"]) for r in rounds if r.get("pooled")]
+    if (finetune.get("final") or {}).get("pooled"):
+        validated.append((len(rounds), finetune["final"]["pooled"]))
     for key, style in (("auc", "o-"), ("dice", "s-")):
-        axes[2].plot(x, [(r.get("pooled") or {}).get(key) for r in rounds], style, label=f"pooled {key}")
+        axes[2].plot([x for x, _ in validated], [p.get(key) for _, p in validated], style, label=f"pooled {key}")
     best = finetune.get("best_round")
-    if isinstance(best, int):
-        axes[2].axvline(best, color="grey", ls=":", label=f"best round {best}")
+    if best is not None:
+        at = len(rounds) if best == "final" else best
+        axes[2].axvline(at, color="grey", ls=":", label=f"best model ({'final' if best == 'final' else f'round {best}'})")
     axes[2].set_ylim(0, 1)
-    axes[2].set_title("pooled validation (global model entering each round)")
+    axes[2].set_title("pooled validation (global model after N rounds)")
     axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("round")

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import metrics as M
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, label_subset, load_datalists, stratified_split
@@ -14,7 +16,8 @@ from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
 from .plan import Plan, get_plan
 
 # What fine-tuning must take from the pretraining plan for the encoder weights to mean the same thing.
-INHERITED_FROM_PRETRAINING = ("spacing", "patch_size", "hu_window", "feature_size", "depths", "num_heads", "use_v2")
+INHERITED_FROM_PRETRAINING = ("spacing", "patch_size", "hu_window", "feature_size", "depths", "num_heads", "use_v2",
+                              "window_size")
 
 
 def write_json(path: Path, obj) -> None:
@@ -119,3 +122,50 @@ def evaluate(model_path, datalists, out, progress: bool = True, log=print) -> di
             writer.writerow([cid, f"{p:.6f}", int(y)])
     log(f"evaluated {len(labelled)} cases: AUC {result['auc']}, Dice {result['dice']}")
     return result
+
+
+# A site's own operating threshold needs enough cases of each class: with fewer than this many, Youden's
+# threshold moves by more than the gap between neighbouring scores from one case more or less.
+CALIBRATION_MIN_PER_CLASS = 10
+
+
+def calibrate(model_path, datalists, out, sensitivity: float | None = None, progress: bool = True,
+              log=print) -> dict:
+    """A hospital sets its own operating threshold from its own labelled cases and stores it in a copy of the
+    model file (`infer` and `evaluate` read it). Youden's J by default; with `sensitivity`, the highest threshold
+    that keeps at least that sensitivity. Only counts and rates are stored, never a case id or score."""
+    payload = load_checkpoint(model_path, kind="dual")
+    plan = payload["plan"]
+    labelled, _ = load_datalists(datalists)
+    n_pos = sum(it["ece"] for it in labelled)
+    n_neg = len(labelled) - n_pos
+    if min(n_pos, n_neg) < CALIBRATION_MIN_PER_CLASS:
+        raise DataError(f"calibration needs at least {CALIBRATION_MIN_PER_CLASS} labelled cases of each class "
+                        f"(got {n_pos} ECE+ and {n_neg} ECE-); keep the model's threshold or add cases")
+    if sensitivity is not None and not 0 < sensitivity <= 1:
+        raise ValueError(f"--sensitivity {sensitivity} must lie in (0, 1]")
+    model = DualOutputSwinUNETR(plan)
+    model.load_state_dict(payload["model"], strict=True)
+    pred = predict_cases(model, labelled, plan, progress=progress)
+    before = float(payload.get("threshold", 0.5))
+    if sensitivity is None:
+        threshold, method = M.youden_threshold(pred["probs"], pred["labels"]), "youden"
+    else:
+        pos_scores = np.sort(pred["probs"][pred["labels"] == 1])
+        # the k-th lowest positive score keeps (n_pos - k) / n_pos of the positives at or above it
+        k = int(np.floor((1 - sensitivity) * len(pos_scores) + 1e-9))
+        threshold, method = float(pos_scores[min(k, len(pos_scores) - 1)]), f"sensitivity>={sensitivity:g}"
+
+    def operating_point(t):
+        return {k: v for k, v in M.rates(**M.confusion(pred["probs"], pred["labels"], t)).items()
+                if k in ("sensitivity", "specificity", "accuracy", "f1")}
+
+    record = {"method": method, "n_pos": n_pos, "n_neg": n_neg, "threshold_before": before,
+              "threshold": threshold, "before": operating_point(before), "after": operating_point(threshold)}
+    extra = {k: v for k, v in payload.items() if k not in ("format", "version", "kind", "plan", "model", "threshold")}
+    extra["calibration"] = record
+    save_checkpoint(out, "dual", plan, payload["model"], threshold=threshold, **extra)
+    log(f"threshold {before:.3f} -> {threshold:.3f} ({method}, {n_pos} ECE+ / {n_neg} ECE-): sensitivity "
+        f"{record['before']['sensitivity']:.2f} -> {record['after']['sensitivity']:.2f}, specificity "
+        f"{record['before']['specificity']:.2f} -> {record['after']['specificity']:.2f}")
+    return record

@@ -22,11 +22,16 @@ FIRST_NAMES = ("Avery", "Blake", "Casey", "Dana", "Emery", "Finley", "Gray", "Ha
 
 
 def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_per_site: int = 8,
-               seed: int = 0, progress: bool = True, only: list[int] | None = None) -> list[Path]:
+               seed: int = 0, progress: bool = True, only: list[int] | None = None, workers: int = 1) -> list[Path]:
     """only: synthesise just these site indices (each site's data depends on its index alone, so a subset is
-    identical to those sites of the full set)."""
+    identical to those sites of the full set). workers > 1: patients are written in that many processes (each
+    patient depends on (seed, site, index) alone, so the files are identical)."""
     out = Path(out)
     site_dirs = []
+    pool = None
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        pool = ProcessPoolExecutor(workers)
     for site_index in range(sites):
         if only is not None and site_index not in only:
             continue
@@ -40,21 +45,27 @@ def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_pe
         site_rng.shuffle(labels)
         manifest, label_rows = {"site": profile.name, "seed": seed, "patients": []}, []
         total = cases_per_site + unlabeled_per_site
-        bar = tqdm(range(total), desc=f"synth {profile.name}", unit="patient", disable=not progress)
-        for n in bar:
-            labelled = n < cases_per_site
-            ece = int(labels[n]) if labelled else None
-            record = _write_patient(site_dir / "dicom", profile, site_index, n, ece, seed)
+        eces = [int(labels[n]) if n < cases_per_site else None for n in range(total)]
+        args = [(site_dir / "dicom", profile, site_index, n, eces[n], seed) for n in range(total)]
+        records = pool.map(_write_patient_args, args) if pool else map(_write_patient_args, args)
+        for n, record in enumerate(tqdm(records, total=total, desc=f"synth {profile.name}", unit="patient",
+                                        disable=not progress)):
             manifest["patients"].append(record)
-            if labelled:
-                label_rows.append((record["patient_id"], ece))
+            if eces[n] is not None:
+                label_rows.append((record["patient_id"], eces[n]))
         with open(site_dir / "labels.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["patient_id", "ece"])
             writer.writerows(label_rows)
         (site_dir / "synth_manifest.json").write_text(json.dumps(manifest, indent=1))
         site_dirs.append(site_dir)
+    if pool:
+        pool.shutdown()
     return site_dirs
+
+
+def _write_patient_args(args: tuple) -> dict:
+    return _write_patient(*args)
 
 
 def _phi(profile: SiteProfile, site_index: int, n: int, rng: np.random.Generator, seed: int) -> dict:

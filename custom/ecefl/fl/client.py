@@ -99,7 +99,7 @@ class SiteLearner:
         round_index = (incoming.current_round or 0) - start
         total_rounds = incoming.total_rounds or 1
         e = self.args.local_epochs
-        if self.args.job == "ece_finetune":
+        if self.args.job == "ece_finetune" and incoming.meta.get("validate", True):
             t0 = time.perf_counter()
             stats, site_metrics = self.evaluate(float(incoming.meta.get("threshold", 0.5)))
             meta_out["validate_seconds"] = round(time.perf_counter() - t0, 3)

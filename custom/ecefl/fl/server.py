@@ -63,7 +63,8 @@ class PooledFedAvg(BaseFedAvg):
         for self.current_round in range(self.start_round, self.start_round + self.num_rounds):
             t0 = time.time()
             model.current_round = self.current_round
-            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind}
+            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind,
+                          "validate": self._validates(self.current_round)}
             targets = self.sample_clients()
             results = self.send_model_and_wait(task_name="train", data=model, targets=targets)
             if self.abort_signal.triggered:
@@ -100,6 +101,12 @@ class PooledFedAvg(BaseFedAvg):
             self._write_checkpoint("global_model.pt", model.params)
         self._write_report(finished=True)
         self.info("ecefl workflow finished")
+
+    def _validates(self, round_id: int) -> bool:
+        """Whether sites validate the model they receive in this round (the global model after round_id rounds).
+        The initial model is validated only when it is all there is (a 1-round job) or every round is asked."""
+        every = max(1, int(self.plan.get("validate_every", 1)))
+        return every == 1 or (round_id > 0 and round_id % every == 0)
 
     # ---------------------------------------------------------------- screening
     def _screen(self, results: list[FLModel], global_model: FLModel, targets: list[str]) -> list[FLModel]:
@@ -183,12 +190,20 @@ class PooledFedAvg(BaseFedAvg):
         return M.nan_safe(record)
 
     def _maybe_best(self, record: dict, model: FLModel) -> None:
+        """Best model: the highest mean of pooled AUC and pooled mean Dice among the models trained for at least
+        half of the rounds (and the final one). On a few validation cases an untrained or barely trained model
+        can win on AUC alone by chance; it cannot on both, and early rounds are not candidates."""
         pooled = record.get("pooled") or {}
-        auc = pooled.get("auc")
+        auc, dice = pooled.get("auc"), pooled.get("dice") or 0.0
         if auc is None:
             return
-        if self.best is None or auc > self.best["auc"]:
-            self.best = {"round": record["round"], "auc": auc}
+        total = self.start_round + self.num_rounds
+        trained_rounds = total if record["round"] == "final" else int(record["round"])
+        if trained_rounds < math.ceil(total / 2):
+            return
+        score = (float(auc) + float(dice)) / 2
+        if self.best is None or score >= self.best["score"]:
+            self.best = {"round": record["round"], "auc": auc, "dice": dice, "score": score}
             self._write_checkpoint("best_global_model.pt", model.params)
 
     def _track(self, round_id, record: dict) -> None:

@@ -1,0 +1,86 @@
+"""The learning settings of the engine: step schedule, fixed iterations per epoch, off-centre node crops, and
+pooling for a case without a confident node (real MONAI transforms on preprocessed synthetic DICOM)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ecefl.data import cached_loader, load_datalist, train_transforms
+from ecefl.engine import lr_factor
+from ecefl.model import DualOutputSwinUNETR
+from ecefl.plan import get_plan
+
+
+def test_warmup_then_cosine_to_zero_and_constant():
+    plan = get_plan("test-tiny", lr_schedule="cosine", warmup_fraction=0.1)
+    f = [lr_factor(plan, s, 100) for s in range(100)]
+    assert f[0] < f[5] < f[9] <= 1.0  # linear warm-up over the first 10 steps
+    assert f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # then only decays
+    assert f[55] == pytest.approx(0.5, abs=0.02) and f[-1] < 0.001
+    const = get_plan("test-tiny")
+    assert {lr_factor(const, s, 100) for s in range(100)} == {1.0}
+
+
+def test_fixed_iterations_per_epoch(preprocessed):
+    items, _ = load_datalist(preprocessed["hospital-a"] / "datalist.json")
+    plan = get_plan("test-tiny", iterations_per_epoch=5, batch_size=2)
+    loader = cached_loader(items, train_transforms(plan), plan.batch_size, shuffle=True, seed=0, iterations=5)
+    batches = list(loader)
+    assert len(items) < 10 and len(batches) == 5  # more steps than one pass over the 3 cases
+    assert all(b["image"].shape == (2, 1, *plan.patch_size) for b in batches)
+
+
+def _distance_to_node(items, plan, n: int) -> np.ndarray:
+    """For each crop that holds nodal voxels: the distance (voxels) from the crop centre to the nearest one."""
+    loader = cached_loader(items, train_transforms(plan), 1, shuffle=True, seed=3, iterations=n)
+    centre = (np.array(plan.patch_size) - 1) / 2
+    distances = []
+    for batch in loader:
+        label = batch["label"][0, 0].numpy() > 0
+        if label.any():
+            distances.append(np.linalg.norm(np.argwhere(label) - centre, axis=1).min())
+    return np.array(distances)
+
+
+def test_jittered_crops_move_the_node_off_centre(tmp_path):
+    """A wide volume (no crop pushed back at a border) with one small node in its middle."""
+    import nibabel as nib
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    image = np.full((140, 140, 120), -50.0, np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[66:74, 66:74, 56:64] = 1
+    image[label > 0] = 40.0
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "nodes.nii.gz")
+    items = [{"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "nodes.nii.gz"), "ece": 0}]
+    plan = get_plan("cpu-small", augmentation="ct")
+    centred = _distance_to_node(items, plan, 16)
+    jittered = _distance_to_node(items, plan.with_overrides(crop_jitter=16), 16)
+    # node-centred crops: the crop centre lies on the node (up to the rotation of the random affine)
+    assert len(centred) == 16 and np.median(centred) < 1.0
+    # jittered: the node is in every crop, but anywhere within +-16 voxels per axis of the centre
+    assert len(jittered) == 16
+    assert np.median(jittered) > 4 and jittered.max() > 8
+
+
+def test_case_without_confident_node_is_pooled_over_the_soft_region():
+    plan = get_plan("test-tiny")
+    torch.manual_seed(0)
+    model = DualOutputSwinUNETR(plan).eval()
+    with torch.no_grad():
+        model.net.out.conv.conv.bias.copy_(torch.tensor([0.0, -6.0]))  # a network that finds no node
+    x = torch.rand(1, 1, *plan.patch_size)
+    with torch.no_grad():
+        out = model.voxel_outputs(x)
+        logit = model.pool(out)
+    assert out[:, 2].sum() == 0 and out[:, 4].sum() > 1  # nowhere confident, but a soft region exists
+    soft = out[:, 5].sum() / (out[:, 4].sum() + 1e-3)
+    assert soft.abs() > 0 and logit.item() == pytest.approx((soft + model.cls_bias).item(), rel=1e-5)
+    # a confident region takes over: the logit is then the evidence averaged over it alone
+    gated = out.clone()
+    gated[:, 2] = 0
+    gated[:, 2, 10:20, 10:20, 10:20] = 1.0
+    gated[:, 3] = gated[:, 2] * 0.7
+    assert model.pool(gated).item() == pytest.approx(0.7 + model.cls_bias.item(), abs=1e-3)
