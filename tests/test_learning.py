@@ -84,3 +84,18 @@ def test_case_without_confident_node_is_pooled_over_the_soft_region():
     gated[:, 2, 10:20, 10:20, 10:20] = 1.0
     gated[:, 3] = gated[:, 2] * 0.7
     assert model.pool(gated).item() == pytest.approx(0.7 + model.cls_bias.item(), abs=1e-3)
+
+
+def test_rounds_validated_and_best_model_chosen_by_auc_and_dice_late_in_training():
+    """Sites validate every validate_every rounds; the best model is the highest mean of pooled AUC and Dice
+    among models trained for at least half of the rounds, so the untrained round-0 model cannot win on AUC."""
+    from ecefl.fl.server import PooledFedAvg
+    ctl = PooledFedAvg(num_clients=2, num_rounds=6, plan={"validate_every": 2})
+    assert [ctl._validates(r) for r in range(6)] == [False, False, True, False, True, False]
+    assert all(PooledFedAvg(num_clients=2, num_rounds=6, plan={})._validates(r) for r in range(6))
+    written = []
+    ctl._write_checkpoint = lambda name, params: written.append((name, params))
+    for round_id, auc, dice in ((0, 0.95, 0.0), (2, 0.70, 0.30), (3, 0.80, 0.60), (4, 0.85, 0.70),
+                                ("final", 0.83, 0.70)):
+        ctl._maybe_best({"round": round_id, "pooled": {"auc": auc, "dice": dice}}, type("M", (), {"params": round_id}))
+    assert ctl.best["round"] == 4 and [p for _, p in written] == [3, 4]

@@ -177,6 +177,8 @@ def _fl(sub) -> None:
                    help="a site privacy policy (e.g. poc/privacy.json) whose --privacy-scope every site applies")
     s.add_argument("--privacy-scope", default=None, metavar="SCOPE",
                    help="the scope of --privacy whose result filters every simulated site applies to its updates")
+    s.add_argument("--validate-every", type=int, default=None, metavar="K",
+                   help="ece_finetune: sites validate the global model every K rounds and the final one (default 1)")
     s.add_argument("--quiet", action="store_true", help="NVFlare logs at WARNING level")
     s.add_argument("--no-progress", action="store_true")
     _plan_overrides(s)
@@ -189,7 +191,7 @@ def _fl(sub) -> None:
                      min_sites=args.min_sites, seed=args.seed, init=args.init, val_fraction=args.val_fraction,
                      min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
                      resume=args.resume, privacy=args.privacy, privacy_scope=args.privacy_scope,
-                     **_overrides(args))
+                     **_overrides(args), **({"validate_every": args.validate_every} if args.validate_every else {}))
         except FederatedRunError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -392,9 +394,9 @@ def _demo(sub) -> None:
     p.add_argument("--out", default="workspace/demo")
     p.add_argument("--preset", default="cpu-small")
     p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--cases-per-site", type=int, default=16)
-    p.add_argument("--unlabeled-per-site", type=int, default=8)
-    p.add_argument("--mae-rounds", type=int, default=3)
+    p.add_argument("--cases-per-site", type=int, default=40)
+    p.add_argument("--unlabeled-per-site", type=int, default=10)
+    p.add_argument("--mae-rounds", type=int, default=2)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

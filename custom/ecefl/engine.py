@@ -113,9 +113,10 @@ class FineTuner:
         if self.plan.cls_loss == "focal":
             # alpha = weight of the positive class, from the label counts
             self.cls_loss = FocalLoss(gamma=self.plan.focal_gamma, alpha=pos_weight / (1 + pos_weight),
-                                      use_softmax=False, include_background=True)
+                                      use_softmax=False, include_background=True, reduction="none")
         else:
-            self.cls_loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=self.dev))
+            self.cls_loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=self.dev),
+                                                       reduction="none")
         self.pos_weight = pos_weight
 
     def run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
@@ -136,9 +137,15 @@ class FineTuner:
                 y = batch["label"].to(self.dev)
                 target = torch.as_tensor(batch["ece"], dtype=torch.float32, device=self.dev).view(-1, 1)
                 with _autocast(self.plan, self.dev):
-                    seg, logit, _ = self.model(x, region_mask=(y > 0) if forced else None)
+                    out = self.model.voxel_outputs(x, region_mask=(y > 0) if forced else None)
+                    seg, logit = out[:, :2], self.model.pool(out)
                     seg_l = self.seg_loss(seg.float(), y)
-                    cls_l = self.cls_loss(logit.float().view(-1, 1), target)
+                    per_case = self.cls_loss(logit.float().view(-1, 1), target).view(-1)
+                    if self.plan.cls_in_view_only:  # crops whose pooling region holds a node
+                        in_view = (out[:, 2].flatten(1).sum(1) >= 1.0).float()
+                        cls_l = (per_case * in_view).sum() / in_view.sum().clamp_min(1.0)
+                    else:
+                        cls_l = per_case.mean()
                     loss = seg_l + w * cls_l
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; lower the "

@@ -68,7 +68,9 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         model={"path": MODEL_CLASS[kind], "args": {"plan": plan.to_dict()}},
         initial_ckpt=str(Path(initial_ckpt).resolve()) if initial_ckpt else None,
         min_clients=min_sites, num_rounds=remaining, train_script=str(CLIENT_SCRIPT), train_args=args,
-        key_metric="auc",
+        # no NVFlare IntimeModelSelector: sites send no per-site "auc" metric (only additive statistics), so it
+        # warned every round and never selected; PooledFedAvg keeps the best model from the pooled statistics
+        key_metric="",
         # gc.collect + malloc_trim after every round on the server and at the sites: without it the server's job
         # process grew by a quarter over 20 rounds (docs/BENCHMARKS.md, "Speed and bytes")
         server_memory_gc_rounds=1, client_memory_gc_rounds=1,
