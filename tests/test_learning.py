@@ -55,8 +55,8 @@ def test_jittered_crops_move_the_node_off_centre(tmp_path):
     nib.save(nib.Nifti1Image(image, affine), tmp_path / "ct.nii.gz")
     nib.save(nib.Nifti1Image(label, affine), tmp_path / "nodes.nii.gz")
     items = [{"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "nodes.nii.gz"), "ece": 0}]
-    plan = get_plan("cpu-small", augmentation="ct")
-    centred = _distance_to_node(items, plan, 16)
+    plan = get_plan("cpu-small", augmentation="ct", neg_crop_fraction=0.0)  # every crop a node crop
+    centred = _distance_to_node(items, plan.with_overrides(crop_jitter=0), 16)
     jittered = _distance_to_node(items, plan.with_overrides(crop_jitter=16), 16)
     # node-centred crops: the crop centre lies on the node (up to the rotation of the random affine)
     assert len(centred) == 16 and np.median(centred) < 1.0
