@@ -41,8 +41,7 @@ def measure(model: str, out: Path) -> dict:
     for patient in sorted(p for p in REALDATA.iterdir() if p.is_dir()):
         res = infer(model, patient, out / patient.name, log=lambda *_: None)
         pred = np.asarray(nib.load(out / patient.name / "nodes_pred.nii.gz").dataobj) > 0
-        ct_nii = nib.load(sorted((out / patient.name).glob("nodes_pred.nii.gz"))[0])
-        hu = _native_hu(patient, ct_nii.shape)
+        hu = _native_hu(patient, pred.shape)
         body = body_mask(hu)
         n_comp = int(ndimage.label(pred)[1])
         rows[patient.name] = {"nodes_volume_ml": res["nodes_volume_ml"], "components": n_comp,

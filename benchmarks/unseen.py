@@ -59,13 +59,10 @@ def split_datalist(datalist: Path, n_calibration: int) -> tuple[Path, Path]:
 
 
 def rates_at(predictions: Path, threshold: float) -> dict:
+    from ecefl import metrics as M
     rows = list(csv.DictReader(open(predictions)))
-    tp = sum(float(r["probability"]) >= threshold and r["ece"] == "1" for r in rows)
-    fn = sum(float(r["probability"]) < threshold and r["ece"] == "1" for r in rows)
-    tn = sum(float(r["probability"]) < threshold and r["ece"] == "0" for r in rows)
-    fp = sum(float(r["probability"]) >= threshold and r["ece"] == "0" for r in rows)
-    return {"threshold": threshold, "sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1),
-            "accuracy": (tp + tn) / max(len(rows), 1)}
+    probs, labels = [float(r["probability"]) for r in rows], [int(r["ece"]) for r in rows]
+    return {"threshold": threshold, **M.rates(**M.confusion(probs, labels, threshold))}
 
 
 def main(argv=None) -> int:

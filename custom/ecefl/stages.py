@@ -95,12 +95,18 @@ def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: f
     return result
 
 
+def load_dual_model(model_path) -> tuple[DualOutputSwinUNETR, dict]:
+    """The dual-output model of a checkpoint file, and the checkpoint (plan, threshold, records)."""
+    payload = load_checkpoint(model_path, kind="dual")
+    model = DualOutputSwinUNETR(payload["plan"])
+    model.load_state_dict(payload["model"], strict=True)
+    return model, payload
+
+
 def evaluate(model_path, datalists, out, progress: bool = True, log=print) -> dict:
     out = Path(out)
-    payload = load_checkpoint(model_path, kind="dual")
+    model, payload = load_dual_model(model_path)
     plan = payload["plan"]
-    model = DualOutputSwinUNETR(plan)
-    model.load_state_dict(payload["model"], strict=True)
     labelled, _ = load_datalists(datalists)
     if not labelled:
         raise DataError("the datalists hold no labelled case to evaluate")
@@ -134,7 +140,7 @@ def calibrate(model_path, datalists, out, sensitivity: float | None = None, prog
     """A hospital sets its own operating threshold from its own labelled cases and stores it in a copy of the
     model file (`infer` and `evaluate` read it). Youden's J by default; with `sensitivity`, the highest threshold
     that keeps at least that sensitivity. Only counts and rates are stored, never a case id or score."""
-    payload = load_checkpoint(model_path, kind="dual")
+    model, payload = load_dual_model(model_path)
     plan = payload["plan"]
     labelled, _ = load_datalists(datalists)
     n_pos = sum(it["ece"] for it in labelled)
@@ -144,8 +150,6 @@ def calibrate(model_path, datalists, out, sensitivity: float | None = None, prog
                         f"(got {n_pos} ECE+ and {n_neg} ECE-); keep the model's threshold or add cases")
     if sensitivity is not None and not 0 < sensitivity <= 1:
         raise ValueError(f"--sensitivity {sensitivity} must lie in (0, 1]")
-    model = DualOutputSwinUNETR(plan)
-    model.load_state_dict(payload["model"], strict=True)
     pred = predict_cases(model, labelled, plan, progress=progress)
     before = float(payload.get("threshold", 0.5))
     if sensitivity is None:
@@ -157,8 +161,7 @@ def calibrate(model_path, datalists, out, sensitivity: float | None = None, prog
         threshold, method = float(pos_scores[min(k, len(pos_scores) - 1)]), f"sensitivity>={sensitivity:g}"
 
     def operating_point(t):
-        return {k: v for k, v in M.rates(**M.confusion(pred["probs"], pred["labels"], t)).items()
-                if k in ("sensitivity", "specificity", "accuracy", "f1")}
+        return M.rates(**M.confusion(pred["probs"], pred["labels"], t))
 
     record = {"method": method, "n_pos": n_pos, "n_neg": n_neg, "threshold_before": before,
               "threshold": threshold, "before": operating_point(before), "after": operating_point(threshold)}
