@@ -201,8 +201,9 @@ def _read_slice_hu(path: Path, ds: pydicom.Dataset) -> np.ndarray:
         if ts is not None and ts.is_compressed:
             from pydicom.pixels import get_decoder
             if not get_decoder(ts).is_available:
-                raise CaseError(f"CT slices use the compressed transfer syntax {ts.name} and no decoder is "
-                                "installed; install pylibjpeg/gdcm or export uncompressed", detail=str(path))
+                raise CaseError(f"CT slices use the compressed transfer syntax {ts.name} and no decoder for it "
+                                "is installed; install the optional extra (pip install 'ecefl[dicom-compressed]': "
+                                "pylibjpeg and python-gdcm) or export the series uncompressed", detail=str(path))
         pixels = ds.pixel_array
         del ds.PixelData  # also drops pydicom's cached array
     except CaseError:

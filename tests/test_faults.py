@@ -102,3 +102,47 @@ def test_min_count_suppresses_small_site_statistics_and_simulate_resumes(tmp_pat
 @pytest.fixture(scope="module")
 def fl_sites_four(tmp_path_factory):
     return preprocessed_sites(tmp_path_factory.mktemp("faults4"), 2, 4, 0, seed=23)
+
+
+@pytest.fixture(scope="module")
+def fl_sites_three(tmp_path_factory):
+    """Three sites of 2 labelled cases; hospital-c's data damaged after preprocessing: one CT with NaN voxels
+    (left out when the site loads it) and one label with an impossible class value (its training fails)."""
+    import nibabel as nib
+    import numpy as np
+    sites = preprocessed_sites(tmp_path_factory.mktemp("bad-data"), 3, 2, 0, seed=23)
+    datalist = json.loads(sites["hospital-c"].read_text())
+    base = sites["hospital-c"].parent
+    nan_case, bad_label_case = datalist["training"]
+    img = nib.load(base / nan_case["image"])
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[10:14, 10:14, 5:8] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), base / nan_case["image"])
+    lab = nib.load(base / bad_label_case["label"])
+    labels = np.asarray(lab.dataobj).astype(np.uint8)
+    labels[labels > 0] = 7
+    nib.save(nib.Nifti1Image(labels, lab.affine), base / bad_label_case["label"])
+    return sites, nan_case["case_id"]
+
+
+def test_one_sites_bad_data_does_not_end_the_job(fl_sites_three, tmp_path, monkeypatch):
+    """A NaN CT is left out by name at its site; a site whose round then fails is left out of that round
+    under min_sites (named in the events) and the job finishes with a finite global model."""
+    sites, nan_case = fl_sites_three
+    cfg = tmp_path / "site_config.json"
+    cfg.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in sites.items()}}))
+    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
+    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
+    ws = tmp_path / "ws"
+    out = _run_job("ece_finetune", get_plan("test-tiny"), sites, ws, rounds=2, local_epochs=1, min_sites=2, seed=0,
+                   val_fraction=0.5, min_count=0, quiet=True, progress=False, log=lambda *_: None)
+    report = json.loads((ws / "ece_finetune" / "pooled_metrics.json").read_text())
+    assert report["finished"]
+    failed = [(e["round"], e["site"]) for e in report["events"] if "round failed" in e.get("reason", "")]
+    assert failed == [(0, "hospital-c"), (1, "hospital-c")], report["events"]
+    assert all("RuntimeError" in e["reason"] for e in report["events"] if e["site"] == "hospital-c")
+    assert [r["n_sites"] for r in report["rounds"] if r["round"] != "final"] == [2, 2]
+    state = load_checkpoint(out["global_model"])["model"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    site_log = next((ws / "ece_finetune" / "nvflare").rglob("hospital-c/log.txt")).read_text()
+    assert f"case {nan_case} left out: its image has 48 non-finite voxel(s)" in site_log

@@ -36,7 +36,8 @@ def fl_sites(tmp_path_factory) -> dict[str, Path]:
 def simulated(fl_sites, tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("ws")
     args = ["fl", "simulate", "--job", "all", "--rounds", "1", "--local-epochs", "1", "--preset", "test-tiny",
-            "--workspace", str(ws), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress"]
+            "--workspace", str(ws), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
+            "--cross-site-eval"]
     for site, datalist in fl_sites.items():
         args += ["--site", f"{site}={datalist}"]
     assert ecefl_main(args) == 0

@@ -103,6 +103,38 @@ def test_fewer_live_sites_than_minimum_ends_the_job_not_hangs(poc3, tmp_path, ca
     assert f"job {job} ended with status" in err and "COMPLETED" not in err.split("status", 1)[1].split()[0]
 
 
+def _job_processes(ws, site: str, job_id: str) -> list:
+    """The site's job process(es) for job_id: children of its client process started for that job."""
+    import psutil
+    client = psutil.Process(int((poc.prod_dir(ws) / site / "pid.fl").read_text().strip()))
+    return [p for p in client.children(recursive=True) if any(job_id in a for a in p.cmdline())]
+
+
+def test_hung_site_is_dropped_after_the_task_timeout_and_poc_stop_ends_it(poc3, tmp_path, capsys):
+    """A site whose job process hangs (SIGSTOP, as with a stuck GPU driver) while its client stays alive and
+    heart-beating: the round goes on without it after --task-timeout, naming it; the job completes."""
+    import signal
+    job = _submit(poc3, capsys, "--rounds", "2", "--min-sites", "2", "--task-timeout", "20")
+    _wait_for(lambda: _site_is_training(poc3, "hospital-c", job) and _job_processes(poc3, "hospital-c", job), 300,
+              "hospital-c to start the job")
+    hung = _job_processes(poc3, "hospital-c", job)
+    for proc in hung:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.time()
+        assert ecefl_main(["poc", "wait", job, "--workspace", str(poc3), "--timeout", "600"]) == 0
+        assert time.time() - t0 < 400
+    finally:
+        for proc in hung:  # continued, as after the drill in the issue; `poc stop` must still end it
+            proc.send_signal(signal.SIGCONT)
+    assert ecefl_main(["poc", "download", job, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
+    report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
+    assert report["finished"] and [r["round"] for r in report["rounds"]] == [0, 1]
+    timed_out = [e for e in report["events"] if "task timeout (20 s)" in e["reason"]]
+    assert {e["site"] for e in timed_out} == {"hospital-c"} and {e["round"] for e in timed_out} >= {0, 1}
+    assert all(r["n_sites"] == 2 for r in report["rounds"]) and report["final"]["n_sites"] == 2
+
+
 @pytest.fixture(scope="module")
 def poc3(tmp_path_factory):
     root = tmp_path_factory.mktemp("pocfaults")
@@ -117,3 +149,4 @@ def poc3(tmp_path_factory):
     finally:
         assert ecefl_main(["poc", "stop", "--workspace", str(ws)]) == 0
         assert not poc.port_in_use(PORT)
+        assert not poc.processes_under(poc.prod_dir(ws)), "a POC process outlived `ecefl poc stop`"

@@ -179,6 +179,7 @@ def _fl(sub) -> None:
                    help="the scope of --privacy whose result filters every simulated site applies to its updates")
     s.add_argument("--validate-every", type=int, default=None, metavar="K",
                    help="ece_finetune: sites validate the global model every K rounds and the final one (default 1)")
+    _cross_site_arguments(s)
     s.add_argument("--quiet", action="store_true", help="NVFlare logs at WARNING level")
     s.add_argument("--no-progress", action="store_true")
     _plan_overrides(s)
@@ -191,6 +192,7 @@ def _fl(sub) -> None:
                      min_sites=args.min_sites, seed=args.seed, init=args.init, val_fraction=args.val_fraction,
                      min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
                      resume=args.resume, privacy=args.privacy, privacy_scope=args.privacy_scope,
+                     cross_site=args.cross_site_eval, task_timeout=args.task_timeout,
                      **_overrides(args), **({"validate_every": args.validate_every} if args.validate_every else {}))
         except FederatedRunError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -218,6 +220,18 @@ def _fl(sub) -> None:
         return 0
     lu.set_defaults(func=run_large_updates)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _cross_site_arguments(p) -> None:
+    from ecefl.fl.jobs import DEFAULT_TASK_TIMEOUT
+    p.add_argument("--task-timeout", type=int, default=DEFAULT_TASK_TIMEOUT, metavar="SECONDS",
+                   help="once --min-sites sites have answered a round, wait at most this long for the others, then "
+                        "go on without them (named in the events); 0 waits for every site (default %(default)s)")
+    p.add_argument("--cross-site-eval", action="store_true",
+                   help="ece_finetune: also run NVFlare's cross-site evaluation after training; it sends each "
+                        "site's un-aggregated local model to every other site (off by default: the sites validate "
+                        "the global model only)")
+    p.add_argument("--no-cross-site", action="store_true", help="the default; kept for old scripts")
 
 
 def _poc(sub) -> None:
@@ -255,7 +269,7 @@ def _poc(sub) -> None:
                     help="continue an interrupted job from the server's last global_model.pt (or its run folder)")
     su.add_argument("--resume-job", default=None, metavar="JOB_ID",
                     help="POC: continue the interrupted job JOB_ID from what the server persisted")
-    su.add_argument("--no-cross-site", action="store_true", help="skip NVFlare's cross-site evaluation after training")
+    _cross_site_arguments(su)
     su.add_argument("--privacy-scope", default=None, metavar="SCOPE",
                     help="run only at sites whose local/privacy.json defines SCOPE, through its result filters")
     su.add_argument("--seed", type=int, default=0)
@@ -344,7 +358,7 @@ def _export_job(args):
     recipe = build_recipe(args.job, plan, rounds=args.rounds, local_epochs=args.local_epochs,
                           min_sites=args.min_sites or n_sites, seed=args.seed, initial_ckpt=initial,
                           heartbeat_timeout=args.heartbeat_timeout, resume=resume, privacy_scope=args.privacy_scope,
-                          cross_site=not args.no_cross_site)
+                          cross_site=args.cross_site_eval, task_timeout=args.task_timeout)
     out = Path(args.workspace).resolve() / "submitted" / f"{args.job}-{stamp}"
     recipe.export(str(out))
     return out / args.job

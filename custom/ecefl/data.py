@@ -48,6 +48,27 @@ def load_datalist(path: str | Path, site: str | None = None) -> tuple[list[dict]
     return labelled, unlabelled
 
 
+def screen_cases(items: list[dict], log=print) -> list[dict]:
+    """The items whose CT (and label) hold only finite voxels; each other case is named and left out, so one
+    damaged file does not end a site's training (NaN voxels make the loss NaN at the first step that sees them)."""
+    import nibabel as nib
+    kept = []
+    for it in items:
+        bad = []
+        for key in ("image", "label"):
+            if key in it:
+                data = np.asarray(nib.load(it[key]).dataobj)
+                n = int(data.size - np.isfinite(data).sum()) if np.issubdtype(data.dtype, np.floating) else 0
+                if n:
+                    bad.append(f"{key} has {n} non-finite voxel(s) (NaN/Inf)")
+        if bad:
+            log(f"case {it['case_id']} left out: its {'; '.join(bad)}. Re-run `ecefl preprocess` for this case "
+                "(the preprocessed file is damaged) or remove it from the datalist; the other cases are used")
+        else:
+            kept.append(it)
+    return kept
+
+
 def load_datalists(paths) -> tuple[list[dict], list[dict]]:
     labelled, unlabelled = [], []
     for p in paths:

@@ -60,8 +60,8 @@ class _ScheduledSteps:
         for group in optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
 
-    def set(self, step: int, total_steps: int) -> float:
-        factor = lr_factor(self.plan, step, total_steps)
+    def set(self, step: int, total_steps: int, warmup: bool = True) -> float:
+        factor = lr_factor(self.plan if warmup else self.plan.with_overrides(warmup_fraction=0.0), step, total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         return factor
@@ -75,6 +75,13 @@ def cls_weight(plan: Plan, epoch: int, total: int) -> float:
 
 def teacher_forcing(plan: Plan, epoch: int, total: int) -> bool:
     return epoch < math.floor(plan.teacher_forcing_fraction * total)
+
+
+def retraining_epochs(plan: Plan, total: int) -> int:
+    """How many final epochs re-train the classifier alone (at least one when the fraction is set)."""
+    if plan.cls_retrain_fraction <= 0:
+        return 0
+    return min(total - 1, max(1, round(plan.cls_retrain_fraction * total)))
 
 
 def positive_weight(items: list[dict]) -> float:
@@ -126,27 +133,35 @@ class FineTuner:
             t0 = time.perf_counter()
             w = cls_weight(self.plan, epoch, total_epochs)
             forced = teacher_forcing(self.plan, epoch, total_epochs)
+            n_retrain = retraining_epochs(self.plan, total_epochs)
+            retrain = epoch >= total_epochs - n_retrain
+            if retrain:
+                w, forced = 1.0, False
             sums = {"loss": 0.0, "seg_loss": 0.0, "cls_loss": 0.0}
             steps = 0
             per_epoch, lr = len(self.loader), 1.0
             bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{total_epochs}", unit="batch", leave=False,
                        disable=not self.progress)
             for batch in bar:
-                lr = self.schedule.set(epoch * per_epoch + steps, total_epochs * per_epoch)
+                if retrain:  # the head's own cosine over the re-training epochs
+                    first = (total_epochs - n_retrain) * per_epoch
+                    lr = self.schedule.set(epoch * per_epoch + steps - first, n_retrain * per_epoch, warmup=False)
+                else:
+                    lr = self.schedule.set(epoch * per_epoch + steps, (total_epochs - n_retrain) * per_epoch)
                 x = batch["image"].to(self.dev)
                 y = batch["label"].to(self.dev)
                 target = torch.as_tensor(batch["ece"], dtype=torch.float32, device=self.dev).view(-1, 1)
                 with _autocast(self.plan, self.dev):
-                    out = self.model.voxel_outputs(x, region_mask=(y > 0) if forced else None)
+                    out = self.model.voxel_outputs(x, region_mask=(y > 0) if forced else None, body_grad=not retrain)
                     seg, logit = out[:, :2], self.model.pool(out)
-                    seg_l = self.seg_loss(seg.float(), y)
+                    seg_l = self.seg_loss(seg.float(), y)  # no gradient when re-training: logged only
                     per_case = self.cls_loss(logit.float().view(-1, 1), target).view(-1)
                     if self.plan.cls_in_view_only:  # crops whose pooling region holds a node
                         in_view = (out[:, 2].flatten(1).sum(1) >= 1.0).float()
                         cls_l = (per_case * in_view).sum() / in_view.sum().clamp_min(1.0)
                     else:
                         cls_l = per_case.mean()
-                    loss = seg_l + w * cls_l
+                    loss = cls_l if retrain else seg_l + w * cls_l
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; lower the "
                                              "learning rate or check the input data")
@@ -160,10 +175,12 @@ class FineTuner:
                 steps += 1
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             record = {k: v / max(steps, 1) for k, v in sums.items()}
-            record.update(epoch=epoch + 1, steps=steps, cls_weight=w, teacher_forcing=forced, lr_factor=lr,
+            record.update(epoch=epoch + 1, steps=steps, cls_weight=w, teacher_forcing=forced, cls_retrain=retrain,
+                          lr_factor=lr,
                           seconds=round(time.perf_counter() - t0, 2))
             self.log(f"epoch {epoch + 1}/{total_epochs}: loss {record['loss']:.4f} (seg {record['seg_loss']:.4f}, "
-                     f"cls {record['cls_loss']:.4f} x{w:.2f}{', teacher forcing' if forced else ''}) "
+                     f"cls {record['cls_loss']:.4f} x{w:.2f}{', teacher forcing' if forced else ''}"
+                     f"{', classifier re-training' if retrain else ''}) "
                      f"{record['seconds']:.1f}s")
             history.append(record)
         return history
@@ -212,6 +229,9 @@ class Pretrainer:
         return history
 
 
+AIR_BACKGROUND_LOGIT = 20.0  # segmentation logit of "background" in windows skipped as air
+
+
 @torch.no_grad()
 def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, region: torch.Tensor | None = None):
     """Whole-volume sliding-window outputs (1, 4, ...) and the case probability; image is (1,1,D,H,W) in [0,1]."""
@@ -219,7 +239,16 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
 
     def predictor(x, r=None):
-        return model.voxel_outputs(x, r).float()
+        # a window holding only air (every voxel at or below the window's lower HU bound, -250 in the presets)
+        # is not run through the network: its outputs are "background, no pooling weight". Every body voxel lies
+        # only in windows that hold it, so outputs inside the body are those of the full sliding window, and a
+        # wide field of view (arms, table, air: a real planning CT) costs only the windows over the patient
+        out = torch.zeros((x.shape[0], 6, *x.shape[2:]), device=x.device)
+        out[:, 0] = AIR_BACKGROUND_LOGIT
+        body = x.flatten(1).amax(1) > 0
+        if body.any():
+            out[body] = model.voxel_outputs(x[body], None if r is None else r[body]).float()
+        return out
 
     with _autocast(plan, dev):
         if region is None:

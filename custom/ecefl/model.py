@@ -13,6 +13,7 @@ a light head reconstructs the voxels from the two deepest encoder stages, loss o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -91,13 +92,19 @@ class DualOutputSwinUNETR(nn.Module):
         shell = F.max_pool3d(node_prob, self.shell_kernel, stride=1, padding=self.shell_kernel // 2) - node_prob
         return node_prob + self.plan.shell_weight * shell.clamp_min(0)
 
-    def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
+                      body_grad: bool = True) -> torch.Tensor:
         """Channels (all but the first two additive over windows): 2 segmentation logits, pooling weight a,
-        weighted evidence a*e, and the same two over the ungated soft region (used when no voxel is a node)."""
-        seg = self.net(x)
+        weighted evidence a*e, and the same two over the ungated soft region (used when no voxel is a node).
+        body_grad False: the SwinUNETR runs without autograd (classifier re-training: only the head learns)."""
+        with contextlib.nullcontext() if body_grad else torch.no_grad():
+            seg = self.net(x)
         features = _scale_grad(self._decoder_features, self.plan.cls_feature_grad)
         lo, hi = self.plan.hu_window
         hu = x * (hi - lo) + lo
+        k = self.plan.evidence_hu_smoothing
+        if k > 1:  # read HU as a radiologist's ROI mean: the local mean, so scanner noise does not blur the bins
+            hu = F.avg_pool3d(hu, k, stride=1, padding=k // 2, count_include_pad=False)
         hu_bins = torch.sigmoid((hu - self.hu_bin_centres.to(x.dtype)) / self.plan.evidence_hu_bin_width)
         evidence = self.evidence_head(torch.cat([features, x, hu_bins.to(features.dtype)], dim=1))
         if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours

@@ -8,6 +8,7 @@ statistics of ecefl.metrics.site_stats — never a case id, path or per-patient 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 
@@ -17,13 +18,15 @@ import nvflare.client as flare
 from nvflare.client.tracking import SummaryWriter
 
 from ecefl import metrics as M
-from ecefl.data import load_datalist, stratified_split
+from ecefl.data import load_datalist, screen_cases, stratified_split
 from ecefl.engine import FineTuner, Pretrainer, predict_cases, seed_everything, stats_of
+from ecefl.fl.protocol import FAILED, NUM_STEPS
 from ecefl.fl.site_config import datalist_for
 from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer
 from ecefl.plan import Plan
 
-NUM_STEPS = "NUM_STEPS_CURRENT_ROUND"  # FedAvg's aggregation weight
+logger = logging.getLogger("ecefl.site")
+
 
 
 def parse_args(argv=None):
@@ -45,6 +48,7 @@ class SiteLearner:
     def __init__(self, args, site: str):
         self.args, self.site = args, site
         labelled, unlabelled = load_datalist(datalist_for(site), site=site)
+        labelled, unlabelled = screen_cases(labelled, self.warn), screen_cases(unlabelled, self.warn)
         self.labelled, self.unlabelled = labelled, unlabelled
         self.train_items, self.val_items = stratified_split(labelled, args.val_fraction, args.seed)
         self.plan: Plan | None = None
@@ -73,8 +77,12 @@ class SiteLearner:
             self.model = DualOutputSwinUNETR(self.plan)
             self.worker = FineTuner(self.plan, self.model, self.train_items, progress=False, log=self.log)
 
-    def log(self, msg: str) -> None:
-        print(f"[{self.site}] {msg}", flush=True)
+    def log(self, msg: str, level: int = logging.INFO) -> None:
+        """Through Python logging, which NVFlare routes to the site's log.txt (and its console)."""
+        logger.log(level, f"[{self.site}] {msg}")
+
+    def warn(self, msg: str) -> None:
+        self.log(msg, logging.WARNING)
 
     def evaluate(self, threshold: float) -> tuple[dict, dict]:
         """(additive statistics, site-level metrics) of the loaded model on the local validation split."""
@@ -92,6 +100,18 @@ class SiteLearner:
         return stats, site_metrics
 
     def train_round(self, incoming) -> flare.FLModel:
+        """The round's result; a round that fails here (e.g. a non-finite loss) is reported to the server, which
+        leaves this site out of that round under min_sites, and the site takes part again in the next one."""
+        try:
+            return self._train_round(incoming)
+        except (FloatingPointError, RuntimeError, ValueError) as exc:
+            self.warn(f"round {incoming.current_round} failed at this site: {type(exc).__name__}: {exc}")
+            self.worker = self.model = None  # rebuilt from the next global model (optimiser state may hold NaN)
+            # our own messages for a diverged loss carry no path or case; any other error's text stays here
+            reason = str(exc) if isinstance(exc, FloatingPointError) else "details in the site's log"
+            return flare.FLModel(params={}, metrics={}, meta={FAILED: f"{type(exc).__name__}: {reason}"[:300]})
+
+    def _train_round(self, incoming) -> flare.FLModel:
         self.ensure_model(incoming.meta)
         self.model.load_state_dict(to_state(incoming.params), strict=True)
         meta_out = {}

@@ -13,7 +13,7 @@ from nvflare.recipe import PocEnv, ProdEnv, SimEnv  # importing nvflare.recipe c
 
 from ecefl.plan import get_plan
 
-from .jobs import build_recipe
+from .jobs import DEFAULT_TASK_TIMEOUT, build_recipe
 
 
 def main(kind: str, argv=None) -> None:
@@ -32,6 +32,11 @@ def main(kind: str, argv=None) -> None:
     p.add_argument("--heartbeat-timeout", type=int, default=None)
     p.add_argument("--privacy-scope", default=None, help="run only at sites defining this privacy scope")
     p.add_argument("--resume", default=None, help="continue from an interrupted job's per-round global_model.pt")
+    p.add_argument("--cross-site-eval", action="store_true",
+                   help="ece_finetune: NVFlare's cross-site evaluation after training (sends each site's local "
+                        "model to the others; off by default)")
+    p.add_argument("--task-timeout", type=int, default=DEFAULT_TASK_TIMEOUT, metavar="SECONDS",
+                   help="once --min-sites sites answered a round, wait at most this long for the others (0: for ever)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     plan, initial, resume = get_plan(args.preset, seed=args.seed), args.initial_ckpt, None
@@ -40,7 +45,8 @@ def main(kind: str, argv=None) -> None:
         plan, initial, resume = resume_point(args.resume, kind, Path(args.workspace).resolve() / "resume_model.pt")
     recipe = build_recipe(kind, plan, rounds=args.rounds, local_epochs=args.local_epochs, min_sites=args.min_sites,
                           seed=args.seed, initial_ckpt=initial, heartbeat_timeout=args.heartbeat_timeout,
-                          resume=resume, privacy_scope=args.privacy_scope)
+                          resume=resume, privacy_scope=args.privacy_scope, cross_site=args.cross_site_eval,
+                          task_timeout=args.task_timeout)
     if args.env == "sim":
         clients = [f"site-{i + 1}" for i in range(args.sites)]
         if args.site_config:

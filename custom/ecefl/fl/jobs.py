@@ -21,13 +21,21 @@ from .server import PooledFedAvg
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "client.py"
 JOB_KINDS = ("mae_pretrain", "ece_finetune")
+# once min_sites answered a round, how long the others may still take (a CPU round takes minutes, a gpu one
+# on a slow link tens of minutes); `--task-timeout` per job, docs/DEPLOY.md
+DEFAULT_TASK_TIMEOUT = 3600
+# what a site answers: training (update + statistics of the received global model), validation of the global
+# model, and (cross-site evaluation only) its own locally trained model
+SITE_TASKS = ("train", "validate", "submit_model")
 MODEL_CLASS = {"mae_pretrain": "ecefl.model.MaskedPretrainer", "ece_finetune": "ecefl.model.DualOutputSwinUNETR"}
 
 
 class EceFedAvgRecipe(FedAvgRecipe):
-    def __init__(self, *, kind: str, plan: Plan, min_sites: int, resume: dict | None = None, **kwargs):
+    def __init__(self, *, kind: str, plan: Plan, min_sites: int, resume: dict | None = None, task_timeout: int = 0,
+                 **kwargs):
         # set before super().__init__, which builds the controller
         self._kind, self._plan_dict, self._min_sites, self._resume = kind, plan.to_dict(), min_sites, resume
+        self._task_timeout = task_timeout
         super().__init__(**kwargs)
 
     def _create_controller(self, persistor_id: str, model_params, model_aggregator):
@@ -35,15 +43,16 @@ class EceFedAvgRecipe(FedAvgRecipe):
         return PooledFedAvg(num_clients=self.min_clients, num_rounds=self.num_rounds, persistor_id=persistor_id,
                             start_round=resume.get("start_round", 0), job_kind=self._kind, plan=self._plan_dict,
                             min_sites=self._min_sites, threshold=resume.get("threshold", 0.5),
-                            resumed_from=resume or None, memory_gc_rounds=self.server_memory_gc_rounds)
+                            resumed_from=resume or None, memory_gc_rounds=self.server_memory_gc_rounds,
+                            task_timeout=self._task_timeout)
 
 
 def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_sites: int = 1,
                  val_fraction: float = 0.25, seed: int = 0, min_count: int = 0, initial_ckpt: str | None = None,
-                 heartbeat_timeout: int | None = None, cross_site: bool = True, tracking: bool = True,
+                 heartbeat_timeout: int | None = None, cross_site: bool = False, tracking: bool = True,
                  name: str | None = None, site_scripts: dict[str, str | None] | None = None,
                  resume: dict | None = None, privacy_scope: str | None = None,
-                 result_filters: list | None = None) -> EceFedAvgRecipe:
+                 result_filters: list | None = None, task_timeout: int = DEFAULT_TASK_TIMEOUT) -> EceFedAvgRecipe:
     """site_scripts: {site: client script or None for the standard one}; when given it must name every site
     (NVFlare then builds one client app per listed site).
     rounds: the job's total rounds; with resume ({"start_round", "threshold", ...} from resume_point) the job
@@ -51,10 +60,19 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
     privacy_scope: the job runs only at sites whose local/privacy.json defines that scope, and each applies the
     scope's result filters (e.g. PercentilePrivacy, SVTPrivacy) to its update; updates travel as weight
     differences, which is what NVFlare's privacy filters act on.
-    result_filters: filter objects every site applies to its training result, built into the job (the simulator
-    has no site privacy.json; see privacy_filters); updates then travel as weight differences too."""
+    result_filters: filter objects every site applies to each result it sends, built into the job (the simulator
+    has no site privacy.json; see privacy_filters); updates then travel as weight differences too.
+    task_timeout: once min_sites have answered a round, seconds to wait for the other sites before the round
+    goes on without them (named in the events); 0 waits for every site.
+    cross_site: NVFlare's cross-site evaluation after training, off by default: it ships each site's
+    un-aggregated local model to every other site (a model-inversion risk); the sites always validate the
+    global model every validate_every rounds and at the end."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job {kind!r}; choose one of {JOB_KINDS}")
+    if cross_site and (privacy_scope or result_filters):
+        raise ValueError("cross-site evaluation sends each site's full local model, which the weight-difference "
+                         "privacy filters of a privacy scope do not act on; run it without --privacy-scope, or "
+                         "evaluate the global model only (the default)")
     if rounds < 1 or local_epochs < 1 or min_sites < 1:
         raise ValueError("rounds, local epochs and min_sites must be >= 1")
     args = f"--job {kind} --local-epochs {local_epochs} --val-fraction {val_fraction} --seed {seed} " \
@@ -64,7 +82,7 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         raise ValueError(f"nothing to resume: the checkpoint is from round {resume['start_round'] - 1} and the job "
                          f"has {rounds} round(s); raise --rounds to train further")
     recipe = EceFedAvgRecipe(
-        kind=kind, plan=plan, min_sites=min_sites, resume=resume, name=name or kind,
+        kind=kind, plan=plan, min_sites=min_sites, resume=resume, task_timeout=task_timeout, name=name or kind,
         model={"path": MODEL_CLASS[kind], "args": {"plan": plan.to_dict()}},
         initial_ckpt=str(Path(initial_ckpt).resolve()) if initial_ckpt else None,
         min_clients=min_sites, num_rounds=remaining, train_script=str(CLIENT_SCRIPT), train_args=args,
@@ -75,8 +93,8 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         # process grew by a quarter over 20 rounds (docs/BENCHMARKS.md, "Speed and bytes")
         server_memory_gc_rounds=1, client_memory_gc_rounds=1,
         **({"params_transfer_type": TransferType.DIFF} if privacy_scope or result_filters else {}))
-    for result_filter in result_filters or []:
-        recipe.add_client_output_filter(result_filter, tasks=["train"])
+    for result_filter in result_filters or []:  # every result a site sends, not only its training update
+        recipe.add_client_output_filter(result_filter, tasks=list(SITE_TASKS))
     if privacy_scope:
         from nvflare.apis.job_def import JobMetaKey
         from nvflare.recipe.utils import set_recipe_meta

@@ -311,6 +311,41 @@ def stop(workspace, timeout: float = 60.0) -> None:
     while time.time() < deadline:
         if not port_in_use(state["port"]):
             time.sleep(5)  # restart loops linger a few seconds after the port closes
-            return
+            break
         time.sleep(1)
-    raise PocError(f"POC stop requested but port {state['port']} is still in use after {timeout:.0f}s")
+    # whatever NVFlare's stop left running (measured: a site's job process that had been stopped and continued
+    # kept running after `nvflare poc stop`): every process started from this POC's folders
+    leftovers = kill_processes_under(prod_dir(Path(state["workspace"])))
+    if leftovers:
+        print(f"ended {len(leftovers)} POC process(es) that NVFlare's stop left running", file=sys.stderr)
+    if port_in_use(state["port"]):
+        raise PocError(f"POC stop requested but port {state['port']} is still in use after {timeout:.0f}s")
+
+
+def processes_under(folder: Path) -> list:
+    """Running processes whose command line names this folder (NVFlare participants, their restart loops and
+    job processes are all started with their startup-kit folder as an argument)."""
+    import os
+
+    import psutil
+    folder = str(Path(folder).resolve())
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(folder in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def kill_processes_under(folder: Path) -> list[int]:
+    import psutil
+    procs = processes_under(folder)
+    for proc in procs:
+        try:
+            proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    return [proc.pid for proc in procs]

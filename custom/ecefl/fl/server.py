@@ -20,6 +20,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 
 from ecefl import metrics as M
+from ecefl.fl.protocol import FAILED, NUM_STEPS
 
 OUT_DIR = "ecefl"
 
@@ -35,7 +36,7 @@ def _as_array(v) -> np.ndarray:
 class PooledFedAvg(BaseFedAvg):
     def __init__(self, *args, job_kind: str = "ece_finetune", plan: dict | None = None, min_sites: int = 1,
                  final_validation: bool = True, max_update_ratio: float = 10.0, threshold: float = 0.5,
-                 resumed_from: dict | None = None, **kwargs):
+                 resumed_from: dict | None = None, task_timeout: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.job_kind = job_kind
         self.plan = plan or {}
@@ -47,6 +48,9 @@ class PooledFedAvg(BaseFedAvg):
         self.best: dict | None = None
         self.threshold = threshold
         self.resumed_from = resumed_from  # a resubmitted job continues at start_round from a persisted model
+        # once min_sites have answered, a round waits at most this many seconds for the others (0: for ever),
+        # so a hung site delays the round but cannot block it
+        self.task_timeout = int(task_timeout)
 
     # ---------------------------------------------------------------- workflow
     def run(self) -> None:
@@ -66,7 +70,7 @@ class PooledFedAvg(BaseFedAvg):
             model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind,
                           "validate": self._validates(self.current_round)}
             targets = self.sample_clients()
-            results = self.send_model_and_wait(task_name="train", data=model, targets=targets)
+            results = self._send_and_wait("train", model, targets)
             if self.abort_signal.triggered:
                 return
             usable = self._screen(results, model, targets)
@@ -88,7 +92,8 @@ class PooledFedAvg(BaseFedAvg):
         if self.final_validation:
             model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind}
             targets = self.sample_clients()
-            results = self.send_model_and_wait(task_name="validate", data=model, targets=targets)
+            results = self._send_and_wait("validate", model, targets)
+            self._name_missing(results, targets)
             usable = [r for r in results if (r.meta or {}).get("site_stats") is not None]
             if len(usable) < self.min_sites:
                 self._finish_failed(f"final validation: {len(usable)} site(s) answered, fewer than "
@@ -102,6 +107,29 @@ class PooledFedAvg(BaseFedAvg):
         self._write_report(finished=True)
         self.info("ecefl workflow finished")
 
+    def _send_and_wait(self, task: str, model: FLModel, targets) -> list[FLModel]:
+        """A round's task: ends when every site answered, or task_timeout seconds after min_sites answered (the
+        rest are then named as dropped). A site whose task fails (an error result) is left out while min_sites
+        can still answer (NVFlare's dynamic error policy) instead of ending the job. task_timeout 0: wait for
+        every site (a hung one blocks the round until the heartbeat declares its node dead)."""
+        if not self.task_timeout:
+            return self.send_model_and_wait(task_name=task, data=model, targets=targets)
+        n = len(targets) if targets else self.num_clients
+        return self.broadcast_model(task_name=task, data=model, targets=targets, min_responses=min(self.min_sites, n),
+                                    wait_time_after_min_received=self.task_timeout)
+
+    def _name_missing(self, results: list[FLModel], targets) -> None:
+        answered = {_client(r) for r in results}
+        failed = set(getattr(self, "_current_failed_clients", set()))
+        for site in sorted(set(targets or []) - answered):
+            if site in failed:
+                self._event("failed", site, "its task ended with an error (see the site's log)")
+            elif self.task_timeout:
+                self._event("dropped", site, f"no result within the task timeout ({self.task_timeout} s): site "
+                                             "down, disconnected or hung")
+            else:
+                self._event("dropped", site, "no result this round (site down or disconnected)")
+
     def _validates(self, round_id: int) -> bool:
         """Whether sites validate the model they receive in this round (the global model after round_id rounds).
         The initial model is validated only when it is all there is (a 1-round job) or every round is asked."""
@@ -110,9 +138,7 @@ class PooledFedAvg(BaseFedAvg):
 
     # ---------------------------------------------------------------- screening
     def _screen(self, results: list[FLModel], global_model: FLModel, targets: list[str]) -> list[FLModel]:
-        answered = {_client(r) for r in results}
-        for site in sorted(set(targets) - answered):
-            self._event("dropped", site, "no result this round (site down or disconnected)")
+        self._name_missing(results, targets)
         usable = []
         for r in results:
             site = _client(r)
@@ -125,6 +151,9 @@ class PooledFedAvg(BaseFedAvg):
         return usable
 
     def _reject_reason(self, result: FLModel, global_model: FLModel) -> str | None:
+        failed = (result.meta or {}).get(FAILED)
+        if failed:
+            return f"the site's round failed ({failed})"
         if not result.params:
             return "empty update"
         # sites send full weights, or weight differences when the job transfers DIFFs (privacy filters)
@@ -153,7 +182,7 @@ class PooledFedAvg(BaseFedAvg):
     # ---------------------------------------------------------------- pooled metrics
     def _round_record(self, round_id, results: list[FLModel], model: FLModel) -> dict:
         record = {"round": round_id, "threshold": self.threshold, "n_sites": len(results)}
-        losses = [(float((r.metrics or {}).get("train_loss")), (r.meta or {}).get("NUM_STEPS_CURRENT_ROUND", 1))
+        losses = [(float((r.metrics or {}).get("train_loss")), (r.meta or {}).get(NUM_STEPS, 1))
                   for r in results if (r.metrics or {}).get("train_loss") is not None]
         if losses:
             record["train_loss"] = sum(l * w for l, w in losses) / max(sum(w for _, w in losses), 1)

@@ -20,7 +20,7 @@ from ecefl.model import DualOutputSwinUNETR, load_encoder
 from ecefl.plan import Plan, get_plan
 from ecefl.stages import plan_from_pretraining
 
-from .jobs import build_recipe
+from .jobs import DEFAULT_TASK_TIMEOUT, build_recipe
 
 
 class FederatedRunError(RuntimeError):
@@ -49,8 +49,8 @@ def parse_sites(values: list[str]) -> dict[str, Path]:
 def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, preset: str, workspace,
              min_sites: int | None = None, seed: int = 0, init: str | None = None, val_fraction: float = 0.25,
              min_count: int = 0, quiet: bool = False, progress: bool = True, log=print, resume: str | None = None,
-             cross_site: bool = True, privacy: str | None = None, privacy_scope: str | None = None,
-             **overrides) -> dict:
+             cross_site: bool = False, privacy: str | None = None, privacy_scope: str | None = None,
+             task_timeout: int = DEFAULT_TASK_TIMEOUT, **overrides) -> dict:
     """privacy/privacy_scope: every simulated site applies that scope of a site privacy policy (privacy.json)
     to its fine-tuning and pretraining updates, as a hospital with that policy would."""
     result_filters = None
@@ -70,7 +70,8 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
     os.environ.setdefault("ECEFL_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) // len(sites))))
     try:
         return _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction,
-                              min_count, quiet, progress, log, overrides, resume, cross_site, result_filters)
+                              min_count, quiet, progress, log, overrides, resume, cross_site, result_filters,
+                              task_timeout)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -80,13 +81,14 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
 
 
 def _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction, min_count,
-                   quiet, progress, log, overrides, resume=None, cross_site=True, result_filters=None) -> dict:
+                   quiet, progress, log, overrides, resume=None, cross_site=False, result_filters=None,
+                   task_timeout=DEFAULT_TASK_TIMEOUT) -> dict:
     plan = get_plan(preset, seed=seed, **overrides)
     min_sites = min_sites or len(sites)
     outputs = {}
     common = dict(rounds=rounds, local_epochs=local_epochs, min_sites=min_sites, seed=seed,
                   val_fraction=val_fraction, min_count=min_count, quiet=quiet, progress=progress, log=log,
-                  cross_site=cross_site, result_filters=result_filters)
+                  cross_site=cross_site, result_filters=result_filters, task_timeout=task_timeout)
     if resume:
         if job == "all" or init:
             raise ValueError("--resume continues one job (--job mae_pretrain or ece_finetune) and excludes --init")
@@ -119,8 +121,8 @@ def finetune_start(mae_path: str, plan: Plan, out: Path, log) -> tuple[Plan, str
 
 def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: int, local_epochs: int,
              min_sites: int, seed: int, val_fraction: float, min_count: int, quiet: bool, progress: bool, log,
-             initial_ckpt: str | None = None, resume: dict | None = None, cross_site: bool = True,
-             result_filters: list | None = None) -> dict:
+             initial_ckpt: str | None = None, resume: dict | None = None, cross_site: bool = False,
+             result_filters: list | None = None, task_timeout: int = DEFAULT_TASK_TIMEOUT) -> dict:
     from nvflare.recipe import SimEnv
     job_dir = ws / kind
     sim_root = job_dir / "nvflare"
@@ -128,7 +130,8 @@ def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: in
         shutil.rmtree(sim_root)  # a previous run's logs must not be judged as this run's
     recipe = build_recipe(kind, plan, rounds=rounds, local_epochs=local_epochs, min_sites=min_sites,
                           val_fraction=val_fraction, seed=seed, min_count=min_count, initial_ckpt=initial_ckpt,
-                          resume=resume, cross_site=cross_site, result_filters=result_filters)
+                          resume=resume, cross_site=cross_site, result_filters=result_filters,
+                          task_timeout=task_timeout)
     env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(sim_root),
                  log_config="WARNING" if quiet else None)
     server_dir = sim_root / kind / "server" / "simulate_job"
