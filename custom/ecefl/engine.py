@@ -229,9 +229,6 @@ class Pretrainer:
         return history
 
 
-AIR_BACKGROUND_LOGIT = 20.0  # segmentation logit of "background" in windows skipped as air
-
-
 @torch.no_grad()
 def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, region: torch.Tensor | None = None):
     """Whole-volume sliding-window outputs (1, 4, ...) and the case probability; image is (1,1,D,H,W) in [0,1]."""
@@ -239,16 +236,7 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
 
     def predictor(x, r=None):
-        # a window holding only air (every voxel at or below the window's lower HU bound, -250 in the presets)
-        # is not run through the network: its outputs are "background, no pooling weight". Every body voxel lies
-        # only in windows that hold it, so outputs inside the body are those of the full sliding window, and a
-        # wide field of view (arms, table, air: a real planning CT) costs only the windows over the patient
-        out = torch.zeros((x.shape[0], 6, *x.shape[2:]), device=x.device)
-        out[:, 0] = AIR_BACKGROUND_LOGIT
-        body = x.flatten(1).amax(1) > 0
-        if body.any():
-            out[body] = model.voxel_outputs(x[body], None if r is None else r[body]).float()
-        return out
+        return model.voxel_outputs(x, r).float()
 
     with _autocast(plan, dev):
         if region is None:
