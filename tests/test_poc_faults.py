@@ -125,8 +125,12 @@ def test_hung_site_is_dropped_after_the_task_timeout_and_poc_stop_ends_it(poc3, 
         assert ecefl_main(["poc", "wait", job, "--workspace", str(poc3), "--timeout", "600"]) == 0
         assert time.time() - t0 < 400
     finally:
-        for proc in hung:  # continued, as after the drill in the issue; `poc stop` must still end it
-            proc.send_signal(signal.SIGCONT)
+        import psutil
+        for proc in hung:  # continued, as after the drill in the issue; `poc stop` must still end it (NVFlare
+            try:           # may already have killed it once the job ended)
+                proc.send_signal(signal.SIGCONT)
+            except psutil.NoSuchProcess:
+                pass
     assert ecefl_main(["poc", "download", job, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
     report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
     assert report["finished"] and [r["round"] for r in report["rounds"]] == [0, 1]

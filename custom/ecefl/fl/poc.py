@@ -42,9 +42,17 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+# After a job's workflow ends, NVFlare's server waits this long for every site's job outcome before it publishes
+# the job's final status (its default, 900 s, keeps a job whose site hung "RUNNING" for 15 min after it finished).
+# A server-process setting, read from the environment (docs/DEPLOY.md §7).
+CLIENT_OUTCOME_WAIT_ENV = "NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT"
+CLIENT_OUTCOME_WAIT_S = 60
+
+
 def _env(workspace: Path) -> dict:
     env = dict(os.environ)
     env["NVFLARE_POC_WORKSPACE"] = str(Path(workspace).resolve())
+    env.setdefault(CLIENT_OUTCOME_WAIT_ENV, str(CLIENT_OUTCOME_WAIT_S))
     return env
 
 
