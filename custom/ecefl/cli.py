@@ -48,6 +48,12 @@ def _plan_overrides(p) -> None:
     g.add_argument("--learning-rate", type=float, default=None)
     g.add_argument("--cls-loss", choices=["weighted_bce", "focal"], default=None)
     g.add_argument("--balanced-sampling", action="store_true", default=None)
+    _set_argument(g)
+
+
+def _set_argument(p) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="plan_set",
+                   help="any plan field (custom/ecefl/plan.py), e.g. --set cls_retrain_fraction=0.25; repeatable")
 
 
 def _overrides(args) -> dict:
@@ -55,7 +61,8 @@ def _overrides(args) -> dict:
            "cls_loss": args.cls_loss, "balanced_sampling": args.balanced_sampling,
            "patch_size": tuple(args.patch_size) if args.patch_size else None,
            "spacing": tuple(args.spacing) if args.spacing else None}
-    return {k: v for k, v in out.items() if v is not None}
+    from ecefl.plan import parse_assignments
+    return {**{k: v for k, v in out.items() if v is not None}, **parse_assignments(getattr(args, "plan_set", []))}
 
 
 def _learning_errors(fn):
@@ -415,11 +422,18 @@ def _demo(sub) -> None:
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    _set_argument(p)
 
     def run(args) -> int:
         from ecefl.demo import run_demo
+        from ecefl.plan import parse_assignments
+        try:
+            overrides = parse_assignments(args.plan_set)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         run_demo(args.out, args.preset, args.sites, args.cases_per_site, args.unlabeled_per_site, args.mae_rounds,
-                 args.rounds, args.local_epochs, args.seed, progress=not args.no_progress)
+                 args.rounds, args.local_epochs, args.seed, progress=not args.no_progress, **overrides)
         return 0
     p.set_defaults(func=run)
 

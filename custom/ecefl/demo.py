@@ -35,7 +35,9 @@ VALIDATE_EVERY = 3
 
 
 def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int = 40, unlabeled_per_site: int = 10,
-             mae_rounds: int = 2, rounds: int = 6, local_epochs: int = 1, seed: int = 0, progress: bool = True) -> dict:
+             mae_rounds: int = 2, rounds: int = 6, local_epochs: int = 1, seed: int = 0, progress: bool = True,
+             **overrides) -> dict:
+    """overrides: plan fields on top of the preset (`ecefl demo --set FIELD=VALUE`), for both jobs."""
     from site_preprocess.config import SiteConfig
     from site_preprocess.pipeline import run_preprocess
     from site_preprocess.synth import synthesize
@@ -43,7 +45,7 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    plan = get_plan(preset, seed=seed)
+    plan = get_plan(preset, seed=seed, **overrides)
     print(f"ECE-FL demo: {sites} synthetic hospitals, preset {preset}; expected about "
           f"{EXPECTED_MINUTES.get(preset, 20)} minutes on a 2-core CPU. Output: {out}")
     timings, t0 = {}, time.time()
@@ -73,12 +75,12 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
     t = time.time()
     fl_ws = out / "fl"
     simulate(datalists, "mae_pretrain", mae_rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
-             quiet=True, progress=progress)
+             quiet=True, progress=progress, **overrides)
     timings["mae_pretrain_s"] = round(time.time() - t, 1)
     t = time.time()
     simulate(datalists, "ece_finetune", rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
              init=str(fl_ws / "mae_pretrain" / "global_model.pt"), quiet=True, progress=progress,
-             validate_every=VALIDATE_EVERY, cross_site=False)  # the report reads the pooled metrics only
+             cross_site=False, **{"validate_every": VALIDATE_EVERY, **overrides})  # the report reads the pooled metrics only
     timings["ece_finetune_s"] = round(time.time() - t, 1)
 
     stage("5/5 site-local evidence rendering and report")

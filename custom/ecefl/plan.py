@@ -144,6 +144,26 @@ PRESETS: dict[str, Plan] = {
 }
 
 
+def parse_assignments(assignments: list[str] | None) -> dict:
+    """`FIELD=VALUE` strings (the CLI's --set) to plan overrides; VALUE is JSON (numbers, lists, true/false) or a
+    plain string. Unknown fields are refused by name, so a typo never silently trains the preset."""
+    import json
+    known = {f.name for f in fields(Plan)}
+    out = {}
+    for item in assignments or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of the plan's fields "
+                             f"({', '.join(sorted(known))})")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def get_plan(name: str, **overrides) -> Plan:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
