@@ -28,16 +28,30 @@ def phi_strings(dicom_root: Path) -> set[str]:
     return found
 
 
-def leaks(root: Path, secrets: set[str], skip_dir: str = "private") -> list[tuple[str, str]]:
-    """(file, secret) pairs: every file under root, except under `skip_dir`, gz decompressed."""
+def _contents(path: Path) -> bytes:
+    """A file's bytes as a reader would see them: .gz decompressed, zip archives (torch .pt files) member by
+    member (a compressed member would otherwise hide a string)."""
+    import zipfile
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        return gzip.decompress(data)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return data + b"".join(z.read(name) for name in z.namelist())
+    return data
+
+
+def leaks(root: Path, secrets: set[str], skip_dir: str = "private", scanned: list | None = None) -> list[tuple[str, str]]:
+    """(file, secret) pairs: every file under root, except under `skip_dir`, gz and zip members decompressed.
+    scanned: if given, receives every file path that was read."""
     hits = []
     needles = [(s, s.encode()) for s in secrets]
     for path in Path(root).rglob("*"):
         if not path.is_file() or skip_dir in path.relative_to(root).parts:
             continue
-        data = path.read_bytes()
-        if path.suffix == ".gz":
-            data = gzip.decompress(data)
+        data = _contents(path)
+        if scanned is not None:
+            scanned.append(path)
         for text, raw in needles:
             if raw in data:
                 hits.append((str(path), text))

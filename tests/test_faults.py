@@ -106,22 +106,24 @@ def fl_sites_four(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fl_sites_three(tmp_path_factory):
-    """Three sites of 2 labelled cases; hospital-c's data damaged after preprocessing: one CT with NaN voxels
-    (left out when the site loads it) and one label with an impossible class value (its training fails)."""
+    """Three sites of 4 labelled cases (validation splits of 2 at 50 %); hospital-c's data damaged after
+    preprocessing: one CT with NaN voxels (left out when the site loads it) and every other label with an
+    impossible class value (its training fails)."""
     import nibabel as nib
     import numpy as np
-    sites = preprocessed_sites(tmp_path_factory.mktemp("bad-data"), 3, 2, 0, seed=23)
+    sites = preprocessed_sites(tmp_path_factory.mktemp("bad-data"), 3, 4, 0, seed=23)
     datalist = json.loads(sites["hospital-c"].read_text())
     base = sites["hospital-c"].parent
-    nan_case, bad_label_case = datalist["training"]
+    nan_case, *bad_label_cases = datalist["training"]
     img = nib.load(base / nan_case["image"])
     data = np.asarray(img.dataobj, dtype=np.float32)
     data[10:14, 10:14, 5:8] = np.nan
     nib.save(nib.Nifti1Image(data, img.affine), base / nan_case["image"])
-    lab = nib.load(base / bad_label_case["label"])
-    labels = np.asarray(lab.dataobj).astype(np.uint8)
-    labels[labels > 0] = 7
-    nib.save(nib.Nifti1Image(labels, lab.affine), base / bad_label_case["label"])
+    for case in bad_label_cases:
+        lab = nib.load(base / case["label"])
+        labels = np.asarray(lab.dataobj).astype(np.uint8)
+        labels[labels > 0] = 7
+        nib.save(nib.Nifti1Image(labels, lab.affine), base / case["label"])
     return sites, nan_case["case_id"]
 
 
@@ -142,6 +144,11 @@ def test_one_sites_bad_data_does_not_end_the_job(fl_sites_three, tmp_path, monke
     assert failed == [(0, "hospital-c"), (1, "hospital-c")], report["events"]
     assert all("RuntimeError" in e["reason"] for e in report["events"] if e["site"] == "hospital-c")
     assert [r["n_sites"] for r in report["rounds"] if r["round"] != "final"] == [2, 2]
+    # hospital-c sent no statistics in its failed rounds: the others removed their masks with it (secure sum),
+    # and the pool is exactly theirs
+    for record in report["rounds"]:
+        assert set(record["sites"]) == {"hospital-a", "hospital-b"}
+        assert record["pooled"]["n_cases"] == sum(s["n_cases"] for s in record["sites"].values()) > 0
     state = load_checkpoint(out["global_model"])["model"]
     assert all(torch.isfinite(v).all() for v in state.values())
     site_log = next((ws / "ece_finetune" / "nvflare").rglob("hospital-c/log.txt")).read_text()

@@ -75,8 +75,16 @@ def test_pooled_metrics_layout(simulated):
         assert set(record["sites"]) == set(SITES)
         for site_metrics in record["sites"].values():
             assert keys <= set(site_metrics)
+            # a site's own histograms never reach the server readable (secure sum): only its scalar metrics
+            assert not {"score_hist_pos", "score_hist_neg", "dice_hist", "voxel_tp"} & set(site_metrics)
+        assert "site_roc" not in record
         assert record["pooled"]["n_cases"] == sum(s["n_cases"] for s in record["sites"].values()) == 4
     assert report["best_round"] in (0, "final")
+    # best_global_model.pt is the model of the best round (here the final one: round 0's model is untrained)
+    best = load_checkpoint(simulated / "ece_finetune" / "best_global_model.pt")
+    final = load_checkpoint(simulated / "ece_finetune" / "global_model.pt")
+    assert report["best_round"] == "final" and best["federated"]["round"] == final["federated"]["round"] == 0
+    assert all(torch.equal(best["model"][k], v) for k, v in final["model"].items())
     assert report["finished"] is True and report["events"] == []
 
 
@@ -100,7 +108,20 @@ def test_server_pooled_auc_and_confusion_equal_sklearn_on_local_predictions(simu
         dices += list(pred["dices"])
     torch.set_num_threads(threads)
     probs, labels = np.array(probs), np.array(labels)
-    assert final["pooled"]["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=0.005)
+    # exact up to ties within one score bin: a positive-negative pair closer than a bin may be split evenly by the
+    # histogram (and this process's float rounding may order two near-equal scores differently from the site's)
+    width = 1.0 / ckpt["plan"].score_bins
+    pos, neg = probs[labels == 1], probs[labels == 0]
+    near_ties = int((np.abs(pos[:, None] - neg[None, :]) < 2 * width).sum())
+    assert final["pooled"]["auc"] == pytest.approx(roc_auc_score(labels, probs),
+                                                   abs=0.5 * near_ties / (len(pos) * len(neg)) + 1e-9)
+    # the pooled histograms (the secure sum's output) hold exactly these cases' scores, bin by bin (+-1 bin for
+    # float rounding at a bin edge)
+    bins = ckpt["plan"].score_bins
+    for key, scores in (("score_hist_pos", pos), ("score_hist_neg", neg)):
+        served = np.repeat(np.arange(bins), final["roc"][key])
+        local = np.sort(np.minimum((scores * bins).astype(int), bins - 1))
+        assert len(served) == len(local) and np.abs(served - local).max() <= 1
     tn, fp, fn, tp = confusion_matrix(labels, probs >= final["threshold"], labels=[0, 1]).ravel()
     assert final["pooled"]["accuracy"] == pytest.approx((tp + tn) / len(labels))
     assert final["pooled"]["sensitivity"] == pytest.approx(tp / (tp + fn))
@@ -153,5 +174,9 @@ def test_phi_audit_of_everything_the_federated_run_left(simulated, fl_root):
     for site in SITES:
         secrets |= phi_strings(fl_root / "dicom" / site / "dicom")
     assert len(secrets) > 100 and any(s.startswith("ZZSYN") for s in secrets)
-    assert leaks(simulated, secrets) == []
+    scanned = []
+    assert leaks(simulated, secrets, scanned=scanned) == []
     assert leaks(fl_root / "pre", secrets) == []
+    # the audit read the model files and TensorBoard event files too (not only text)
+    assert sum(p.suffix == ".pt" for p in scanned) >= 4
+    assert any("tfevents" in p.name for p in scanned)

@@ -81,3 +81,27 @@ def test_encoder_transfer_is_verified_key_by_key(plan, capsys):
     other = MaskedPretrainer(plan.with_overrides(feature_size=24))
     with pytest.raises(ValueError, match="another shape"):
         load_encoder(DualOutputSwinUNETR(plan), other.state_dict(), "fs24.pt")
+
+
+def test_evidence_reference_cancels_what_shifts_every_voxels_evidence():
+    """With evidence_reference the logit is the region's evidence minus the case's own reference tissue's: a shift
+    of every voxel's evidence (what a scanner does everywhere) leaves it unchanged; without, it moves the logit."""
+    import torch
+    from ecefl.model import DualOutputSwinUNETR
+    from ecefl.plan import get_plan
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 64, 64, 64)  # HU -250..350: fat, soft tissue and the rest
+    region = torch.zeros_like(x, dtype=torch.bool)
+    region[..., 24:36, 24:36, 24:36] = True
+    for reference, moves in ((True, False), (False, True)):
+        model = DualOutputSwinUNETR(get_plan("test-tiny", evidence_reference=reference)).eval()
+        with torch.no_grad():
+            before = model.pool(model.voxel_outputs(x, region))
+            model.evidence_head[-1].bias += 0.7
+            out = model.voxel_outputs(x, region)
+            after = model.pool(out)
+        assert out.shape[1] == (8 if reference else 6)
+        if reference:
+            assert float(out[:, 6].sum()) > 1000  # the reference holds tissue voxels
+        assert (abs(float(after - before) - 0.7) < 1e-3) == moves and (abs(float(after - before)) < 1e-3) != moves
+        assert float(model.evidence_map(out).sum() + model.cls_bias) == pytest.approx(float(after), abs=1e-4)

@@ -101,6 +101,11 @@ def test_fewer_live_sites_than_minimum_ends_the_job_not_hangs(poc3, tmp_path, ca
     assert time.time() - t0 < 400
     err = capsys.readouterr().err
     assert f"job {job} ended with status" in err and "COMPLETED" not in err.split("status", 1)[1].split()[0]
+    # the server's report names the missing site and why the job stopped
+    report = json.loads((poc.server_run_dir(poc3, job) / "ecefl" / "pooled_metrics.json").read_text())
+    assert not report["finished"]
+    assert any(e["site"] == "hospital-b" and e["event"] == "dropped" for e in report["events"]), report["events"]
+    assert any(e["site"] == "server" and "fewer than min_sites=3" in e["reason"] for e in report["events"])
 
 
 def _job_processes(ws, site: str, job_id: str) -> list:

@@ -115,6 +115,27 @@ def test_dilation_stays_in_soft_tissue_window_and_margin(preprocessed):
             assert dist[added].max() <= 3.0 + 1e-6
 
 
+def test_dilation_is_exactly_the_3mm_soft_tissue_rule_and_stops_at_a_bone_wall():
+    """Hand-built: a node in soft tissue, a bone plate 2 mm from it and air on one side. Added are exactly the
+    soft-tissue voxels within 3 mm (spacing-aware) on the node's side; none in the plate, in air, or behind the
+    plate although within 3 mm of the node."""
+    from site_preprocess.dilation import soft_tissue_dilation
+    spacing = (1.0, 1.0, 2.0)
+    shape = (24, 24, 12)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    node = (x - 10) ** 2 + (y - 10) ** 2 + ((z - 6) * 2.0) ** 2 <= 4.0  # radius 2 mm
+    hu = np.full(shape, 40.0)  # soft tissue
+    hu[x == 14] = 700.0  # bone plate at 2 mm beyond the node's edge (x = 12)
+    hu[y >= 14] = -800.0  # air
+    grown = soft_tissue_dilation(node, hu, spacing, margin_mm=3.0).astype(bool)
+    from scipy import ndimage
+    within = ndimage.distance_transform_edt(~node, sampling=spacing) <= 3.0
+    expected = node | (within & (x < 14) & (y < 14))
+    assert np.array_equal(grown, expected)
+    assert (within & (x == 15)).any(), "the margin reaches behind the plate; the rule must not add it"
+    assert not grown[x >= 14].any() and not grown[y >= 14].any()
+
+
 def test_pseudonyms_are_stable_and_reruns_skip_done_cases(synth_root, tmp_path, capsys):
     site = synth_root / "hospital-a"
     out1, out2 = tmp_path / "o1", tmp_path / "o2"

@@ -70,33 +70,71 @@ def _wait_connected(session, expected: set[str], timeout: float = 120) -> set[st
     raise AssertionError(f"only {seen} of {expected} connected within {timeout}s")
 
 
+def _wait_for_log(path: Path, offset: int, needles: tuple[str, ...], timeout: float) -> str | None:
+    """The first new line (after `offset` characters) of a log that holds one of the needles (any case)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = path.read_text(errors="replace")[offset:] if path.is_file() else ""
+        for line in text.splitlines():
+            if any(n in line.lower() for n in needles) and "heartbeat" not in line.lower():
+                return line
+        time.sleep(1)
+    return None
+
+
 def _admin_session(prod: Path, user: str):
     from nvflare.fuel.flare_api.flare_api import new_secure_session
     return closing(new_secure_session(user, str(prod / user), timeout=30.0))
 
 
-def test_tls_deployment_admits_only_provisioned_participants_and_roles(secure_net, tmp_path):
+def test_tls_deployment_admits_only_provisioned_participants_and_roles(secure_net, tmp_path, capsys):
     prod, foreign_prod = secure_net["prod"], secure_net["foreign"]
     with _admin_session(prod, ADMIN) as s:
         assert _wait_connected(s, {"hospital-a", "hospital-b"}) == {"hospital-a", "hospital-b"}
 
-        # the project admin submits a job through the FLARE API and it completes at both hospitals
-        recipe = build_recipe("mae_pretrain", get_plan("test-tiny"), rounds=1, min_sites=2,
-                              cross_site=False, tracking=False)
-        recipe.export(str(tmp_path / "job"))
-        job_id = s.submit_job(str(tmp_path / "job" / "mae_pretrain"))
-        meta = s.wait_for_job(job_id, timeout=600)
-        assert meta["status"] == "FINISHED:COMPLETED"
-        result = Path(s.download_job_result(job_id, destination=str(tmp_path / "dl")))
-        report = json.loads(next(result.rglob("ecefl/pooled_metrics.json")).read_text())
-        assert report["finished"] and report["rounds"][0]["n_sites"] == 2
+    # the coordinating centre runs the federation from its admin kit: submit, list, follow, download, abort
+    kit = ["--admin-kit", str(prod / ADMIN)]
+    capsys.readouterr()
+    assert ecefl_main(["fl", "submit", "mae_pretrain", *kit, "--preset", "test-tiny", "--rounds", "1",
+                       "--workdir", str(tmp_path / "admin")]) == 0  # --min-sites: the 2 connected sites
+    job_id = capsys.readouterr().out.strip().splitlines()[-1]
+    assert ecefl_main(["fl", "status", *kit]) == 0
+    assert job_id in capsys.readouterr().out
+    assert ecefl_main(["fl", "wait", job_id, *kit, "--timeout", "600"]) == 0
+    assert f"job {job_id}: FINISHED:COMPLETED" in capsys.readouterr().out
+    assert ecefl_main(["fl", "download", job_id, *kit, "--out", str(tmp_path / "dl")]) == 0
+    report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
+    assert report["finished"] and report["rounds"][0]["n_sites"] == 2 and report["min_sites"] == 2
+    assert ecefl_main(["fl", "submit", "ece_finetune", *kit, "--preset", "test-tiny", "--rounds", "20",
+                       "--workdir", str(tmp_path / "admin")]) == 0
+    long_job = capsys.readouterr().out.strip().splitlines()[-1]
+    assert ecefl_main(["fl", "abort", long_job, *kit]) == 0
+    assert ecefl_main(["fl", "wait", long_job, *kit, "--timeout", "300"]) == 1
+    assert "ABORTED" in capsys.readouterr().err
+    assert ecefl_main(["fl", "status", long_job, *kit]) == 0
+    assert "ABORTED" in capsys.readouterr().out
+    assert ecefl_main(["fl", "status", *kit, "--admin-kit", str(tmp_path)]) == 1  # not a kit: said so
+    assert "not an admin startup kit" in capsys.readouterr().err
+    recipe = build_recipe("mae_pretrain", get_plan("test-tiny"), rounds=1, min_sites=2, cross_site=False,
+                          tracking=False)
+    recipe.export(str(tmp_path / "job"))
 
-        # a client with a certificate signed by another CA (same site name) cannot join
+    with _admin_session(prod, ADMIN) as s:
+        assert _wait_connected(s, {"hospital-a", "hospital-b"}) == {"hospital-a", "hospital-b"}
+
+        # a client that trusts our root CA but holds a certificate signed by another CA (same site name): the
+        # server refuses its TLS handshake, read from the server's own log
+        server_log = prod / "localhost" / "log.txt"
+        seen = len(server_log.read_text(errors="replace"))
+        _start_kit(secure_net["forged"])
+        refusal = _wait_for_log(server_log, seen, ("certificate", "unknown ca", "handshake", "sslerror", "ssl error",
+                                                   "ssl_error"), 90)
+        assert refusal, "the server logged no refusal of the forged client certificate"
+        # a client of another CA altogether, and the genuine kit without its certificate and key, cannot join
         _start_kit(foreign_prod / "hospital-c")
-        # and neither can the genuine hospital-c kit once its certificate and key are missing
-        stripped = secure_net["stripped"]
-        _start_kit(stripped)
-        time.sleep(25)
+        _start_kit(secure_net["stripped"])
+        for client_kit in (secure_net["forged"], foreign_prod / "hospital-c", secure_net["stripped"]):
+            _wait_for_log(client_kit / "log.txt", 0, ("error", "fail", "ssl", "certificate", "refused"), 90)
         assert _connected(s) == {"hospital-a", "hospital-b"}
 
     # a role without the submit_job right is refused by the server's authorization policy
@@ -105,7 +143,7 @@ def test_tls_deployment_admits_only_provisioned_participants_and_roles(secure_ne
         with pytest.raises(AuthorizationError, match="not authorized"):
             s.submit_job(str(tmp_path / "job" / "mae_pretrain"))
     with _admin_session(prod, ADMIN) as s:
-        assert len(s.list_jobs()) == 1  # the refused submission left no job behind
+        assert len(s.list_jobs()) == 2  # the refused submission left no job behind
 
 
 def _private_server_storage(server_kit: Path, storage: Path) -> None:
@@ -132,7 +170,13 @@ def secure_net(tmp_path_factory):
     shutil.copytree(prod / "hospital-c", stripped)
     for name in ("client.crt", "client.key"):
         (stripped / "startup" / name).unlink()
-    kits = [prod / "localhost", prod / "hospital-a", prod / "hospital-b", foreign / "hospital-c", stripped]
+    # trusts the genuine root CA (so it accepts the server) but presents a certificate another CA signed: only
+    # the server's check of client certificates can keep it out
+    forged = root / "hospital-c-forged-cert"
+    shutil.copytree(prod / "hospital-c", forged)
+    for name in ("client.crt", "client.key"):
+        shutil.copy2(foreign / "hospital-c" / "startup" / name, forged / "startup" / name)
+    kits = [prod / "localhost", prod / "hospital-a", prod / "hospital-b", foreign / "hospital-c", stripped, forged]
     _private_server_storage(prod / "localhost", root / "server_storage")
     for site, datalist in sites.items():  # site-local data settings live in the kit's local/ folder
         (prod / site / "local" / "ecefl_site.json").write_text(json.dumps({"datalist": str(datalist)}))
@@ -148,7 +192,7 @@ def secure_net(tmp_path_factory):
     try:
         for kit in kits[:3]:
             _start_kit(kit)
-        yield {"prod": prod, "foreign": foreign, "stripped": stripped}
+        yield {"prod": prod, "foreign": foreign, "stripped": stripped, "forged": forged}
     finally:
         for kit in kits:
             poc.kill_participant(kit)

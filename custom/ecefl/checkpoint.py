@@ -54,6 +54,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
                               f"{payload.get('version')}, this ecefl reads {VERSION}); re-export it with a "
                               "matching ecefl release")
     if kind is not None and payload.get("kind") != kind:
-        raise CheckpointError(f"model file {path} is a {payload.get('kind')!r} checkpoint, expected {kind!r}")
+        what = {"mae": "an MAE-pretrained encoder (mae_pretrain)", "dual": "a fine-tuned ECE model (ece_finetune)"}
+        raise CheckpointError(f"model file {path} is {what.get(payload.get('kind'), repr(payload.get('kind')))}, "
+                              f"but {what.get(kind, repr(kind))} is needed here"
+                              + ("; give ece_finetune's global_model.pt or best_global_model.pt" if kind == "dual"
+                                 else ""))
     payload["plan"] = Plan.from_dict(payload["plan"])
     return payload

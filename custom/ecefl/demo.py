@@ -12,12 +12,11 @@ from pathlib import Path
 
 
 from .checkpoint import load_checkpoint
-from .cli import format_metrics_table
 from .data import load_datalist, stratified_split
 from .engine import predict_cases
 from .model import DualOutputSwinUNETR
 from .plan import get_plan
-from .report import write_report
+from .report import format_metrics_table, write_report
 
 VAL_FRACTION = 0.25
 # Measured wall time of the default demo on a 2-core CPU (docs/BENCHMARKS.md), said up front.

@@ -1,4 +1,5 @@
-"""`ecefl infer`: one patient's CT (RTSTRUCT optional) -> ECE probability, nodal mask, RTSTRUCT and evidence.
+"""`ecefl infer`: one patient's CT (RTSTRUCT optional) -> ECE probability, nodal mask, RTSTRUCT, DICOM SEG and
+evidence (a PNG of two slices and the per-voxel evidence volume on the native CT grid).
 
 Runs at the hospital. The CT is read with the same DICOM code as preprocessing (series chosen by the
 RTSTRUCT's reference, geometry checked), resampled to the model's plan grid with MONAI, segmented with sliding
@@ -23,6 +24,10 @@ from .engine import predict_volume
 from .model import DualOutputSwinUNETR
 
 ROI_NAME = "ECEFL_nodes_pred"
+ROI_COLOR = (255, 0, 0)
+# RTROIInterpretedType of the predicted region: nodal gross disease is what the model was trained on (the
+# hospitals' GTVn-style nodal contours); the ROI description says it is an AI prediction to review
+ROI_TYPE = "GTV"
 
 
 class InferenceError(RuntimeError):
@@ -57,17 +62,24 @@ def _read_patient(dicom_dir: Path, use_rtstruct: bool, site_config):
     return ct, [p for p, _ in files], region
 
 
-def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=None, log=print) -> dict:
+def _load(model_path):
+    ckpt = load_checkpoint(model_path, kind="dual")
+    model = DualOutputSwinUNETR(ckpt["plan"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    return ckpt, model
+
+
+def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=None, log=print,
+          roi_name: str = ROI_NAME, roi_color=ROI_COLOR, loaded=None) -> dict:
+    """loaded: (checkpoint, model) already read (batch inference reads the model file once)."""
     from site_preprocess.config import SiteConfig
     from site_preprocess.outputs import write_nifti
     site_config = site_config or SiteConfig()
+    ckpt, model = loaded or _load(model_path)
+    plan = ckpt["plan"]
+    ct, series_files, region_native = _read_patient(Path(dicom_dir), use_rtstruct, site_config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = load_checkpoint(model_path, kind="dual")
-    plan = ckpt["plan"]
-    model = DualOutputSwinUNETR(plan)
-    model.load_state_dict(ckpt["model"], strict=True)
-    ct, series_files, region_native = _read_patient(Path(dicom_dir), use_rtstruct, site_config)
 
     with tempfile.TemporaryDirectory() as tmp:
         native_path = Path(tmp) / "ct.nii.gz"
@@ -90,7 +102,15 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
         pred_meta.array = pred_plan.numpy()
         back = ResampleToMatch(mode="nearest")(pred_meta, img_dst=native)
         nodes_native = np.asarray(back[0]) > 0.5
+        # each voxel's contribution to the ECE logit, on the CT grid a radiologist scrolls (trilinear: a field)
+        evidence_plan = DualOutputSwinUNETR.evidence_map(voxel_out)[0, 0]
+        ev_meta = image.clone()
+        ev_meta.array = evidence_plan[None].numpy()
+        # the plan grid is ~2x coarser: per native voxel the contribution scales with the voxel volume ratio
+        ratio = float(np.prod(ct.spacing_xyz)) / float(np.prod(plan.spacing))
+        evidence_native = np.asarray(ResampleToMatch(mode="bilinear")(ev_meta, img_dst=native)[0]) * ratio
     write_nifti(out / "nodes_pred.nii.gz", nodes_native.astype(np.uint8), ct.affine_ras)
+    write_nifti(out / "evidence.nii.gz", evidence_native.astype(np.float32), ct.affine_ras)
     threshold = float(ckpt.get("threshold", 0.5))
     region_mask = region_native.astype(bool) if region_native is not None else nodes_native
     voxel_ml = float(np.prod(ct.spacing_xyz)) / 1000.0
@@ -101,21 +121,93 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
         "nodes_volume_ml": round(float(nodes_native.sum()) * voxel_ml, 3),
         "region": "rtstruct" if use_rtstruct else "predicted",
         "region_volume_ml": round(float(region_mask.sum()) * voxel_ml, 3),
-        "rtstruct_roi": ROI_NAME if nodes_native.any() else None,
+        "rtstruct_roi": roi_name,
+        "rtstruct_roi_empty": not bool(nodes_native.any()),
+        "evidence": {"file": "evidence.nii.gz", "unit": "contribution to the ECE logit per CT voxel",
+                     "sum": round(float(evidence_native.sum()), 4), "bias": round(float(model.cls_bias), 4),
+                     "note": "sum + bias is the ECE logit up to resampling"},
+        "seg": "SEG_pred.dcm",
     }
-    _write_rtstruct(series_files, nodes_native, out / "RTSTRUCT_pred.dcm")
-    evidence = DualOutputSwinUNETR.evidence_map(voxel_out)[0, 0].numpy()
+    _write_rtstruct(series_files, nodes_native, out / "RTSTRUCT_pred.dcm", roi_name, roi_color)
+    _write_seg(series_files, nodes_native, out / "SEG_pred.dcm", plan, Path(model_path).name, roi_name)
+    evidence = evidence_plan.numpy()
     _evidence_png(np.asarray(image[0]), pred_plan[0].numpy(), evidence, None if region is None else
                   region[0, 0].numpy(), result, out / "evidence.png")
     (out / "result.json").write_text(json.dumps(result, indent=1))
     log(f"p(ECE) = {prob:.3f} (threshold {threshold:.3f}: {'ECE+' if result['ece_positive'] else 'ECE-'}); "
         f"predicted nodal volume {result['nodes_volume_ml']:.1f} ml; outputs in {out}")
+    if result["rtstruct_roi_empty"]:
+        log(f"no nodal voxel predicted: the RTSTRUCT and SEG hold the ROI {roi_name} empty")
     return result
 
 
-def _write_rtstruct(series_files: list[Path], nodes_native: np.ndarray, path: Path) -> None:
-    """rt-utils RTSTRUCT on exactly the series used (linked into a clean folder: rt-utils reads every file)."""
+def patient_folders(root: Path) -> list[Path] | None:
+    """The patient sub-folders of a root in the layout `preprocess` reads (one sub-folder per patient), or None
+    when `root` is one patient's folder: its CT series lie under a single sub-folder or belong to one patient."""
+    from site_preprocess.dicom_series import scan_folder
+    root = Path(root)
+    if not root.is_dir():
+        raise InferenceError(f"{root} is not a folder; pass one patient's DICOM folder or a folder of patients")
+    subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(subs) < 2 or any(f.is_file() and not f.name.startswith(".") for f in root.iterdir()):
+        return None
+    patients, holding = set(), []
+    for d in subs:
+        scan = scan_folder(d)  # headers only; the patient ids stay in this process
+        ids = {str(getattr(ds, "PatientID", "")) for files in scan.series.values() for _, ds in files[:1]}
+        if ids:
+            holding.append(d)
+            patients |= ids
+    return subs if len(holding) >= 2 and len(patients) >= 2 else None
+
+
+def infer_batch(model_path, root, out, use_rtstruct: bool = False, site_config=None, progress: bool = True,
+                log=print, roi_name: str = ROI_NAME, roi_color=ROI_COLOR, folders: list[Path] | None = None) -> list[dict]:
+    """Every patient folder under root -> OUT/<folder>/ (as a single-patient run) and OUT/summary.csv with a
+    status and reason per patient; a failing patient is reported and the others go on."""
+    import csv
+    from tqdm import tqdm
+    from site_preprocess.errors import UsageError
+    folders = folders or patient_folders(root) or []
+    if not folders:
+        raise InferenceError(f"{root} holds no patient sub-folders with a CT series")
+    loaded = _load(model_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for folder in tqdm(folders, desc="infer", unit="patient", disable=not progress):
+        row = {"patient_folder": folder.name, "status": "ok", "reason": "", "ece_probability": "",
+               "ece_positive": "", "nodes_volume_ml": ""}
+        try:
+            res = infer(model_path, folder, out / folder.name, use_rtstruct, site_config, log=lambda *_: None,
+                        roi_name=roi_name, roi_color=roi_color, loaded=loaded)
+            row.update(ece_probability=f"{res['ece_probability']:.4f}", ece_positive=int(res["ece_positive"]),
+                       nodes_volume_ml=res["nodes_volume_ml"])
+        except (InferenceError, UsageError) as exc:
+            row.update(status="failed", reason=str(exc).replace(str(folder), folder.name))
+            log(f"{folder.name}: failed: {row['reason']}")
+        except Exception as exc:  # one patient's unexpected failure must not cost the others their results
+            row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+            log(f"{folder.name}: failed: {row['reason']}")
+        rows.append(row)
+        with open(out / "summary.csv", "w", newline="") as fh:  # rewritten after each patient: nothing lost
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerows(rows)
+    ok = sum(r["status"] == "ok" for r in rows)
+    log(f"{ok} of {len(rows)} patients done, {len(rows) - ok} failed; summary: {out / 'summary.csv'}")
+    return rows
+
+
+def _write_rtstruct(series_files: list[Path], nodes_native: np.ndarray, path: Path, roi_name: str = ROI_NAME,
+                    roi_color=ROI_COLOR) -> None:
+    """rt-utils RTSTRUCT on exactly the series used (linked into a clean folder: rt-utils reads every file), made
+    into our own series: manufacturer, description, ROI interpreted type; the ROI is written even when empty, so a
+    planning system shows that the model found no node instead of a structure set without the ROI."""
+    import contextlib
+    import io
     from rt_utils import RTStructBuilder
+    from . import __version__
     with tempfile.TemporaryDirectory() as tmp:
         for i, f in enumerate(series_files):
             os.symlink(Path(f).resolve(), Path(tmp) / f"{i:05d}.dcm")
@@ -123,13 +215,53 @@ def _write_rtstruct(series_files: list[Path], nodes_native: np.ndarray, path: Pa
             rtstruct = RTStructBuilder.create_new(dicom_series_path=tmp)
         except Exception as exc:
             raise InferenceError(f"rt-utils cannot build an RTSTRUCT on this series ({exc})") from exc
-        if nodes_native.any():
-            # ours: (columns, rows, slices); rt-utils: (rows, columns, slices), same slice order (normal)
-            rtstruct.add_roi(mask=nodes_native.transpose(1, 0, 2).astype(bool), name=ROI_NAME,
-                             color=[255, 0, 0], description="ECE-FL predicted nodal region")
-            _fix_rt_utils_geometry(rtstruct)
-        rtstruct.ds.StructureSetLabel = "ECEFL"
+        # ours: (columns, rows, slices); rt-utils: (rows, columns, slices), same slice order (normal)
+        with contextlib.redirect_stdout(io.StringIO()):  # rt-utils prints an [INFO] line for an empty mask
+            rtstruct.add_roi(mask=nodes_native.transpose(1, 0, 2).astype(bool), name=roi_name,
+                             color=[int(c) for c in roi_color],
+                             description="ECE-FL predicted nodal region (AI prediction: review before use)")
+        _fix_rt_utils_geometry(rtstruct)
+        ds = rtstruct.ds
+        if not len(ds.ROIContourSequence[-1].get("ContourSequence", [])):
+            del ds.ROIContourSequence[-1].ContourSequence  # an empty ROI: no contour at all (type 3)
+        ds.RTROIObservationsSequence[-1].RTROIInterpretedType = ROI_TYPE
+        ds.RTROIObservationsSequence[-1].ROIInterpreter = ""
+        ds.Manufacturer, ds.ManufacturerModelName = "ECE-FL", "ECE-FL dual-output SwinUNETR"
+        ds.SoftwareVersions = __version__
+        ds.SeriesDescription = "ECE-FL predicted nodes"
+        ds.StructureSetLabel = "ECEFL"
         rtstruct.save(str(path))
+
+
+def _write_seg(series_files: list[Path], nodes_native: np.ndarray, path: Path, plan, model_name: str,
+               roi_name: str = ROI_NAME) -> None:
+    """DICOM Segmentation (binary, one segment) of the predicted nodes on the input CT's frames, with the
+    algorithm identified (name, version, model file): opens natively in 3D Slicer, OHIF and PACS viewers."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+    from . import __version__
+    datasets = [pydicom.dcmread(f) for f in series_files]
+    iop = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    # the mask's slice axis runs along the slice normal (as load_ct sorted it); frames pair with those slices
+    datasets.sort(key=lambda ds: float(np.array([float(v) for v in ds.ImagePositionPatient]) @ normal))
+    algorithm = hd.AlgorithmIdentificationSequence(name="ECE-FL dual-output SwinUNETR", version=__version__,
+                                                   family=codes.cid7162.ArtificialIntelligence,
+                                                   parameters={"model": model_name, "preset": plan.preset})
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=roi_name, segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=codes.SCT.LymphNode, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id="ECE-FL predicted nodal region")
+    # ours: (columns, rows, slices) -> highdicom: (frames, rows, columns)
+    pixels = np.ascontiguousarray(nodes_native.transpose(2, 1, 0).astype(np.uint8))
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment], series_instance_uid=hd.UID(), series_number=9901,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="ECE-FL",
+        manufacturer_model_name="ECE-FL dual-output SwinUNETR", software_versions=__version__,
+        device_serial_number="ECE-FL", series_description="ECE-FL predicted nodes", omit_empty_frames=False)
+    seg.save_as(str(path))
 
 
 def _fix_rt_utils_geometry(rtstruct) -> None:

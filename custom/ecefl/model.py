@@ -95,7 +95,8 @@ class DualOutputSwinUNETR(nn.Module):
     def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
                       body_grad: bool = True) -> torch.Tensor:
         """Channels (all but the first two additive over windows): 2 segmentation logits, pooling weight a,
-        weighted evidence a*e, and the same two over the ungated soft region (used when no voxel is a node).
+        weighted evidence a*e, and the same two over the ungated soft region (used when no voxel is a node);
+        with evidence_reference also the reference tissue r and r*e.
         body_grad False: the SwinUNETR runs without autograd (classifier re-training: only the head learns)."""
         with contextlib.nullcontext() if body_grad else torch.no_grad():
             seg = self.net(x)
@@ -115,7 +116,11 @@ class DualOutputSwinUNETR(nn.Module):
             soft_weight = self.pooling_region(soft)
         else:  # teacher forcing with the reference ROI early in training
             weight = soft_weight = self.pooling_region(region_mask.float())
-        return torch.cat([seg, weight, weight * evidence, soft_weight, soft_weight * evidence], dim=1)
+        channels = [seg, weight, weight * evidence, soft_weight, soft_weight * evidence]
+        if self.plan.evidence_reference:  # fat and soft tissue outside the pooled region: the case's own reference
+            tissue = ((hu >= -200.0) & (hu <= 150.0) & (weight < 1e-3)).to(evidence.dtype)
+            channels += [tissue, tissue * evidence]
+        return torch.cat(channels, dim=1)
 
     @staticmethod
     def _pooling_channels(voxel_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,14 +134,18 @@ class DualOutputSwinUNETR(nn.Module):
 
     def pool(self, voxel_out: torch.Tensor) -> torch.Tensor:
         """Case logit (B,) from voxel outputs over any extent (a patch or a stitched whole volume)."""
-        weight, weighted = self._pooling_channels(voxel_out)
-        return weighted.flatten(1).sum(1) / (weight.flatten(1).sum(1) + 1e-3) + self.cls_bias
+        return self.evidence_map(voxel_out).flatten(1).sum(1) + self.cls_bias
 
     @staticmethod
     def evidence_map(voxel_out: torch.Tensor) -> torch.Tensor:
-        """Each voxel's contribution to the logit (sums to logit - bias)."""
+        """Each voxel's contribution to the logit (sums to logit - bias): the region's weighted evidence over its
+        weight, minus (with evidence_reference: 8 channels) the reference tissue's evidence over its size."""
         weight, weighted = DualOutputSwinUNETR._pooling_channels(voxel_out)
-        return weighted / (weight.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
+        contribution = weighted / (weight.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
+        if voxel_out.shape[1] == 8:
+            ref, ref_weighted = voxel_out[:, 6:7], voxel_out[:, 7:8]
+            contribution = contribution - ref_weighted / (ref.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
+        return contribution
 
     def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None):
         out = self.voxel_outputs(x, region_mask)

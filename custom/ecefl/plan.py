@@ -75,6 +75,11 @@ class Plan:
     # soft HU bins of the local mean over k^3 voxels (odd k; 1 = the voxel itself): scanner noise (10-22 HU
     # between our sites, more in low-dose CT) otherwise shifts the share of voxels in each bin and so the score
     evidence_hu_smoothing: int = 1
+    # the case logit contrasts the evidence over the nodal region with the evidence over the rest of the patch's
+    # fat and soft tissue (HU -200..150, outside the region): a within-case reference, as a radiologist compares
+    # perinodal fat with the patient's other fat. What a scanner shifts everywhere (noise texture, kernel, HU
+    # calibration) then cancels instead of moving all of a hospital's scores (measured offsets: docs/BENCHMARKS.md)
+    evidence_reference: bool = False
     node_prior: float = 0.05  # initial foreground probability of the segmentation output
     shell_weight: float = 0.5  # perinodal shell added to the pooling region (ECE lives at the border)
     shell_mm: float = 6.0

@@ -34,10 +34,13 @@ def roc_plot(final: dict, out: Path) -> Path:
         fpr, tpr = M.roc_from_histograms(roc["score_hist_pos"], roc["score_hist_neg"])
         auc = (final.get("pooled") or {}).get("auc")
         ax.plot(fpr, tpr, lw=2.5, color="black", label=f"pooled (AUC {auc:.3f})" if auc is not None else "pooled")
-    for site, hist in sorted((final.get("site_roc") or {}).items()):
-        fpr, tpr = M.roc_from_histograms(hist["score_hist_pos"], hist["score_hist_neg"])
-        auc = M.auc_from_histograms(hist["score_hist_pos"], hist["score_hist_neg"])
-        ax.plot(fpr, tpr, lw=1.2, label=f"{site} (AUC {auc:.3f})" if auc is not None else site)
+    # per site only its own operating point and AUC: its score histograms never leave it readable (secure sum)
+    for site, m in sorted((final.get("sites") or {}).items()):
+        if m.get("sensitivity") is None or m.get("specificity") is None:
+            continue
+        auc = m.get("auc")
+        ax.plot([1 - m["specificity"]], [m["sensitivity"]], "o", ms=7,
+                label=f"{site} at the threshold (AUC {auc:.3f})" if auc is not None else site)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
@@ -187,3 +190,21 @@ images never reach the server.</p>{overlay_html}
 </body></html>"""
     (out_dir / "index.html").write_text(page)
     return summary
+
+
+def format_metrics_table(pooled: dict | None, sites: dict) -> str:
+    """The pooled and per-site metrics as a text table (the terminal's view of the report's table)."""
+    keys = (*M.METRIC_KEYS, "n_cases")
+    rows = [("pooled", pooled or {})] + sorted(sites.items())
+    head = f"{'':14}" + "".join(f"{k:>12}" for k in keys)
+    lines = [head]
+    for name, m in rows:
+        if m.get("suppressed"):
+            lines.append(f"{name:14}" + f"{'(suppressed: too few cases)':>40}")
+            continue
+        cells = []
+        for k in keys:
+            v = m.get(k)
+            cells.append(f"{'-':>12}" if v is None else (f"{v:>12d}" if isinstance(v, int) else f"{v:>12.3f}"))
+        lines.append(f"{name:14}" + "".join(cells))
+    return "\n".join(lines)

@@ -2,8 +2,10 @@
 
 One script serves both jobs (--job mae_pretrain | ece_finetune) and every task of a job: "train" (evaluate the
 received global model on the local validation split, then train local epochs), "validate" (evaluate only) and
-"submit_model" (cross-site evaluation). What leaves the site: weights, training losses and the additive
-statistics of ecefl.metrics.site_stats — never a case id, path or per-patient score.
+"submit_model" (cross-site evaluation), plus the secure-sum tasks (ecefl.fl.secure_sum: key exchange, and masks
+with sites that dropped out). What leaves the site: weights, training losses, site-level metrics (AUC, Dice, ...
+over its validation split) and its additive evaluation statistics masked for secure aggregation — never a case
+id, path or per-patient score, and no statistics the server could read on their own.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from nvflare.client.tracking import SummaryWriter
 from ecefl import metrics as M
 from ecefl.data import load_datalist, screen_cases, stratified_split
 from ecefl.engine import FineTuner, Pretrainer, predict_cases, seed_everything, stats_of
-from ecefl.fl.protocol import FAILED, NUM_STEPS
+from ecefl.fl import secure_sum as SS
+from ecefl.fl.protocol import FAILED, NUM_STEPS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY
 from ecefl.fl.site_config import datalist_for
 from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer
 from ecefl.plan import Plan
@@ -56,6 +59,7 @@ class SiteLearner:
         self.worker = None  # FineTuner / Pretrainer: local optimiser state kept across rounds
         self.local_state = None
         self.writer = SummaryWriter()
+        self.keys = SS.SiteKeys(site)  # this job's secure-sum key pair; the private key never leaves the process
 
     def ensure_model(self, meta: dict):
         if self.model is not None:
@@ -84,20 +88,43 @@ class SiteLearner:
     def warn(self, msg: str) -> None:
         self.log(msg, logging.WARNING)
 
-    def evaluate(self, threshold: float) -> tuple[dict, dict]:
-        """(additive statistics, site-level metrics) of the loaded model on the local validation split."""
-        if not self.val_items:
-            return {}, {"n_cases": 0}
-        pred = predict_cases(self.model, self.val_items, self.plan, progress=False)
-        stats = stats_of(pred, threshold, self.plan)
-        if self.args.min_count and min(stats["n_pos"], stats["n_neg"]) < self.args.min_count:
+    def evaluate(self, threshold: float, secure: dict | None) -> tuple[dict, dict]:
+        """(message meta, site-level metrics) of the loaded model on the local validation split. The additive
+        statistics leave the site only masked for the task's secure sum (`secure`: context and peers' keys)."""
+        stats = None
+        if self.val_items:
+            stats = stats_of(predict_cases(self.model, self.val_items, self.plan, progress=False), threshold,
+                             self.plan)
+        if stats is None:
+            summary, site_metrics = {"n_cases": 0}, {"n_cases": 0}
+        elif self.args.min_count and min(stats["n_pos"], stats["n_neg"]) < self.args.min_count:
             self.log(f"validation split has fewer than {self.args.min_count} cases of a class: statistics "
                      "suppressed (min-count rule)")
-            return {"suppressed": True, "n_cases": stats["n_cases"]}, {"suppressed": 1, "n_cases": stats["n_cases"]}
-        summary = M.summary(stats)
-        site_metrics = {k: float(summary[k]) for k in M.METRIC_KEYS if summary.get(k) is not None}
-        site_metrics["n_cases"] = summary["n_cases"]
-        return stats, site_metrics
+            stats, summary = None, {"suppressed": True, "n_cases": stats["n_cases"]}
+            site_metrics = {"suppressed": 1, "n_cases": summary["n_cases"]}
+        else:
+            summary = M.summary(stats)
+            site_metrics = {k: float(summary[k]) for k in M.METRIC_KEYS if summary.get(k) is not None}
+            site_metrics["n_cases"] = summary["n_cases"]
+        meta = {SITE_SUMMARY: summary}
+        if secure and self.site in (secure.get("peers") or {}):
+            # a site without statistics (suppressed, no validation cases) still sends its masks: the others'
+            # sum must decode
+            meta[SECURE_STATS] = {"masked": self.keys.mask(SS.encode(stats, self.plan.score_bins), secure["peers"],
+                                                           secure["context"]),
+                                  "contributes": stats is not None}
+        elif secure:
+            self.warn("this site is not among the secure-sum peers of the task (it missed the key exchange): its "
+                      "statistics are not sent this time")
+        return meta, site_metrics
+
+    def unmask(self, incoming) -> flare.FLModel:
+        """The server's request after a site of the task sent nothing: this site's masks with those sites."""
+        req = incoming.meta or {}
+        share = self.keys.unmask_share(req["peers"], list(req["missing"]), list(req["answered"]), req["context"],
+                                       int(req["length"]))
+        self.log(f"secure sum: sent the masks with {', '.join(req['missing'])} (no result from them)")
+        return flare.FLModel(metrics={}, meta={"share": share})
 
     def train_round(self, incoming) -> flare.FLModel:
         """The round's result; a round that fails here (e.g. a non-finite loss) is reported to the server, which
@@ -121,10 +148,9 @@ class SiteLearner:
         e = self.args.local_epochs
         if self.args.job == "ece_finetune" and incoming.meta.get("validate", True):
             t0 = time.perf_counter()
-            stats, site_metrics = self.evaluate(float(incoming.meta.get("threshold", 0.5)))
+            eval_meta, _ = self.evaluate(float(incoming.meta.get("threshold", 0.5)), incoming.meta.get(SECURE_SPEC))
             meta_out["validate_seconds"] = round(time.perf_counter() - t0, 3)
-            meta_out["site_stats"] = stats
-            meta_out["site_metrics"] = site_metrics
+            meta_out.update(eval_meta)
             n_cases = len(self.train_items)
         else:
             n_cases = len(self.labelled) + len(self.unlabelled)
@@ -142,8 +168,9 @@ class SiteLearner:
             return flare.FLModel(metrics={}, meta={})
         self.model.load_state_dict(to_state(incoming.params), strict=True)
         threshold = float((incoming.meta or {}).get("threshold", 0.5))
-        stats, site_metrics = self.evaluate(threshold)
-        return flare.FLModel(metrics=site_metrics, meta={"site_stats": stats, "site_metrics": site_metrics})
+        # cross-site evaluation sends no secure-sum spec: only the site-level metrics go back then
+        meta, site_metrics = self.evaluate(threshold, (incoming.meta or {}).get(SECURE_SPEC))
+        return flare.FLModel(metrics=site_metrics, meta=meta)
 
     def submit_model(self) -> flare.FLModel:
         if self.local_state is None:
@@ -163,7 +190,12 @@ def main(argv=None) -> None:
         incoming = flare.receive()
         if incoming is None:
             break
-        if flare.is_submit_model():
+        task = flare.get_task_name()
+        if task == SS.KEYS_TASK:
+            flare.send(flare.FLModel(metrics={}, meta={"public_key": learner.keys.public_hex}))
+        elif task == SS.UNMASK_TASK:
+            flare.send(learner.unmask(incoming))
+        elif flare.is_submit_model():
             flare.send(learner.submit_model())
         elif flare.is_evaluate():
             flare.send(learner.validate(incoming))

@@ -208,12 +208,12 @@ class session:
         self.state = load_state(workspace)
 
     def __enter__(self):
-        from nvflare.fuel.flare_api.flare_api import new_secure_session
-        self.s = new_secure_session(ADMIN, self.state["admin"], timeout=20.0)
-        return self.s
+        from .admin import session as admin_session
+        self._admin = admin_session(self.state["admin"], ADMIN, timeout=20.0)
+        return self._admin.__enter__()
 
     def __exit__(self, *exc):
-        self.s.close()
+        self._admin.__exit__(*exc)
 
 
 def submit(workspace, job_dir: Path) -> str:
@@ -247,18 +247,8 @@ def _errors(workspace, job_id: str) -> str:
 
 
 def download(workspace, job_id: str, out) -> Path:
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    with session(workspace) as s:
-        folder = Path(s.download_job_result(job_id, destination=str(out / "nvflare_result")))
-    for name in ("pooled_metrics.json", "global_model.pt", "best_global_model.pt"):
-        found = next(iter(folder.rglob(f"ecefl/{name}")), None)
-        if found:
-            shutil.copy2(found, out / name)
-    cse = next(iter(folder.rglob("cross_site_val/cross_val_results.json")), None)
-    if cse:
-        shutil.copy2(cse, out / "cross_site.json")
-    return out
+    from .admin import download as admin_download
+    return admin_download(load_state(workspace)["admin"], job_id, out, user=ADMIN)
 
 
 def server_run_dir(workspace, job_id: str) -> Path:

@@ -3,7 +3,8 @@
 Per round: send the global model (with the plan and the current operating threshold) to every connected site;
 each site first evaluates it on its validation split (additive statistics only), then trains locally. The
 server rejects non-finite or wildly out-of-scale updates (naming site and round), averages the rest weighted by
-local training cases, sums the statistics into pooled Dice/AUC/accuracy/sensitivity/specificity/F1, keeps the
+local training cases, adds the sites' masked statistics (secure aggregation, ecefl.fl.secure_sum: the server
+only ever sees their sum) into pooled Dice/AUC/accuracy/sensitivity/specificity/F1, keeps the
 global model with the best pooled AUC, and after the last round runs a final validation of the final model.
 Artifacts in the server's run folder, under ecefl/: pooled_metrics.json, global_model.pt, best_global_model.pt.
 """
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import time
+import uuid
 
 import numpy as np
 
@@ -20,7 +22,8 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 
 from ecefl import metrics as M
-from ecefl.fl.protocol import FAILED, NUM_STEPS
+from ecefl.fl import secure_sum as SS
+from ecefl.fl.protocol import FAILED, NUM_STEPS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY
 
 OUT_DIR = "ecefl"
 
@@ -51,6 +54,7 @@ class PooledFedAvg(BaseFedAvg):
         # once min_sites have answered, a round waits at most this many seconds for the others (0: for ever),
         # so a hung site delays the round but cannot block it
         self.task_timeout = int(task_timeout)
+        self.site_keys: dict[str, str] = {}  # secure-sum public keys, relayed to every site with each task
 
     # ---------------------------------------------------------------- workflow
     def run(self) -> None:
@@ -64,12 +68,14 @@ class PooledFedAvg(BaseFedAvg):
         if self.resumed_from:
             self.info(f"resuming at round {self.start_round} from the global model of round "
                       f"{self.start_round - 1}")
+        if self.job_kind == "ece_finetune":
+            self._exchange_keys()
         for self.current_round in range(self.start_round, self.start_round + self.num_rounds):
             t0 = time.time()
             model.current_round = self.current_round
-            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind,
-                          "validate": self._validates(self.current_round)}
             targets = self.sample_clients()
+            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind,
+                          "validate": self._validates(self.current_round), SECURE_SPEC: self._secure_spec(targets)}
             results = self._send_and_wait("train", model, targets)
             if self.abort_signal.triggered:
                 return
@@ -78,7 +84,7 @@ class PooledFedAvg(BaseFedAvg):
                 self._finish_failed(f"round {self.current_round}: {len(usable)} usable site update(s), fewer "
                                     f"than min_sites={self.min_sites}; see the events in pooled_metrics.json")
                 return
-            record = self._round_record(self.current_round, usable, model)
+            record = self._round_record(self.current_round, usable, model, results)
             record["seconds"] = round(time.time() - t0, 2)
             self.records.append(record)
             self._maybe_best(record, model)
@@ -90,16 +96,17 @@ class PooledFedAvg(BaseFedAvg):
             del results, usable, aggregated
             self._maybe_cleanup_memory()  # every memory_gc_rounds rounds (NVFlare's gc.collect + malloc_trim)
         if self.final_validation:
-            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind}
             targets = self.sample_clients()
+            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind,
+                          SECURE_SPEC: self._secure_spec(targets)}
             results = self._send_and_wait("validate", model, targets)
             self._name_missing(results, targets)
-            usable = [r for r in results if (r.meta or {}).get("site_stats") is not None]
+            usable = [r for r in results if (r.meta or {}).get(SITE_SUMMARY) is not None]
             if len(usable) < self.min_sites:
                 self._finish_failed(f"final validation: {len(usable)} site(s) answered, fewer than "
                                     f"min_sites={self.min_sites}")
                 return
-            final = self._round_record("final", usable, model)
+            final = self._round_record("final", usable, model, results)
             self.records.append(final)
             self._maybe_best(final, model)
             # the final model keeps the operating threshold chosen on its own pooled validation ROC
@@ -117,6 +124,59 @@ class PooledFedAvg(BaseFedAvg):
         n = len(targets) if targets else self.num_clients
         return self.broadcast_model(task_name=task, data=model, targets=targets, min_responses=min(self.min_sites, n),
                                     wait_time_after_min_received=self.task_timeout)
+
+    # ---------------------------------------------------------------- secure aggregation
+    def _exchange_keys(self) -> None:
+        """Every site's secure-sum public key, once per job (ecefl.fl.secure_sum)."""
+        targets = self.sample_clients()
+        replies = self._send_and_wait(SS.KEYS_TASK, FLModel(params={}, meta={"job": self.job_kind}), targets)
+        self.site_keys = {_client(r): str(r.meta["public_key"]) for r in replies if (r.meta or {}).get("public_key")}
+        for site in sorted({getattr(t, "name", t) for t in targets} - set(self.site_keys)):
+            self._event("secure_sum", site, "no key exchanged: its evaluation statistics are not pooled in this job")
+
+    def _secure_spec(self, targets) -> dict | None:
+        peers = {name: self.site_keys[name] for name in (getattr(t, "name", t) for t in targets)
+                 if name in self.site_keys}
+        if len(peers) < SS.MIN_SITES:
+            return None  # one site's "sum" would be its own statistics: none are sent
+        return {"context": f"{self.current_round}-{uuid.uuid4().hex}", "peers": peers}
+
+    def _secure_sum(self, spec: dict | None, results: list[FLModel], threshold: float) -> dict | None:
+        """The sum of the statistics that the sites sent masked, or None (nothing sent, masks of a missing site
+        not recovered, or fewer than two sites contributing: the "sum" would be one site's statistics)."""
+        sent = {_client(r): r.meta[SECURE_STATS] for r in results if (r.meta or {}).get(SECURE_STATS)}
+        if not spec or not sent:
+            return None
+        try:
+            total = SS.add([v["masked"] for v in sent.values()])
+        except ValueError as exc:
+            self._event("secure_sum", "server", f"pooled statistics lost: {exc}")
+            return None
+        missing = sorted(set(spec["peers"]) - set(sent))
+        if missing:
+            total = self._unmask(spec, missing, sorted(sent), total)
+            if total is None:
+                return None
+        contributing = [site for site, v in sent.items() if v.get("contributes")]
+        if len(contributing) < SS.MIN_SITES:
+            if contributing:
+                self._event("secure_sum", "server", "pooled statistics withheld: one site contributed (its own "
+                                                    "statistics would be reported as the pool)")
+            return None
+        return SS.decode(total, int(self.plan.get("score_bins", 1000)), threshold)
+
+    def _unmask(self, spec: dict, missing: list[str], answered: list[str], total):
+        meta = {"context": spec["context"], "peers": spec["peers"], "missing": missing, "answered": answered,
+                "length": int(len(total))}
+        replies = self.broadcast_model(task_name=SS.UNMASK_TASK, data=FLModel(params={}, meta=meta), targets=answered,
+                                       min_responses=len(answered), timeout=self.task_timeout or 600)
+        shares = {_client(r): (r.meta or {}).get("share") for r in replies}
+        silent = sorted(set(answered) - {site for site, share in shares.items() if share})
+        if silent:
+            self._event("secure_sum", "server", f"pooled statistics lost this round: {', '.join(silent)} sent no "
+                                                f"masks for the missing {', '.join(missing)}")
+            return None
+        return SS.subtract(total, [shares[site] for site in answered])
 
     def _name_missing(self, results: list[FLModel], targets) -> None:
         answered = {_client(r) for r in results}
@@ -180,7 +240,9 @@ class PooledFedAvg(BaseFedAvg):
         self.events.append({"round": self.current_round, "event": kind, "site": site, "reason": reason})
 
     # ---------------------------------------------------------------- pooled metrics
-    def _round_record(self, round_id, results: list[FLModel], model: FLModel) -> dict:
+    def _round_record(self, round_id, results: list[FLModel], model: FLModel, evaluated: list[FLModel]) -> dict:
+        """results: the usable updates; evaluated: every result that came back (a rejected update's evaluation of
+        the global model it received is still valid)."""
         record = {"round": round_id, "threshold": self.threshold, "n_sites": len(results)}
         losses = [(float((r.metrics or {}).get("train_loss")), (r.meta or {}).get(NUM_STEPS, 1))
                   for r in results if (r.metrics or {}).get("train_loss") is not None]
@@ -193,21 +255,15 @@ class PooledFedAvg(BaseFedAvg):
                 record[f"site_{key}"] = per_site
         if self.job_kind != "ece_finetune":
             return M.nan_safe(record)
-        site_stats, suppressed = {}, []
-        for r in results:
-            stats = (r.meta or {}).get("site_stats") or {}
-            if stats.get("suppressed"):
-                suppressed.append(_client(r))
-            elif stats.get("n_cases"):
-                site_stats[_client(r)] = stats
-        record["sites"] = {site: M.summary(stats) for site, stats in sorted(site_stats.items())}
-        for site in suppressed:
-            record["sites"][site] = {"suppressed": True}
-        if round_id == "final":  # per-site ROC curves for the report (the server holds these histograms anyway)
-            record["site_roc"] = {site: {"score_hist_pos": st["score_hist_pos"], "score_hist_neg": st["score_hist_neg"]}
-                                  for site, st in sorted(site_stats.items())}
-        if site_stats:
-            merged = M.merge_stats(list(site_stats.values()))
+        record["sites"] = {}
+        for r in sorted(evaluated, key=_client):
+            summary = (r.meta or {}).get(SITE_SUMMARY) or {}
+            if summary.get("suppressed"):
+                record["sites"][_client(r)] = {"suppressed": True}
+            elif summary.get("n_cases"):
+                record["sites"][_client(r)] = summary
+        merged = self._secure_sum((model.meta or {}).get(SECURE_SPEC), evaluated, self.threshold)
+        if merged:
             record["pooled"] = M.summary(merged, n_boot=1000)
             record["roc"] = {"score_hist_pos": merged["score_hist_pos"], "score_hist_neg": merged["score_hist_neg"]}
             # the next operating threshold: Youden's J on the pooled ROC, at a histogram bin edge
