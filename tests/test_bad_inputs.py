@@ -141,6 +141,19 @@ def test_mixed_series_is_resolved_by_the_rtstruct_reference(defect_site):
     assert any("mixed" in w for w in case["warnings"])
     good = defect_site["cases"]["good1"]
     assert case["n_slices"] == good["n_slices"]
+    # the series written is the patient's own (the RTSTRUCT's), not the other patient's dropped beside it: the
+    # written image holds exactly the HU values of the patient's own slices (orientation-free comparison)
+    import nibabel as nib
+    import numpy as np
+    folder = defect_site["root"] / "dicom" / "mixed_series" / "CT"
+    own = [pydicom.dcmread(f) for f in sorted(folder.iterdir()) if not f.name.startswith("other_")]
+    other = [pydicom.dcmread(f) for f in sorted(folder.iterdir()) if f.name.startswith("other_")]
+    hu = lambda series: np.sort(np.concatenate(  # noqa: E731
+        [(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)).ravel() for ds in series]))
+    datalist = json.loads((defect_site["out"] / "datalist.json").read_text())
+    item = next(e for e in datalist["training"] + datalist["unlabeled"] if e["case_id"] == case["case_id"])
+    written = np.sort(np.asarray(nib.load(defect_site["out"] / item["image"]).dataobj, dtype=np.float64).ravel())
+    assert np.allclose(written, hu(own), atol=0.51) and not np.allclose(written, hu(other), atol=0.51)
 
 
 def test_labelled_cases_with_bad_contours_keep_their_ct_for_pretraining(defect_site):
@@ -156,6 +169,8 @@ def test_labelled_cases_with_bad_contours_keep_their_ct_for_pretraining(defect_s
 def test_unreadable_label_rows_are_reported_by_row_number(defect_site):
     rejected = defect_site["qc"]["summary"]["label_rows_rejected"]
     assert [r["reason"] for r in rejected] == ["ece is not 0/1 (or yes/no)", "empty patient_id"]
+    lines = (defect_site["root"] / "labels.csv").read_text().splitlines()  # a spreadsheet's row numbers
+    assert [r["row"] for r in rejected] == [lines.index("SOMEONE,maybe") + 1, lines.index(",1") + 1]
     assert "SOMEONE" not in (defect_site["out"] / "qc_report.json").read_text()
 
 

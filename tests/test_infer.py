@@ -175,12 +175,45 @@ def test_batch_inference_over_a_folder_of_patients(model_file, synth_root, patie
     assert "mae" in capsys.readouterr().err.lower()
 
 
-def test_infer_with_the_patients_own_contours(model_file, patient, tmp_path):
-    out = tmp_path / "out"
-    assert ecefl_main(["infer", "--model", str(model_file), "--dicom", str(patient), "--out", str(out),
-                       "--use-rtstruct"]) == 0
-    result = json.loads((out / "result.json").read_text())
+def test_infer_with_the_patients_own_contours(patient, preprocessed, tmp_path):
+    """--use-rtstruct pools over the patient's own contours: with an evidence head that reads the windowed CT
+    value only (e = GELU(x)) and no perinodal shell, the logit is the mean of GELU(x) over the nodes, which the
+    test computes itself from the site's preprocessed CT and nodal mask; the predicted region gives another."""
+    import csv
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, ScaleIntensityRange, Spacing
+    plan = get_plan("test-tiny", shell_weight=0.0)
+    model = DualOutputSwinUNETR(plan)
+    n_feat = plan.feature_size
+    with torch.no_grad():
+        model.net.out.conv.conv.bias.zero_()
+        for p in model.evidence_head.parameters():
+            p.zero_()
+        model.evidence_head[0].weight[0, n_feat, 1, 1, 1] = 1.0  # channel n_feat is x, the windowed CT value
+        model.evidence_head[2].weight[0, 0] = 1.0
+    save_checkpoint(tmp_path / "m.pt", "dual", plan, model.state_dict(), threshold=0.5)
+    logits = {}
+    for flag in (["--use-rtstruct"], []):
+        out = tmp_path / ("rs" if flag else "pred")
+        assert ecefl_main(["infer", "--model", str(tmp_path / "m.pt"), "--dicom", str(patient), "--out", str(out),
+                           *flag]) == 0
+        result = json.loads((out / "result.json").read_text())
+        logits[bool(flag)] = float(np.log(result["ece_probability"] / (1 - result["ece_probability"])))
+    assert result["region"] == "predicted"
+    result = json.loads((tmp_path / "rs" / "result.json").read_text())
     assert result["region"] == "rtstruct" and 0 < result["region_volume_ml"] < 100
+    # the same patient's CT and nodes as the site preprocessed them, on the plan grid
+    site = preprocessed["hospital-a"]
+    case_id = next(r["case_id"] for r in csv.DictReader(open(site / "private" / "id_map.csv"))
+                   if r["patient_folder"] == patient.name)
+    item = next(e for e in json.loads((site / "datalist.json").read_text())["training"] if e["case_id"] == case_id)
+    ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    load = Compose([LoadImage(image_only=True), EnsureChannelFirst(), ras])
+    x = ScaleIntensityRange(*plan.hu_window, 0.0, 1.0, clip=True)(Spacing(pixdim=plan.spacing, mode="bilinear")(
+        load(str(site / item["image"]))))
+    nodes = Spacing(pixdim=plan.spacing, mode="nearest")(load(str(site / item["nodes"]))) > 0.5
+    expected = float(torch.nn.functional.gelu(torch.as_tensor(np.asarray(x))[torch.as_tensor(np.asarray(nodes))]).mean())
+    assert logits[True] == pytest.approx(expected, abs=0.01)
+    assert abs(logits[False] - expected) > 0.03
 
 
 def test_infer_errors_are_clear(model_file, patient, tmp_path, capsys):

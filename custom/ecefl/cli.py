@@ -69,17 +69,29 @@ def _overrides(args) -> dict:
     return {**{k: v for k, v in out.items() if v is not None}, **parse_assignments(getattr(args, "plan_set", []))}
 
 
-def _learning_errors(fn):
-    """Turn user-caused failures (bad datalist, bad model file, bad preset) into a message and exit 2."""
+def _exit_codes(fn):
+    """The one place where errors become exit codes (README): a federated job, POC or federation operation that
+    failed -> 1; a user's error (bad datalist, model file, path, argument, DICOM) -> 2; a message, no traceback."""
     def run(args) -> int:
         from ecefl.checkpoint import CheckpointError
         from ecefl.data import DataError
+        from ecefl.fl.admin import AdminError
+        from ecefl.fl.poc import PocError
+        from ecefl.fl.simulate import FederatedRunError
+        from ecefl.infer import InferenceError
+        from site_preprocess.errors import UsageError
         try:
-            return fn(args)
-        except (DataError, CheckpointError, ValueError) as exc:
+            return int(fn(args) or 0)
+        except (FederatedRunError, PocError, AdminError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except (DataError, CheckpointError, InferenceError, UsageError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     return run
+
+
+_learning_errors = _exit_codes
 
 
 def _training_parser(sub, name: str, help_text: str, epochs: int):
@@ -196,22 +208,16 @@ def _fl(sub) -> None:
     s.add_argument("--no-progress", action="store_true")
     _plan_overrides(s)
 
+    @_exit_codes
     def run(args) -> int:
-        from ecefl.fl.simulate import FederatedRunError, parse_sites, simulate
-        try:
-            sites = parse_sites(args.site)
-            simulate(sites, args.job, args.rounds, args.local_epochs, args.preset, args.workspace,
-                     min_sites=args.min_sites, seed=args.seed, init=args.init, val_fraction=args.val_fraction,
-                     min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
-                     resume=args.resume, privacy=args.privacy, privacy_scope=args.privacy_scope,
-                     cross_site=args.cross_site_eval, task_timeout=args.task_timeout,
-                     **_overrides(args), **({"validate_every": args.validate_every} if args.validate_every else {}))
-        except FederatedRunError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        from ecefl.fl.simulate import parse_sites, simulate
+        sites = parse_sites(args.site)
+        simulate(sites, args.job, args.rounds, args.local_epochs, args.preset, args.workspace,
+                 min_sites=args.min_sites, seed=args.seed, init=args.init, val_fraction=args.val_fraction,
+                 min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
+                 resume=args.resume, privacy=args.privacy, privacy_scope=args.privacy_scope,
+                 cross_site=args.cross_site_eval, task_timeout=args.task_timeout,
+                 **_overrides(args), **({"validate_every": args.validate_every} if args.validate_every else {}))
         _print_pooled(args.workspace)
         return 0
     s.set_defaults(func=run)
@@ -254,43 +260,37 @@ def _fl_admin(fl_sub) -> None:
     do.add_argument("job_id")
     do.add_argument("--out", required=True)
 
+    @_exit_codes
     def run(args) -> int:
         from ecefl.fl import admin
-        try:
-            if args.fl_command == "submit":
-                n_sites = args.min_sites
-                if n_sites is None:
-                    with admin.session(args.admin_kit) as s:
-                        n_sites = len(s.get_connected_client_list())
-                    if not n_sites:
-                        print("error: no site is connected to the server; start the sites first", file=sys.stderr)
-                        return 1
-                job_id = admin.submit(args.admin_kit, _export_job(args, n_sites=n_sites, workdir=args.workdir))
-                print(job_id)
-            elif args.fl_command == "status":
-                for meta in admin.status(args.admin_kit, args.job_id):
-                    print(f"{meta.get('job_id')}  {meta.get('name', ''):14} {meta.get('status', ''):22} "
-                          f"submitted {meta.get('submit_time_iso', '')}")
-                if args.job_id:
-                    for where, errs in admin.errors(args.admin_kit, args.job_id).items():
-                        print(f"errors at {where}: {errs or 'none'}")
-            elif args.fl_command == "wait":
-                meta = admin.wait(args.admin_kit, args.job_id, timeout=args.timeout)
-                print(f"job {args.job_id}: {meta.get('status')}")
-            elif args.fl_command == "abort":
-                admin.abort(args.admin_kit, args.job_id)
-                print(f"job {args.job_id}: abort requested")
-            else:
-                out = admin.download(args.admin_kit, args.job_id, args.out)
-                print(f"results in {out}")
-                if (out / "pooled_metrics.json").is_file():
-                    print(describe_events(json.loads((out / "pooled_metrics.json").read_text())))
-        except admin.AdminError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        if args.fl_command == "submit":
+            n_sites = args.min_sites
+            if n_sites is None:
+                with admin.session(args.admin_kit) as s:
+                    n_sites = len(s.get_connected_client_list())
+                if not n_sites:
+                    print("error: no site is connected to the server; start the sites first", file=sys.stderr)
+                    return 1
+            job_id = admin.submit(args.admin_kit, _export_job(args, n_sites=n_sites, workdir=args.workdir))
+            print(job_id)
+        elif args.fl_command == "status":
+            for meta in admin.status(args.admin_kit, args.job_id):
+                print(f"{meta.get('job_id')}  {meta.get('name', ''):14} {meta.get('status', ''):22} "
+                      f"submitted {meta.get('submit_time_iso', '')}")
+            if args.job_id:
+                for where, errs in admin.errors(args.admin_kit, args.job_id).items():
+                    print(f"errors at {where}: {errs or 'none'}")
+        elif args.fl_command == "wait":
+            meta = admin.wait(args.admin_kit, args.job_id, timeout=args.timeout)
+            print(f"job {args.job_id}: {meta.get('status')}")
+        elif args.fl_command == "abort":
+            admin.abort(args.admin_kit, args.job_id)
+            print(f"job {args.job_id}: abort requested")
+        else:
+            out = admin.download(args.admin_kit, args.job_id, args.out)
+            print(f"results in {out}")
+            if (out / "pooled_metrics.json").is_file():
+                print(describe_events(json.loads((out / "pooled_metrics.json").read_text())))
         return 0
     for sp in (su, st, wa, ab, do):
         sp.set_defaults(func=run)
@@ -363,51 +363,45 @@ def _poc(sub) -> None:
                             help="fault drill: kill the server or one site as if its machine went down")
     ki.add_argument("service", help="server or a site name")
 
+    @_exit_codes
     def run(args) -> int:
         from ecefl.fl import poc
-        try:
-            if args.poc_command == "prepare":
-                datalists = dict(item.split("=", 1) for item in args.datalist)
-                if not datalists:
-                    if not args.sites:
-                        print("error: give --datalist NAME=PATH per hospital, or --sites N", file=sys.stderr)
-                        return 2
-                    datalists = {f"site-{i + 1}": "" for i in range(args.sites)}
-                state = poc.prepare(args.workspace, {k: v for k, v in datalists.items()}, port=args.port,
-                                    privacy=args.privacy, heartbeat_timeout=args.heartbeat_timeout,
-                                    large_updates=args.large_updates)
-                print(f"POC prepared in {state['workspace']} for {', '.join(state['sites'])} (port {state['port']})")
-            elif args.poc_command == "start":
-                state = poc.start(args.workspace, services=args.service)
-                print(f"POC running; connected: {', '.join(state['connected'])}")
-            elif args.poc_command == "submit":
-                if args.resume_job:
-                    args.resume = str(poc.server_run_dir(args.workspace, args.resume_job))
-                job_dir = _export_job(args)
-                job_id = poc.submit(args.workspace, job_dir)
-                print(job_id)
-            elif args.poc_command == "wait":
-                meta = poc.wait(args.workspace, args.job_id, timeout=args.timeout)
-                print(f"job {args.job_id}: {meta.get('status')}")
-            elif args.poc_command == "download":
-                out = poc.download(args.workspace, args.job_id, args.out)
-                print(f"results in {out}")
-                if (out / "pooled_metrics.json").is_file():
-                    print(describe_events(json.loads((out / "pooled_metrics.json").read_text())))
-            elif args.poc_command == "stop":
-                poc.stop(args.workspace)
-                print("POC stopped")
-            elif args.poc_command == "kill":
-                pids = poc.kill(args.workspace, args.service)
-                print(f"killed {args.service} (pids {', '.join(map(str, pids))}); `ecefl poc start` restarts it")
-            else:
-                p.print_help()
-                return 2
-        except poc.PocError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        if args.poc_command == "prepare":
+            datalists = dict(item.split("=", 1) for item in args.datalist)
+            if not datalists:
+                if not args.sites:
+                    print("error: give --datalist NAME=PATH per hospital, or --sites N", file=sys.stderr)
+                    return 2
+                datalists = {f"site-{i + 1}": "" for i in range(args.sites)}
+            state = poc.prepare(args.workspace, {k: v for k, v in datalists.items()}, port=args.port,
+                                privacy=args.privacy, heartbeat_timeout=args.heartbeat_timeout,
+                                large_updates=args.large_updates)
+            print(f"POC prepared in {state['workspace']} for {', '.join(state['sites'])} (port {state['port']})")
+        elif args.poc_command == "start":
+            state = poc.start(args.workspace, services=args.service)
+            print(f"POC running; connected: {', '.join(state['connected'])}")
+        elif args.poc_command == "submit":
+            if args.resume_job:
+                args.resume = str(poc.server_run_dir(args.workspace, args.resume_job))
+            job_dir = _export_job(args)
+            job_id = poc.submit(args.workspace, job_dir)
+            print(job_id)
+        elif args.poc_command == "wait":
+            meta = poc.wait(args.workspace, args.job_id, timeout=args.timeout)
+            print(f"job {args.job_id}: {meta.get('status')}")
+        elif args.poc_command == "download":
+            out = poc.download(args.workspace, args.job_id, args.out)
+            print(f"results in {out}")
+            if (out / "pooled_metrics.json").is_file():
+                print(describe_events(json.loads((out / "pooled_metrics.json").read_text())))
+        elif args.poc_command == "stop":
+            poc.stop(args.workspace)
+            print("POC stopped")
+        elif args.poc_command == "kill":
+            pids = poc.kill(args.workspace, args.service)
+            print(f"killed {args.service} (pids {', '.join(map(str, pids))}); `ecefl poc start` restarts it")
+        else:
+            p.print_help()
             return 2
         return 0
     for sp in (pr, st, su, wa, do, so, ki):
@@ -510,35 +504,25 @@ def _infer(sub) -> None:
     p.add_argument("--roi-name", default="ECEFL_nodes_pred", help="name of the predicted ROI in RTSTRUCT and SEG")
     p.add_argument("--roi-color", default="255,0,0", help="R,G,B of the predicted ROI in the RTSTRUCT")
 
+    @_exit_codes
     def run(args) -> int:
-        from ecefl.checkpoint import CheckpointError
-        from ecefl.infer import InferenceError, infer
+        from ecefl.infer import infer, infer_batch, patient_folders
         from site_preprocess.config import SiteConfig
-        from site_preprocess.errors import UsageError
         try:
             color = [int(c) for c in args.roi_color.split(",")]
-            if len(color) != 3 or not all(0 <= c <= 255 for c in color):
-                raise ValueError
         except ValueError:
-            print(f"error: --roi-color {args.roi_color!r}: give R,G,B with values 0-255, e.g. 255,0,0",
-                  file=sys.stderr)
-            return 2
-        try:
-            from pathlib import Path
-            from ecefl.infer import infer_batch, patient_folders
-            folders = patient_folders(args.dicom)
-            if args.batch or folders:
-                if folders is None:
-                    folders = sorted(d for d in Path(args.dicom).iterdir() if d.is_dir() and not d.name.startswith("."))
-                rows = infer_batch(args.model, args.dicom, args.out, args.use_rtstruct, SiteConfig.load(args.config),
-                                   progress=not args.no_progress, roi_name=args.roi_name, roi_color=color,
-                                   folders=folders)
-                return 0 if all(r["status"] == "ok" for r in rows) else 3
-            infer(args.model, args.dicom, args.out, args.use_rtstruct, SiteConfig.load(args.config),
-                  roi_name=args.roi_name, roi_color=color)
-        except (InferenceError, CheckpointError, UsageError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            color = []
+        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+            raise ValueError(f"--roi-color {args.roi_color!r}: give R,G,B with values 0-255, e.g. 255,0,0")
+        folders = patient_folders(args.dicom)
+        if args.batch or folders:
+            folders = folders or sorted(d for d in Path(args.dicom).iterdir() if d.is_dir() and not d.name.startswith("."))
+            rows = infer_batch(args.model, args.dicom, args.out, args.use_rtstruct, SiteConfig.load(args.config),
+                               progress=not args.no_progress, roi_name=args.roi_name, roi_color=color,
+                               folders=folders)
+            return 0 if all(r["status"] == "ok" for r in rows) else 3
+        infer(args.model, args.dicom, args.out, args.use_rtstruct, SiteConfig.load(args.config),
+              roi_name=args.roi_name, roi_color=color, progress=not args.no_progress)
         return 0
     p.set_defaults(func=run)
 

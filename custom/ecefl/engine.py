@@ -230,8 +230,10 @@ class Pretrainer:
 
 
 @torch.no_grad()
-def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, region: torch.Tensor | None = None):
-    """Whole-volume sliding-window outputs (1, 4, ...) and the case probability; image is (1,1,D,H,W) in [0,1]."""
+def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, region: torch.Tensor | None = None,
+                   progress: bool = False):
+    """Whole-volume sliding-window outputs (1, C, ...) and the case probability; image is (1,1,D,H,W) in [0,1].
+    progress: a bar over the windows (inference of one patient on a CPU takes minutes)."""
     dev = device()
     model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
 
@@ -241,12 +243,13 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     with _autocast(plan, dev):
         if region is None:
             out = sliding_window_inference(image.to(dev), roi_size=plan.patch_size, sw_batch_size=1,
-                                           predictor=predictor, overlap=plan.sw_overlap, mode="constant")
+                                           predictor=predictor, overlap=plan.sw_overlap, mode="constant",
+                                           progress=progress)
         else:
             both = torch.cat([image, region.float()], dim=1).to(dev)
             out = sliding_window_inference(both, roi_size=plan.patch_size, sw_batch_size=1,
                                            predictor=lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5),
-                                           overlap=plan.sw_overlap, mode="constant")
+                                           overlap=plan.sw_overlap, mode="constant", progress=progress)
     prob = torch.sigmoid(model.pool(out)).item()
     return out.cpu(), float(prob)
 

@@ -70,8 +70,9 @@ def _load(model_path):
 
 
 def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=None, log=print,
-          roi_name: str = ROI_NAME, roi_color=ROI_COLOR, loaded=None) -> dict:
-    """loaded: (checkpoint, model) already read (batch inference reads the model file once)."""
+          roi_name: str = ROI_NAME, roi_color=ROI_COLOR, loaded=None, progress: bool = False) -> dict:
+    """loaded: (checkpoint, model) already read (batch inference reads the model file once); progress: a bar
+    over the sliding windows."""
     from site_preprocess.config import SiteConfig
     from site_preprocess.outputs import write_nifti
     site_config = site_config or SiteConfig()
@@ -96,7 +97,7 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
                            Spacing(pixdim=plan.spacing, mode="nearest")])(str(Path(tmp) / "region.nii.gz"))
             region = torch.as_tensor(np.asarray(reg)).unsqueeze(0) > 0.5
         voxel_out, prob = predict_volume(model, torch.as_tensor(np.asarray(image)).unsqueeze(0).float(), plan,
-                                         region=region)
+                                         region=region, progress=progress)
         pred_plan = (voxel_out[0, 1] > voxel_out[0, 0]).float()[None]
         pred_meta = image.clone()
         pred_meta.array = pred_plan.numpy()
@@ -124,12 +125,18 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
         "rtstruct_roi": roi_name,
         "rtstruct_roi_empty": not bool(nodes_native.any()),
         "evidence": {"file": "evidence.nii.gz", "unit": "contribution to the ECE logit per CT voxel",
-                     "sum": round(float(evidence_native.sum()), 4), "bias": round(float(model.cls_bias), 4),
+                     "sum": round(float(evidence_native.sum()), 4), "bias": round(float(model.cls_bias.detach()), 4),
                      "note": "sum + bias is the ECE logit up to resampling"},
         "seg": "SEG_pred.dcm",
     }
     _write_rtstruct(series_files, nodes_native, out / "RTSTRUCT_pred.dcm", roi_name, roi_color)
-    _write_seg(series_files, nodes_native, out / "SEG_pred.dcm", plan, Path(model_path).name, roi_name)
+    try:
+        _write_seg(series_files, nodes_native, out / "SEG_pred.dcm", plan, Path(model_path).name, roi_name)
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        # highdicom checks the series strictly (one study, frame of reference, size); the other outputs stand
+        result["seg"] = None
+        result["seg_not_written"] = f"{type(exc).__name__}: {exc}"
+        log(f"warning: no DICOM SEG for this series ({result['seg_not_written']}); RTSTRUCT and NIfTI are written")
     evidence = evidence_plan.numpy()
     _evidence_png(np.asarray(image[0]), pred_plan[0].numpy(), evidence, None if region is None else
                   region[0, 0].numpy(), result, out / "evidence.png")

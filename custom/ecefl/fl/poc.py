@@ -222,12 +222,13 @@ def submit(workspace, job_dir: Path) -> str:
 
 
 def wait(workspace, job_id: str, timeout: float = 3600.0) -> dict:
-    with session(workspace) as s:
-        meta = s.wait_for_job(job_id, timeout=timeout)
-    status = str(meta.get("status", ""))
-    if status != "FINISHED:COMPLETED":
-        raise PocError(f"job {job_id} ended with status {status}\n{_errors(workspace, job_id)}")
-    return meta
+    """Follow the job (its status changes on stderr) until it ends; PocError with the sites' error lines unless
+    it completed."""
+    from .admin import AdminError, wait as admin_wait
+    try:
+        return admin_wait(load_state(workspace)["admin"], job_id, timeout=timeout, user=ADMIN, poll=2.0)
+    except AdminError as exc:
+        raise PocError(f"{exc}\n{_errors(workspace, job_id)}") from exc
 
 
 def _errors(workspace, job_id: str) -> str:
