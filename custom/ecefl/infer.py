@@ -19,8 +19,8 @@ import torch
 from monai.transforms import (Compose, EnsureChannelFirst, LoadImage, Orientation, ResampleToMatch,
                               ScaleIntensityRange, Spacing)
 
-from .checkpoint import load_checkpoint
 from .engine import predict_volume
+from .stages import load_dual_model
 from .model import DualOutputSwinUNETR
 
 ROI_NAME = "ECEFL_nodes_pred"
@@ -62,21 +62,14 @@ def _read_patient(dicom_dir: Path, use_rtstruct: bool, site_config):
     return ct, [p for p, _ in files], region
 
 
-def _load(model_path):
-    ckpt = load_checkpoint(model_path, kind="dual")
-    model = DualOutputSwinUNETR(ckpt["plan"])
-    model.load_state_dict(ckpt["model"], strict=True)
-    return ckpt, model
-
-
 def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=None, log=print,
           roi_name: str = ROI_NAME, roi_color=ROI_COLOR, loaded=None, progress: bool = False) -> dict:
-    """loaded: (checkpoint, model) already read (batch inference reads the model file once); progress: a bar
+    """loaded: (model, checkpoint) already read (batch inference reads the model file once); progress: a bar
     over the sliding windows."""
     from site_preprocess.config import SiteConfig
     from site_preprocess.outputs import write_nifti
     site_config = site_config or SiteConfig()
-    ckpt, model = loaded or _load(model_path)
+    model, ckpt = loaded or load_dual_model(model_path)
     plan = ckpt["plan"]
     ct, series_files, region_native = _read_patient(Path(dicom_dir), use_rtstruct, site_config)
     out = Path(out)
@@ -178,7 +171,7 @@ def infer_batch(model_path, root, out, use_rtstruct: bool = False, site_config=N
     folders = folders or patient_folders(root) or []
     if not folders:
         raise InferenceError(f"{root} holds no patient sub-folders with a CT series")
-    loaded = _load(model_path)
+    loaded = load_dual_model(model_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

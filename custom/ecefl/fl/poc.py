@@ -201,24 +201,15 @@ def connected_sites(workspace) -> list[str]:
         return sorted(c.name for c in s.get_connected_client_list())
 
 
-class session:
-    """Context manager around the FLARE API secure session of the POC's project admin."""
-
-    def __init__(self, workspace):
-        self.state = load_state(workspace)
-
-    def __enter__(self):
-        from .admin import session as admin_session
-        self._admin = admin_session(self.state["admin"], ADMIN, timeout=20.0)
-        return self._admin.__enter__()
-
-    def __exit__(self, *exc):
-        self._admin.__exit__(*exc)
+def session(workspace):
+    """The FLARE API secure session of the POC's project admin (a context manager, as for any admin kit)."""
+    from .admin import session as admin_session
+    return admin_session(load_state(workspace)["admin"], ADMIN, timeout=20.0)
 
 
 def submit(workspace, job_dir: Path) -> str:
-    with session(workspace) as s:
-        return s.submit_job(str(job_dir))
+    from .admin import submit as admin_submit
+    return admin_submit(load_state(workspace)["admin"], job_dir, user=ADMIN)
 
 
 def wait(workspace, job_id: str, timeout: float = 3600.0) -> dict:

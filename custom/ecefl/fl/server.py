@@ -131,12 +131,11 @@ class PooledFedAvg(BaseFedAvg):
         targets = self.sample_clients()
         replies = self._send_and_wait(SS.KEYS_TASK, FLModel(params={}, meta={"job": self.job_kind}), targets)
         self.site_keys = {_client(r): str(r.meta["public_key"]) for r in replies if (r.meta or {}).get("public_key")}
-        for site in sorted({getattr(t, "name", t) for t in targets} - set(self.site_keys)):
+        for site in sorted(set(targets) - set(self.site_keys)):  # sample_clients gives site names
             self._event("secure_sum", site, "no key exchanged: its evaluation statistics are not pooled in this job")
 
     def _secure_spec(self, targets) -> dict | None:
-        peers = {name: self.site_keys[name] for name in (getattr(t, "name", t) for t in targets)
-                 if name in self.site_keys}
+        peers = {name: self.site_keys[name] for name in targets if name in self.site_keys}
         if len(peers) < SS.MIN_SITES:
             return None  # one site's "sum" would be its own statistics: none are sent
         return {"context": f"{self.current_round}-{uuid.uuid4().hex}", "peers": peers}
