@@ -19,6 +19,7 @@ from ecefl.model import DualOutputSwinUNETR, encoder_keys
 
 VAL_FRACTION = 0.5
 SITES = ("hospital-a", "hospital-b")
+REFIT_ITERATIONS = 3
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def simulated(fl_sites, tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("ws")
     args = ["fl", "simulate", "--job", "all", "--rounds", "1", "--local-epochs", "1", "--preset", "test-tiny",
             "--workspace", str(ws), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
-            "--cross-site-eval"]
+            "--cross-site-eval", "--set", f"readout_refit_iterations={REFIT_ITERATIONS}"]
     for site, datalist in fl_sites.items():
         args += ["--site", f"{site}={datalist}"]
     assert ecefl_main(args) == 0
@@ -180,3 +181,30 @@ def test_phi_audit_of_everything_the_federated_run_left(simulated, fl_root):
     # the audit read the model files and TensorBoard event files too (not only text)
     assert sum(p.suffix == ".pt" for p in scanned) >= 4
     assert any("tfevents" in p.name for p in scanned)
+
+
+def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites):
+    """The server's Newton iterations on securely summed site terms give the read-out that the same iterations
+    give on all sites' training-case features in one place (ecefl.readout), and lower the pooled loss."""
+    from ecefl import readout as R
+    report = json.loads((simulated / "ece_finetune" / "pooled_metrics.json").read_text())
+    refit = report["readout_refit"]
+    assert refit["iterations"] == REFIT_ITERATIONS and sorted(refit["sites"]) == list(SITES)
+    assert len(refit["loss"]) == REFIT_ITERATIONS and refit["loss"][-1] < refit["loss"][0]
+    ckpt = load_checkpoint(simulated / "ece_finetune" / "global_model.pt", kind="dual")
+    model = DualOutputSwinUNETR(ckpt["plan"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    final_theta = model.readout_parameters().double().numpy()
+    np.testing.assert_allclose(final_theta, refit["theta"], atol=1e-6)
+    theta0 = np.array(refit["theta_joint"])
+    model.set_readout_parameters(torch.as_tensor(theta0))  # the jointly trained model the sites refitted
+    data = []
+    for site in SITES:
+        labelled, _ = load_datalist(fl_sites[site], site=site)
+        train, _ = stratified_split(labelled, VAL_FRACTION, 0)
+        data.append((R.case_features(model, train, ckpt["plan"]), np.array([it["ece"] for it in train]),
+                     R.site_pos_weight(train)))
+    expected, losses = R.refit_centralised(theta0, data, ckpt["plan"].readout_ridge, REFIT_ITERATIONS)
+    np.testing.assert_allclose(final_theta, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(refit["loss"], losses, rtol=1e-5)
+    assert np.abs(expected - theta0).max() > 1e-3, "the refit moved the read-out"

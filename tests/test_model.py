@@ -105,3 +105,27 @@ def test_evidence_reference_cancels_what_shifts_every_voxels_evidence():
             assert float(out[:, 6].sum()) > 1000  # the reference holds tissue voxels
         assert (abs(float(after - before) - 0.7) < 1e-3) == moves and (abs(float(after - before)) < 1e-3) != moves
         assert float(model.evidence_map(out).sum() + model.cls_bias) == pytest.approx(float(after), abs=1e-4)
+
+
+def test_case_logit_is_linear_in_the_readout_features(plan):
+    """ecefl.readout's premise: logit = [z, s, 1] . theta exactly, for cases pooled over confident node voxels
+    (gated region) and without any (soft region), so refitting theta is a logistic regression on fixed features."""
+    import numpy as np
+    from ecefl import readout as R
+    x = torch.rand(2, 1, *plan.patch_size)
+    for node_bias in (-12.0, 12.0):  # no voxel with p >= 0.5 / every voxel
+        model = DualOutputSwinUNETR(plan).eval()
+        with torch.no_grad():
+            model.net.out.conv.conv.bias.copy_(torch.tensor([0.0, node_bias]))
+            out = model.voxel_outputs(x)
+            assert bool((out[:, 2].flatten(1).sum(1) >= 1).all()) == (node_bias > 0)
+            logit = model.pool(out).double().numpy()
+            features = DualOutputSwinUNETR.readout_features(model.readout_channels(x)).double().numpy()
+        theta = model.readout_parameters().double().numpy()
+        np.testing.assert_allclose(R.design(features) @ theta, logit, rtol=1e-4, atol=1e-5)
+        theta2 = theta + np.random.default_rng(0).normal(0, 0.3, theta.shape)
+        model.set_readout_parameters(torch.as_tensor(theta2))
+        with torch.no_grad():
+            logit2 = model.pool(model.voxel_outputs(x)).double().numpy()
+        np.testing.assert_allclose(R.design(features) @ theta2, logit2, rtol=1e-4, atol=1e-5)
+        assert np.abs(logit2 - logit).max() > 1e-3

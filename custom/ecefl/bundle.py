@@ -15,6 +15,7 @@ import monai
 import torch
 
 from .checkpoint import load_checkpoint
+from .data import preprocessing_spec
 
 
 def inference_config(plan) -> dict:
@@ -30,15 +31,8 @@ def inference_config(plan) -> dict:
                         "num_heads": list(plan.num_heads), "use_v2": plan.use_v2,
                         "window_size": plan.window_size, "spatial_dims": 3},
         "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image", "image_only": True},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS",
-             "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": list(plan.spacing), "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": plan.hu_window[0],
-             "a_max": plan.hu_window[1], "b_min": 0.0, "b_max": 1.0, "clip": True},
-        ]},
+        # the training preprocessing itself (ecefl.data.preprocessing_spec), so the bundle cannot drift from it
+        "preprocessing": {"_target_": "Compose", "transforms": preprocessing_spec(plan, ["image"])},
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]",
                     "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,

@@ -61,3 +61,12 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
                                  else ""))
     payload["plan"] = Plan.from_dict(payload["plan"])
     return payload
+
+
+def load_model(path: str | Path, kind: str = "dual"):
+    """(model with the checkpoint's weights, checkpoint): the one way a checkpoint becomes a model."""
+    from .model import DualOutputSwinUNETR, MaskedPretrainer
+    payload = load_checkpoint(path, kind=kind)
+    model = (DualOutputSwinUNETR if payload["kind"] == "dual" else MaskedPretrainer)(payload["plan"])
+    model.load_state_dict(payload["model"], strict=True)
+    return model, payload

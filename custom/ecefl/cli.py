@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ecefl.job_kinds import FINETUNE, JOB_KINDS
 from ecefl.plan import PRESETS
 
 _PRESET_NAMES = sorted(PRESETS)
@@ -185,7 +186,7 @@ def _fl(sub) -> None:
     s = fl_sub.add_parser("simulate", help="run mae_pretrain / ece_finetune / all in the NVFlare simulator")
     s.add_argument("--site", action="append", required=True, metavar="NAME=DATALIST",
                    help="a site and its datalist.json (repeatable); site-local, never part of the job")
-    s.add_argument("--job", choices=["mae_pretrain", "ece_finetune", "all"], default="all")
+    s.add_argument("--job", choices=[*JOB_KINDS, "all"], default="all")
     s.add_argument("--rounds", type=int, default=5)
     s.add_argument("--local-epochs", type=int, default=1)
     s.add_argument("--preset", default="cpu-small", choices=_PRESET_NAMES)
@@ -310,7 +311,7 @@ def _cross_site_arguments(p) -> None:
 
 def _job_arguments(p) -> None:
     """The options of a job submitted to running sites (POC or a provisioned federation), declared once."""
-    p.add_argument("job", choices=["mae_pretrain", "ece_finetune"])
+    p.add_argument("job", choices=JOB_KINDS)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--preset", default="cpu-small", choices=_PRESET_NAMES)
@@ -424,7 +425,7 @@ def _export_job(args, n_sites: int | None = None, workdir=None):
             raise ValueError("--resume and --init exclude each other: a resumed job starts from its checkpoint")
         plan, initial, resume = resume_point(args.resume, args.job, workdir / f"resume_model-{stamp}.pt")
         print(f"resuming {args.job} at round {resume['start_round']} of {args.rounds}")
-    elif args.job == "ece_finetune" and args.init:
+    elif args.job == FINETUNE and args.init:
         from ecefl.fl.simulate import finetune_start
         plan, initial = finetune_start(args.init, plan, workdir / "initial_model.pt", print)
     if n_sites is None:
@@ -442,7 +443,7 @@ def _export_job(args, n_sites: int | None = None, workdir=None):
 def _print_pooled(workspace) -> None:
     from pathlib import Path
     import json
-    path = Path(workspace) / "ece_finetune" / "pooled_metrics.json"
+    path = Path(workspace) / FINETUNE / "pooled_metrics.json"
     if not path.is_file():
         return
     report = json.loads(path.read_text())

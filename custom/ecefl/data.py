@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
-from monai.transforms import (Compose, EnsureTyped, LoadImaged, Orientationd, RandAffined, RandCropByPosNegLabeld,
-                              RandFlipd, RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd,
-                              RandShiftIntensityd, RandSimulateLowResolutiond, RandSpatialCropd, ScaleIntensityRanged,
-                              Spacingd, SpatialPadd)
+from monai.transforms import (Compose, EnsureTyped, RandAffined, RandCropByPosNegLabeld, RandFlipd,
+                              RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd,
+                              RandSimulateLowResolutiond, RandSpatialCropd, SpatialPadd)
 
 from .plan import Plan
 
@@ -114,16 +113,32 @@ def label_subset(items: list[dict], fraction: float, seed: int) -> list[dict]:
     return keep
 
 
+def preprocessing_spec(plan: Plan, keys: list[str], load: bool = True) -> list[dict]:
+    """The plan-driven preprocessing (RAS, the plan's spacing, the HU window to [0, 1]) as MONAI-bundle records
+    {"_target_": dictionary transform, **arguments}: the one definition that training and evaluation (here),
+    inference (infer.py) and the MONAI bundle's inference.json (bundle.py) are all built from. Images are
+    resampled linearly, every other key (masks) by nearest neighbour."""
+    keys = list(keys)
+    spec = [{"_target_": "LoadImaged", "keys": keys, "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": keys}] if load else []
+    spec += [{"_target_": "Orientationd", "keys": keys, "axcodes": "RAS",
+              "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
+             {"_target_": "Spacingd", "keys": keys, "pixdim": list(plan.spacing),
+              "mode": ["bilinear" if k == "image" else "nearest" for k in keys]}]
+    if "image" in keys:
+        spec.append({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": plan.hu_window[0],
+                     "a_max": plan.hu_window[1], "b_min": 0.0, "b_max": 1.0, "clip": True})
+    return spec
+
+
+def build_transforms(spec: list[dict]) -> list:
+    import monai.transforms as T
+    return [getattr(T, record["_target_"])(**{k: v for k, v in record.items() if k != "_target_"})
+            for record in spec]
+
+
 def _geometry(plan: Plan, keys: list[str]) -> list:
-    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-    return [
-        LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
-        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd(keys=keys, pixdim=plan.spacing, mode=modes),
-        ScaleIntensityRanged(keys="image", a_min=plan.hu_window[0], a_max=plan.hu_window[1], b_min=0.0, b_max=1.0,
-                             clip=True),
-        EnsureTyped(keys=keys, track_meta=False),
-    ]
+    return build_transforms(preprocessing_spec(plan, keys)) + [EnsureTyped(keys=keys, track_meta=False)]
 
 
 def eval_transforms(plan: Plan, with_label: bool = True) -> Compose:

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_model
 from .data import load_datalist, stratified_split
 from .engine import predict_cases
-from .model import DualOutputSwinUNETR
+from .job_kinds import FINETUNE, MAE
 from .plan import get_plan
 from .report import format_metrics_table, write_report
 
@@ -73,21 +73,21 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
     stage("3/5 + 4/5 federated MAE pretraining, then federated fine-tuning (NVIDIA FLARE simulator)")
     t = time.time()
     fl_ws = out / "fl"
-    simulate(datalists, "mae_pretrain", mae_rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
+    simulate(datalists, MAE, mae_rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
              quiet=True, progress=progress, **overrides)
     timings["mae_pretrain_s"] = round(time.time() - t, 1)
     t = time.time()
-    simulate(datalists, "ece_finetune", rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
-             init=str(fl_ws / "mae_pretrain" / "global_model.pt"), quiet=True, progress=progress,
+    simulate(datalists, FINETUNE, rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
+             init=str(fl_ws / MAE / "global_model.pt"), quiet=True, progress=progress,
              cross_site=False, **{"validate_every": VALIDATE_EVERY, **overrides})  # the report reads the pooled metrics only
     timings["ece_finetune_s"] = round(time.time() - t, 1)
 
     stage("5/5 site-local evidence rendering and report")
     t = time.time()
-    finetune = json.loads((fl_ws / "ece_finetune" / "pooled_metrics.json").read_text())
-    mae = json.loads((fl_ws / "mae_pretrain" / "pooled_metrics.json").read_text())
+    finetune = json.loads((fl_ws / FINETUNE / "pooled_metrics.json").read_text())
+    mae = json.loads((fl_ws / MAE / "pooled_metrics.json").read_text())
     threshold = (finetune.get("final") or {}).get("threshold", 0.5)
-    cases = evidence_cases(fl_ws / "ece_finetune" / "global_model.pt", datalists, threshold, seed)
+    cases = evidence_cases(fl_ws / FINETUNE / "global_model.pt", datalists, threshold, seed)
     timings["report_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
     config = {"preset": preset, "plan": plan.to_dict(), "sites": sites, "cases_per_site": cases_per_site,
@@ -105,9 +105,7 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
 
 def evidence_cases(model_path: Path, datalists: dict, threshold: float, seed: int) -> list[dict]:
     """At each site: the global model on its validation cases; one TP, FP, FN and TN (most confident)."""
-    ckpt = load_checkpoint(model_path, kind="dual")
-    model = DualOutputSwinUNETR(ckpt["plan"])
-    model.load_state_dict(ckpt["model"], strict=True)
+    model, ckpt = load_model(model_path, kind="dual")
     best: dict[str, dict] = {}
     for site, datalist in datalists.items():
         labelled, _ = load_datalist(datalist, site=site)

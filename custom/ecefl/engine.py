@@ -92,8 +92,58 @@ def positive_weight(items: list[dict]) -> float:
     return float(np.clip(n_neg / n_pos, 0.2, 5.0))
 
 
+class _EpochLoop:
+    """The epoch loop both trainers share (nnU-Net's trainer shape, in a few lines): for each batch the subclass's
+    train_step(batch, epoch, total_epochs, step) returns the loss tensor and the numbers to log; the loop does the
+    finiteness check, backward, gradient clipping (from the plan), the optimiser step and the epoch record."""
+    label = "epoch"
+
+    def clip_norm(self) -> float:
+        return self.plan.grad_clip_norm
+
+    def epoch_start(self, epoch: int, total_epochs: int) -> dict:
+        return {}
+
+    def train_step(self, batch, epoch: int, total_epochs: int, step: int, state: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def describe(self, record: dict, total_epochs: int) -> str:
+        raise NotImplementedError
+
+    def run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
+        history = []
+        self.model.train()
+        for epoch in range(first_epoch, first_epoch + n_epochs):
+            t0 = time.perf_counter()
+            state = self.epoch_start(epoch, total_epochs)
+            sums: dict[str, float] = {}
+            steps = 0
+            bar = tqdm(self.loader, desc=f"{self.label} {epoch + 1}/{total_epochs}", unit="batch", leave=False,
+                       disable=not self.progress)
+            for batch in bar:
+                loss, logged = self.train_step(batch, epoch, total_epochs, steps, state)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; lower the "
+                                             "learning rate or check the input data")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.clip_norm() > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm())
+                self.optimizer.step()
+                for key, value in {"loss": loss, **logged}.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach() if hasattr(value, "detach") else value)
+                steps += 1
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            record = {k: v / max(steps, 1) for k, v in sums.items()}
+            record.update(epoch=epoch + 1, steps=steps, **{k: v for k, v in state.items() if not k.startswith("_")},
+                          seconds=round(time.perf_counter() - t0, 2))
+            self.log(self.describe(record, total_epochs))
+            history.append(record)
+        return history
+
+
 @dataclass
-class FineTuner:
+class FineTuner(_EpochLoop):
     """Local optimisation state for fine-tuning (kept across federated rounds at a site)."""
     plan: Plan
     model: DualOutputSwinUNETR
@@ -126,107 +176,74 @@ class FineTuner:
                                                        reduction="none")
         self.pos_weight = pos_weight
 
-    def run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
-        history = []
-        self.model.train()
-        for epoch in range(first_epoch, first_epoch + n_epochs):
-            t0 = time.perf_counter()
-            w = cls_weight(self.plan, epoch, total_epochs)
-            forced = teacher_forcing(self.plan, epoch, total_epochs)
-            n_retrain = retraining_epochs(self.plan, total_epochs)
-            retrain = epoch >= total_epochs - n_retrain
-            if retrain:
-                w, forced = 1.0, False
-            sums = {"loss": 0.0, "seg_loss": 0.0, "cls_loss": 0.0}
-            steps = 0
-            per_epoch, lr = len(self.loader), 1.0
-            bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{total_epochs}", unit="batch", leave=False,
-                       disable=not self.progress)
-            for batch in bar:
-                if retrain:  # the head's own cosine over the re-training epochs
-                    first = (total_epochs - n_retrain) * per_epoch
-                    lr = self.schedule.set(epoch * per_epoch + steps - first, n_retrain * per_epoch, warmup=False)
-                else:
-                    lr = self.schedule.set(epoch * per_epoch + steps, (total_epochs - n_retrain) * per_epoch)
-                x = batch["image"].to(self.dev)
-                y = batch["label"].to(self.dev)
-                target = torch.as_tensor(batch["ece"], dtype=torch.float32, device=self.dev).view(-1, 1)
-                with _autocast(self.plan, self.dev):
-                    out = self.model.voxel_outputs(x, region_mask=(y > 0) if forced else None, body_grad=not retrain)
-                    seg, logit = out[:, :2], self.model.pool(out)
-                    seg_l = self.seg_loss(seg.float(), y)  # no gradient when re-training: logged only
-                    per_case = self.cls_loss(logit.float().view(-1, 1), target).view(-1)
-                    if self.plan.cls_in_view_only:  # crops whose pooling region holds a node
-                        in_view = (out[:, 2].flatten(1).sum(1) >= 1.0).float()
-                        cls_l = (per_case * in_view).sum() / in_view.sum().clamp_min(1.0)
-                    else:
-                        cls_l = per_case.mean()
-                    loss = cls_l if retrain else seg_l + w * cls_l
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; lower the "
-                                             "learning rate or check the input data")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
-                self.optimizer.step()
-                sums["loss"] += float(loss.detach())
-                sums["seg_loss"] += float(seg_l.detach())
-                sums["cls_loss"] += float(cls_l.detach())
-                steps += 1
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            record = {k: v / max(steps, 1) for k, v in sums.items()}
-            record.update(epoch=epoch + 1, steps=steps, cls_weight=w, teacher_forcing=forced, cls_retrain=retrain,
-                          lr_factor=lr,
-                          seconds=round(time.perf_counter() - t0, 2))
-            self.log(f"epoch {epoch + 1}/{total_epochs}: loss {record['loss']:.4f} (seg {record['seg_loss']:.4f}, "
-                     f"cls {record['cls_loss']:.4f} x{w:.2f}{', teacher forcing' if forced else ''}"
-                     f"{', classifier re-training' if retrain else ''}) "
-                     f"{record['seconds']:.1f}s")
-            history.append(record)
-        return history
+    def epoch_start(self, epoch: int, total_epochs: int) -> dict:
+        n_retrain = retraining_epochs(self.plan, total_epochs)
+        retrain = epoch >= total_epochs - n_retrain
+        w = 1.0 if retrain else cls_weight(self.plan, epoch, total_epochs)
+        forced = False if retrain else teacher_forcing(self.plan, epoch, total_epochs)
+        return {"cls_weight": w, "teacher_forcing": forced, "cls_retrain": retrain, "lr_factor": 1.0,
+                "_n_retrain": n_retrain}
+
+    def train_step(self, batch, epoch: int, total_epochs: int, step: int, state: dict):
+        per_epoch, n_retrain, retrain = len(self.loader), state["_n_retrain"], state["cls_retrain"]
+        if retrain:  # the head's own cosine over the re-training epochs
+            first = (total_epochs - n_retrain) * per_epoch
+            state["lr_factor"] = self.schedule.set(epoch * per_epoch + step - first, n_retrain * per_epoch,
+                                                   warmup=False)
+        else:
+            state["lr_factor"] = self.schedule.set(epoch * per_epoch + step, (total_epochs - n_retrain) * per_epoch)
+        x = batch["image"].to(self.dev)
+        y = batch["label"].to(self.dev)
+        target = torch.as_tensor(batch["ece"], dtype=torch.float32, device=self.dev).view(-1, 1)
+        with _autocast(self.plan, self.dev):
+            out = self.model.voxel_outputs(x, region_mask=(y > 0) if state["teacher_forcing"] else None,
+                                           body_grad=not retrain)
+            seg, logit = out[:, :2], self.model.pool(out)
+            seg_l = self.seg_loss(seg.float(), y)  # no gradient when re-training: logged only
+            per_case = self.cls_loss(logit.float().view(-1, 1), target).view(-1)
+            if self.plan.cls_in_view_only:  # crops whose pooling region holds a node
+                in_view = (out[:, 2].flatten(1).sum(1) >= 1.0).float()
+                cls_l = (per_case * in_view).sum() / in_view.sum().clamp_min(1.0)
+            else:
+                cls_l = per_case.mean()
+            loss = cls_l if retrain else seg_l + state["cls_weight"] * cls_l
+        return loss, {"seg_loss": seg_l, "cls_loss": cls_l}
+
+    def describe(self, r: dict, total_epochs: int) -> str:
+        return (f"epoch {r['epoch']}/{total_epochs}: loss {r['loss']:.4f} (seg {r['seg_loss']:.4f}, "
+                f"cls {r['cls_loss']:.4f} x{r['cls_weight']:.2f}{', teacher forcing' if r['teacher_forcing'] else ''}"
+                f"{', classifier re-training' if r['cls_retrain'] else ''}) {r['seconds']:.1f}s")
 
 
 @dataclass
-class Pretrainer:
+class Pretrainer(_EpochLoop):
     plan: Plan
     model: MaskedPretrainer
     items: list[dict]
     progress: bool = True
     log: callable = print
+    label = "MAE epoch"
 
     def __post_init__(self):
         self.dev = device()
         self.model.to(self.dev)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.plan.learning_rate,
-                                           weight_decay=0.05)
+                                           weight_decay=self.plan.mae_weight_decay)
         images = [{"image": it["image"]} for it in self.items]
         self.loader = cached_loader(images, mae_transforms(self.plan), self.plan.batch_size, shuffle=True,
                                     seed=self.plan.seed, iterations=self.plan.iterations_per_epoch)
 
-    def run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
-        history = []
-        self.model.train()
-        for epoch in range(first_epoch, first_epoch + n_epochs):
-            t0 = time.perf_counter()
-            total, steps = 0.0, 0
-            for batch in tqdm(self.loader, desc=f"MAE epoch {epoch + 1}/{total_epochs}", unit="batch",
-                              leave=False, disable=not self.progress):
-                x = batch["image"].to(self.dev)
-                with _autocast(self.plan, self.dev):
-                    loss, _, _ = self.model(x)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite MAE loss at epoch {epoch + 1}")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss.detach())
-                steps += 1
-            record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "steps": steps,
-                      "seconds": round(time.perf_counter() - t0, 2)}
-            self.log(f"MAE epoch {epoch + 1}/{total_epochs}: masked-voxel L1 {record['loss']:.4f} "
-                     f"{record['seconds']:.1f}s")
-            history.append(record)
-        return history
+    def clip_norm(self) -> float:
+        return self.plan.mae_grad_clip_norm
+
+    def train_step(self, batch, epoch: int, total_epochs: int, step: int, state: dict):
+        x = batch["image"].to(self.dev)
+        with _autocast(self.plan, self.dev):
+            loss, _, _ = self.model(x)
+        return loss, {}
+
+    def describe(self, r: dict, total_epochs: int) -> str:
+        return f"MAE epoch {r['epoch']}/{total_epochs}: masked-voxel L1 {r['loss']:.4f} {r['seconds']:.1f}s"
 
 
 @torch.no_grad()

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import (Compose, EnsureChannelFirst, LoadImage, Orientation, ResampleToMatch,
-                              ScaleIntensityRange, Spacing)
+from monai.transforms import Compose, EnsureChannelFirst, LoadImage, ResampleToMatch
 
+from .data import build_transforms, preprocessing_spec
 from .engine import predict_volume
-from .stages import load_dual_model
+from .checkpoint import load_model
 from .model import DualOutputSwinUNETR
 
 ROI_NAME = "ECEFL_nodes_pred"
@@ -69,7 +69,7 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
     from site_preprocess.config import SiteConfig
     from site_preprocess.outputs import write_nifti
     site_config = site_config or SiteConfig()
-    model, ckpt = loaded or load_dual_model(model_path)
+    model, ckpt = loaded or load_model(model_path, kind="dual")
     plan = ckpt["plan"]
     ct, series_files, region_native = _read_patient(Path(dicom_dir), use_rtstruct, site_config)
     out = Path(out)
@@ -79,15 +79,13 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
         native_path = Path(tmp) / "ct.nii.gz"
         write_nifti(native_path, ct.hu, ct.affine_ras)
         native = Compose([LoadImage(image_only=True), EnsureChannelFirst()])(str(native_path))
-        to_plan = Compose([Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-                           Spacing(pixdim=plan.spacing, mode="bilinear")])
-        image = ScaleIntensityRange(plan.hu_window[0], plan.hu_window[1], 0.0, 1.0, clip=True)(to_plan(native))
+        # the training preprocessing itself (ecefl.data.preprocessing_spec), on the CT already read
+        image = Compose(build_transforms(preprocessing_spec(plan, ["image"], load=False)))({"image": native})["image"]
         region = None
         if region_native is not None:
             write_nifti(Path(tmp) / "region.nii.gz", region_native.astype(np.uint8), ct.affine_ras)
-            reg = Compose([LoadImage(image_only=True), EnsureChannelFirst(),
-                           Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-                           Spacing(pixdim=plan.spacing, mode="nearest")])(str(Path(tmp) / "region.nii.gz"))
+            reg = Compose(build_transforms(preprocessing_spec(plan, ["label"])))(
+                {"label": str(Path(tmp) / "region.nii.gz")})["label"]
             region = torch.as_tensor(np.asarray(reg)).unsqueeze(0) > 0.5
         voxel_out, prob = predict_volume(model, torch.as_tensor(np.asarray(image)).unsqueeze(0).float(), plan,
                                          region=region, progress=progress)
@@ -171,7 +169,7 @@ def infer_batch(model_path, root, out, use_rtstruct: bool = False, site_config=N
     folders = folders or patient_folders(root) or []
     if not folders:
         raise InferenceError(f"{root} holds no patient sub-folders with a CT series")
-    loaded = load_dual_model(model_path)
+    loaded = load_model(model_path, kind="dual")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

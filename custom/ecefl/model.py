@@ -147,6 +147,48 @@ class DualOutputSwinUNETR(nn.Module):
             contribution = contribution - ref_weighted / (ref.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
         return contribution
 
+    # ---------------------------------------------------------------- the case read-out as a linear model
+    # The case logit is linear in the pooled hidden features of the evidence head: with e(v) = w . h(v) + b0,
+    #     logit = sum_v a(v) e(v) / (sum_v a + eps) + bias = w . z + b0 * s + bias,
+    #     z = sum_v a(v) h(v) / (sum_v a + eps),   s = sum_v a / (sum_v a + eps).
+    # So the read-out (w, b0, bias) can be refitted exactly as a logistic regression on (z, s) with the body fixed
+    # (ecefl.readout: a federated Newton refit from the sites' summed gradients and Hessians).
+    @torch.no_grad()
+    def readout_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels additive over windows: gated weight a, a*h (fs), soft weight, soft*h (fs)."""
+        hidden = {}
+        handle = self.evidence_head[1].register_forward_hook(lambda m, i, o: hidden.__setitem__("h", o))
+        try:
+            out = self.voxel_outputs(x, None, body_grad=False)
+        finally:
+            handle.remove()
+        h = hidden["h"]
+        return torch.cat([out[:, 2:3], out[:, 2:3] * h, out[:, 4:5], out[:, 4:5] * h], dim=1)
+
+    @staticmethod
+    def readout_features(channels: torch.Tensor) -> torch.Tensor:
+        """(B, fs + 1): z and s of the region the case is pooled over (the gated one when a node was found)."""
+        n = (channels.shape[1] - 2) // 2
+        gated = channels[:, : n + 1].flatten(2).sum(2)
+        soft = channels[:, n + 1:].flatten(2).sum(2)
+        found = (gated[:, :1] >= 1.0)
+        total = torch.where(found, gated, soft)
+        denom = total[:, :1] + 1e-3
+        return torch.cat([total[:, 1:] / denom, total[:, :1] / denom], dim=1)
+
+    def readout_parameters(self) -> torch.Tensor:
+        """theta = (w, b0 + bias) with logit = [z, s] . [w, b0] + bias; here as (fs + 2,) with bias last."""
+        last = self.evidence_head[2]
+        return torch.cat([last.weight.detach().flatten(), last.bias.detach().flatten(), self.cls_bias.detach()])
+
+    @torch.no_grad()
+    def set_readout_parameters(self, theta: torch.Tensor) -> None:
+        last = self.evidence_head[2]
+        n = last.weight.numel()
+        last.weight.copy_(theta[:n].view_as(last.weight).to(last.weight.dtype))
+        last.bias.copy_(theta[n:n + 1].to(last.bias.dtype))
+        self.cls_bias.copy_(theta[n + 1:n + 2].to(self.cls_bias.dtype))
+
     def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None):
         out = self.voxel_outputs(x, region_mask)
         return out[:, :2], self.pool(out), self.evidence_map(out)

@@ -29,6 +29,9 @@ class Plan:
     iterations_per_epoch: int = 0
     learning_rate: float = 3e-4
     weight_decay: float = 1e-5
+    grad_clip_norm: float = 12.0  # global gradient norm clip of every fine-tuning step (0 = off)
+    mae_grad_clip_norm: float = 0.0  # the same for MAE pretraining (off: its L1 loss has small gradients)
+    mae_weight_decay: float = 0.05  # MAE pretraining's AdamW weight decay (masked-image models use 0.05)
     # learning rate over the global step count (identical in central and federated training):
     # "constant", or "cosine" decay to 0 after a linear warm-up over warmup_fraction of the steps
     lr_schedule: str = "constant"
@@ -65,6 +68,12 @@ class Plan:
     # on the federated demo's network, AUC 0.88 after 60 steps of the head alone; docs/BENCHMARKS.md). The body
     # is run without gradient there, so these steps cost about a third of a joint step.
     cls_retrain_fraction: float = 0.0
+    # after the last epoch/round, the case read-out (evidence head's last layer + bias, linear in pooled features)
+    # is refitted with this many Newton iterations of a class-weighted logistic regression over all training
+    # cases, the body fixed: exact and, federated, from securely summed site gradients/Hessians (ecefl.readout);
+    # 0 = off. readout_ridge pulls towards the jointly trained read-out (per unit of case weight)
+    readout_refit_iterations: int = 0
+    readout_ridge: float = 0.1
     head_lr_multiplier: float = 10.0  # the small evidence head learns faster than the pretrained backbone
     # share of the classification gradient that reaches the shared SwinUNETR features: with few cases the noisy
     # case-level loss otherwise drowns the voxel-level segmentation signal (measured: no node found after 20
@@ -122,6 +131,8 @@ class Plan:
             raise ValueError("neg_crop_fraction and warmup_fraction must lie in [0, 1)")
         if self.evidence_hu_smoothing < 1 or self.evidence_hu_smoothing % 2 == 0:
             raise ValueError(f"evidence_hu_smoothing must be an odd number of voxels >= 1, not {self.evidence_hu_smoothing}")
+        if self.readout_refit_iterations < 0 or self.readout_ridge < 0:
+            raise ValueError("readout_refit_iterations and readout_ridge must be >= 0")
         if self.cls_loss not in ("weighted_bce", "focal"):
             raise ValueError(f"cls_loss must be weighted_bce or focal, not {self.cls_loss}")
         return self

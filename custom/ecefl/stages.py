@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .data import DataError, label_subset, load_datalists, stratified_split
 from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_everything
 from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
@@ -79,6 +79,10 @@ def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: f
     t0 = time.perf_counter()
     tuner = FineTuner(plan, model, train_items, progress=progress, log=log)
     history = tuner.run_epochs(0, epochs, epochs)
+    refit = None
+    if plan.readout_refit_iterations:
+        from .readout import refit_model
+        refit = refit_model(model, train_items, plan, progress=progress, log=log)
     threshold, val = 0.5, None
     if val_items:
         pred = predict_cases(model, val_items, plan, progress=progress)
@@ -89,23 +93,15 @@ def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: f
                              "label_fraction": label_fraction})
     result = {"val": val, "epochs": history, "threshold": threshold,
               "split": {"train": len(train_items), "val": len(val_items)}, "label_fraction": label_fraction,
-              "pos_weight": tuner.pos_weight, "init": str(init) if init else None, "plan": plan.to_dict(),
+              "pos_weight": tuner.pos_weight, "readout_refit": refit, "init": str(init) if init else None, "plan": plan.to_dict(),
               "seconds": round(time.perf_counter() - t0, 1)}
     write_json(out / "metrics.json", result)
     return result
 
 
-def load_dual_model(model_path) -> tuple[DualOutputSwinUNETR, dict]:
-    """The dual-output model of a checkpoint file, and the checkpoint (plan, threshold, records)."""
-    payload = load_checkpoint(model_path, kind="dual")
-    model = DualOutputSwinUNETR(payload["plan"])
-    model.load_state_dict(payload["model"], strict=True)
-    return model, payload
-
-
 def evaluate(model_path, datalists, out, progress: bool = True, log=print) -> dict:
     out = Path(out)
-    model, payload = load_dual_model(model_path)
+    model, payload = load_model(model_path, kind="dual")
     plan = payload["plan"]
     labelled, _ = load_datalists(datalists)
     if not labelled:
@@ -140,7 +136,7 @@ def calibrate(model_path, datalists, out, sensitivity: float | None = None, prog
     """A hospital sets its own operating threshold from its own labelled cases and stores it in a copy of the
     model file (`infer` and `evaluate` read it). Youden's J by default; with `sensitivity`, the highest threshold
     that keeps at least that sensitivity. Only counts and rates are stored, never a case id or score."""
-    model, payload = load_dual_model(model_path)
+    model, payload = load_model(model_path, kind="dual")
     plan = payload["plan"]
     labelled, _ = load_datalists(datalists)
     n_pos = sum(it["ece"] for it in labelled)

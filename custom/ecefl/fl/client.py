@@ -3,7 +3,7 @@
 One script serves both jobs (--job mae_pretrain | ece_finetune) and every task of a job: "train" (evaluate the
 received global model on the local validation split, then train local epochs), "validate" (evaluate only) and
 "submit_model" (cross-site evaluation), plus the secure-sum tasks (ecefl.fl.secure_sum: key exchange, and masks
-with sites that dropped out). What leaves the site: weights, training losses, site-level metrics (AUC, Dice, ...
+with sites that dropped out) and the read-out refit (ecefl.readout: summed logistic terms, masked). What leaves the site: weights, training losses, site-level metrics (AUC, Dice, ...
 over its validation split) and its additive evaluation statistics masked for secure aggregation — never a case
 id, path or per-patient score, and no statistics the server could read on their own.
 """
@@ -20,11 +20,13 @@ import nvflare.client as flare
 from nvflare.client.tracking import SummaryWriter
 
 from ecefl import metrics as M
+from ecefl import readout as R
 from ecefl.data import load_datalist, screen_cases, stratified_split
 from ecefl.engine import FineTuner, Pretrainer, predict_cases, seed_everything, stats_of
 from ecefl.fl import secure_sum as SS
 from ecefl.fl.protocol import FAILED, NUM_STEPS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY
 from ecefl.fl.site_config import datalist_for
+from ecefl.job_kinds import FINETUNE, JOB_KINDS, MAE
 from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer
 from ecefl.plan import Plan
 
@@ -34,7 +36,7 @@ logger = logging.getLogger("ecefl.site")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--job", choices=["mae_pretrain", "ece_finetune"], required=True)
+    p.add_argument("--job", choices=JOB_KINDS, required=True)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--val-fraction", type=float, default=0.25)
     p.add_argument("--min-count", type=int, default=0,
@@ -60,6 +62,7 @@ class SiteLearner:
         self.local_state = None
         self.writer = SummaryWriter()
         self.keys = SS.SiteKeys(site)  # this job's secure-sum key pair; the private key never leaves the process
+        self.refit_cache: dict = {}  # read-out refit: its id -> this site's training-case features (stay here)
 
     def ensure_model(self, meta: dict):
         if self.model is not None:
@@ -68,7 +71,7 @@ class SiteLearner:
             raise RuntimeError(f"site {self.site}: the server sent no plan with the model; use the ecefl job")
         self.plan = Plan.from_dict(meta["plan"])
         seed_everything(self.args.seed)
-        if self.args.job == "mae_pretrain":
+        if self.args.job == MAE:
             items = self.labelled + self.unlabelled
             if not items:
                 raise RuntimeError(f"site {self.site}: no CT image in its datalist for MAE pretraining")
@@ -126,6 +129,31 @@ class SiteLearner:
         self.log(f"secure sum: sent the masks with {', '.join(req['missing'])} (no result from them)")
         return flare.FLModel(metrics={}, meta={"share": share})
 
+    def refit_terms(self, incoming) -> flare.FLModel:
+        """Read-out refit (ecefl.readout): this site's summed logistic loss, gradient and Hessian at the server's
+        theta over its training cases, masked for the secure sum. The case features are computed once per refit,
+        from the model the first request carries, and never leave the site."""
+        meta = incoming.meta or {}
+        self.ensure_model(meta)
+        refit_id, secure = meta["refit"], meta.get(SECURE_SPEC)
+        if incoming.params:
+            self.model.load_state_dict(to_state(incoming.params), strict=True)
+            t0 = time.perf_counter()
+            features = R.case_features(self.model, self.train_items, self.plan)
+            labels = [int(it["ece"]) for it in self.train_items]
+            self.refit_cache = {refit_id: (features, labels, R.site_pos_weight(self.train_items))}
+            self.log(f"read-out refit: features of {len(labels)} training cases in "
+                     f"{time.perf_counter() - t0:.1f}s")
+        if refit_id not in self.refit_cache:
+            return flare.FLModel(metrics={}, meta={FAILED: "read-out refit joined late: no features (sent nothing)"})
+        if not secure or self.site not in (secure.get("peers") or {}):
+            self.warn("read-out refit without a secure sum over 2+ sites: this site's terms are not sent")
+            return flare.FLModel(metrics={}, meta={})
+        features, labels, pos_weight = self.refit_cache[refit_id]
+        terms = R.local_terms(torch.tensor(meta["theta"], dtype=torch.float64).numpy(), features, labels, pos_weight)
+        masked = self.keys.mask(SS.encode_floats(R.pack_terms(terms)), secure["peers"], secure["context"])
+        return flare.FLModel(metrics={}, meta={R.REFIT_TERMS: {"masked": masked, "contributes": True}})
+
     def train_round(self, incoming) -> flare.FLModel:
         """The round's result; a round that fails here (e.g. a non-finite loss) is reported to the server, which
         leaves this site out of that round under min_sites, and the site takes part again in the next one."""
@@ -146,7 +174,7 @@ class SiteLearner:
         round_index = (incoming.current_round or 0) - start
         total_rounds = incoming.total_rounds or 1
         e = self.args.local_epochs
-        if self.args.job == "ece_finetune" and incoming.meta.get("validate", True):
+        if self.args.job == FINETUNE and incoming.meta.get("validate", True):
             t0 = time.perf_counter()
             eval_meta, _ = self.evaluate(float(incoming.meta.get("threshold", 0.5)), incoming.meta.get(SECURE_SPEC))
             meta_out["validate_seconds"] = round(time.perf_counter() - t0, 3)
@@ -164,7 +192,7 @@ class SiteLearner:
 
     def validate(self, incoming) -> flare.FLModel:
         self.ensure_model(incoming.meta or {})
-        if self.args.job != "ece_finetune":
+        if self.args.job != FINETUNE:
             return flare.FLModel(metrics={}, meta={})
         self.model.load_state_dict(to_state(incoming.params), strict=True)
         threshold = float((incoming.meta or {}).get("threshold", 0.5))
@@ -195,6 +223,8 @@ def main(argv=None) -> None:
             flare.send(flare.FLModel(metrics={}, meta={"public_key": learner.keys.public_hex}))
         elif task == SS.UNMASK_TASK:
             flare.send(learner.unmask(incoming))
+        elif task == R.REFIT_TASK:
+            flare.send(learner.refit_terms(incoming))
         elif flare.is_submit_model():
             flare.send(learner.submit_model())
         elif flare.is_evaluate():

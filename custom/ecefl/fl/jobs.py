@@ -14,20 +14,19 @@ from nvflare.app_opt.pt.recipes import FedAvgRecipe
 from nvflare.client.config import TransferType
 
 from ecefl.plan import Plan
+from ecefl.job_kinds import CHECKPOINT_KIND, FINETUNE, JOB_KINDS, MODEL_CLASS
 
 from .server import PooledFedAvg
 
 # custom/ (holding the ecefl package) is copied into each app's custom folder: the code travels with the job
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "client.py"
-JOB_KINDS = ("mae_pretrain", "ece_finetune")
 # once min_sites answered a round, how long the others may still take (a CPU round takes minutes, a gpu one
 # on a slow link tens of minutes); `--task-timeout` per job, docs/DEPLOY.md
 DEFAULT_TASK_TIMEOUT = 3600
 # what a site answers: training (update + statistics of the received global model), validation of the global
 # model, and (cross-site evaluation only) its own locally trained model
 SITE_TASKS = ("train", "validate", "submit_model")
-MODEL_CLASS = {"mae_pretrain": "ecefl.model.MaskedPretrainer", "ece_finetune": "ecefl.model.DualOutputSwinUNETR"}
 
 
 class EceFedAvgRecipe(FedAvgRecipe):
@@ -112,7 +111,7 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
     if tracking:
         from nvflare.recipe.utils import add_experiment_tracking
         add_experiment_tracking(recipe, tracking_type="tensorboard")
-    if cross_site and kind == "ece_finetune":
+    if cross_site and kind == FINETUNE:
         from nvflare.recipe.utils import add_cross_site_evaluation
         # NVFlare's cross-site evaluation waits for every site, dead ones included (measured: a hospital killed
         # during training held the finished job in CSE for submit_model_timeout, then validation_timeout, defaults
@@ -155,7 +154,7 @@ def resume_point(checkpoint: str | Path, kind: str, out: Path) -> tuple[Plan, st
             raise ValueError(f"no ecefl/global_model.pt under {path}: the interrupted job finished no round "
                              "there; start it again from the beginning")
         path = found[0]
-    ckpt = load_checkpoint(path, kind="dual" if kind == "ece_finetune" else "mae")
+    ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND[kind])
     federated = ckpt.get("federated") or {}
     if federated.get("job") != kind or not isinstance(federated.get("round"), int):
         raise ValueError(f"{path} is not a per-round global model of a federated {kind} job")

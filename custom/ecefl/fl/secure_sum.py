@@ -73,6 +73,19 @@ def decode(vector, bins: int, threshold: float) -> dict:
     return out
 
 
+def encode_floats(values, scale: float = 2.0 ** 32) -> np.ndarray:
+    """Signed floats (e.g. a gradient) in fixed point, two's complement modulo 2^64: sums of up to ~2^30 / |value|
+    such numbers decode exactly at 2^-32 resolution."""
+    arr = np.rint(np.asarray(values, dtype=np.float64).reshape(-1) * scale)
+    if not np.all(np.isfinite(arr)) or np.abs(arr).max(initial=0) >= 2.0 ** 62:
+        raise ValueError("a value to be summed is non-finite or too large for the fixed-point encoding")
+    return arr.astype(np.int64).astype(np.uint64)
+
+
+def decode_floats(vector, scale: float = 2.0 ** 32) -> np.ndarray:
+    return np.asarray(vector, dtype=np.uint64).astype(np.int64).astype(np.float64) / scale
+
+
 class SiteKeys:
     """One site's key pair for one job, and the contexts it has already masked for (never two vectors under one
     mask: their difference would be the difference of the plain statistics)."""

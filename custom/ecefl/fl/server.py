@@ -24,6 +24,7 @@ from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 from ecefl import metrics as M
 from ecefl.fl import secure_sum as SS
 from ecefl.fl.protocol import FAILED, NUM_STEPS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY
+from ecefl.job_kinds import CHECKPOINT_KIND, FINETUNE
 
 OUT_DIR = "ecefl"
 
@@ -37,14 +38,14 @@ def _as_array(v) -> np.ndarray:
 
 
 class PooledFedAvg(BaseFedAvg):
-    def __init__(self, *args, job_kind: str = "ece_finetune", plan: dict | None = None, min_sites: int = 1,
+    def __init__(self, *args, job_kind: str = FINETUNE, plan: dict | None = None, min_sites: int = 1,
                  final_validation: bool = True, max_update_ratio: float = 10.0, threshold: float = 0.5,
                  resumed_from: dict | None = None, task_timeout: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.job_kind = job_kind
         self.plan = plan or {}
         self.min_sites = min_sites
-        self.final_validation = final_validation and job_kind == "ece_finetune"
+        self.final_validation = final_validation and job_kind == FINETUNE
         self.max_update_ratio = max_update_ratio
         self.records: list[dict] = []
         self.events: list[dict] = []
@@ -55,6 +56,7 @@ class PooledFedAvg(BaseFedAvg):
         # so a hung site delays the round but cannot block it
         self.task_timeout = int(task_timeout)
         self.site_keys: dict[str, str] = {}  # secure-sum public keys, relayed to every site with each task
+        self.refit: dict | None = None  # the read-out refit's record (ecefl.readout), when the plan asks for one
 
     # ---------------------------------------------------------------- workflow
     def run(self) -> None:
@@ -68,7 +70,7 @@ class PooledFedAvg(BaseFedAvg):
         if self.resumed_from:
             self.info(f"resuming at round {self.start_round} from the global model of round "
                       f"{self.start_round - 1}")
-        if self.job_kind == "ece_finetune":
+        if self.job_kind == FINETUNE:
             self._exchange_keys()
         for self.current_round in range(self.start_round, self.start_round + self.num_rounds):
             t0 = time.time()
@@ -95,6 +97,10 @@ class PooledFedAvg(BaseFedAvg):
             self._write_report()
             del results, usable, aggregated
             self._maybe_cleanup_memory()  # every memory_gc_rounds rounds (NVFlare's gc.collect + malloc_trim)
+        if self.job_kind == FINETUNE and int(self.plan.get("readout_refit_iterations", 0)) > 0:
+            model = self._refit_readout(model)
+            self._write_checkpoint("global_model.pt", model.params)
+            self._write_report()
         if self.final_validation:
             targets = self.sample_clients()
             model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind,
@@ -143,7 +149,12 @@ class PooledFedAvg(BaseFedAvg):
     def _secure_sum(self, spec: dict | None, results: list[FLModel], threshold: float) -> dict | None:
         """The sum of the statistics that the sites sent masked, or None (nothing sent, masks of a missing site
         not recovered, or fewer than two sites contributing: the "sum" would be one site's statistics)."""
-        sent = {_client(r): r.meta[SECURE_STATS] for r in results if (r.meta or {}).get(SECURE_STATS)}
+        total = self._secure_total(spec, results, SECURE_STATS)
+        return None if total is None else SS.decode(total, int(self.plan.get("score_bins", 1000)), threshold)
+
+    def _secure_total(self, spec: dict | None, results: list[FLModel], key: str):
+        """The unmasked uint64 sum of the vectors the sites sent under meta[key], or None (see _secure_sum)."""
+        sent = {_client(r): r.meta[key] for r in results if (r.meta or {}).get(key)}
         if not spec or not sent:
             return None
         try:
@@ -162,7 +173,7 @@ class PooledFedAvg(BaseFedAvg):
                 self._event("secure_sum", "server", "pooled statistics withheld: one site contributed (its own "
                                                     "statistics would be reported as the pool)")
             return None
-        return SS.decode(total, int(self.plan.get("score_bins", 1000)), threshold)
+        return total
 
     def _unmask(self, spec: dict, missing: list[str], answered: list[str], total):
         meta = {"context": spec["context"], "peers": spec["peers"], "missing": missing, "answered": answered,
@@ -176,6 +187,43 @@ class PooledFedAvg(BaseFedAvg):
                                                 f"masks for the missing {', '.join(missing)}")
             return None
         return SS.subtract(total, [shares[site] for site in answered])
+
+    # ---------------------------------------------------------------- read-out refit (ecefl.readout)
+    def _refit_readout(self, model: FLModel) -> FLModel:
+        """Newton iterations of the class-weighted logistic read-out on the final body, from the securely summed
+        gradients and Hessians of the sites' training cases: the centralised solution over the pooled cases.
+        Sites compute their case features once (the first request carries the model). With fewer than
+        min_sites (or 2) sites answering, the jointly trained read-out is kept and the event says why."""
+        from ecefl import readout as R
+        iterations = int(self.plan.get("readout_refit_iterations", 0))
+        ridge = float(self.plan.get("readout_ridge", 0.1))
+        theta0 = R.theta_from_state(model.params)
+        theta, losses, t0 = theta0.copy(), [], time.time()
+        refit_id = uuid.uuid4().hex
+        targets = self.sample_clients()
+        for it in range(iterations):
+            spec = self._secure_spec(targets)
+            meta = {"plan": self.plan, "job": self.job_kind, "refit": refit_id, "theta": theta.tolist(),
+                    SECURE_SPEC: spec}
+            request = FLModel(params=model.params if it == 0 else {}, meta=meta)
+            results = self._send_and_wait(R.REFIT_TASK, request, targets)
+            self._name_missing(results, targets)
+            answered = [r for r in results if (r.meta or {}).get(R.REFIT_TERMS)]
+            total = self._secure_total(spec, answered, R.REFIT_TERMS)
+            if len(answered) < max(self.min_sites, SS.MIN_SITES) or total is None:
+                self._event("readout_refit", "server", f"iteration {it}: {len(answered)} site(s) sent their terms "
+                                                       "(fewer than min_sites or 2): the jointly trained read-out is kept")
+                return model
+            terms = R.unpack_terms(SS.decode_floats(total), len(theta))
+            losses.append(terms["loss"])
+            theta = R.newton_step(theta, terms["grad"], terms["hess"], terms["n"], ridge, theta0)
+            targets = sorted(_client(r) for r in answered)
+        model.params = R.state_with_theta(model.params, theta)
+        self.refit = {"iterations": iterations, "ridge": ridge, "sites": targets, "loss": losses,
+                      "seconds": round(time.time() - t0, 1), "theta_joint": theta0.tolist(), "theta": theta.tolist()}
+        self.info(f"read-out refitted on the training cases of {', '.join(targets)}: weighted loss "
+                  f"{losses[0]:.3f} -> {losses[-1]:.3f}")
+        return model
 
     def _name_missing(self, results: list[FLModel], targets) -> None:
         answered = {_client(r) for r in results}
@@ -252,7 +300,7 @@ class PooledFedAvg(BaseFedAvg):
             per_site = {_client(r): (r.meta or {}).get(key) for r in results}
             if any(v is not None for v in per_site.values()):
                 record[f"site_{key}"] = per_site
-        if self.job_kind != "ece_finetune":
+        if self.job_kind != FINETUNE:
             return M.nan_safe(record)
         record["sites"] = {}
         for r in sorted(evaluated, key=_client):
@@ -314,7 +362,7 @@ class PooledFedAvg(BaseFedAvg):
         from ecefl.checkpoint import save_checkpoint
         from ecefl.plan import Plan
         state = {k: torch.as_tensor(_as_array(v).copy()) for k, v in params.items()}
-        kind = "dual" if self.job_kind == "ece_finetune" else "mae"
+        kind = CHECKPOINT_KIND[self.job_kind]
         save_checkpoint(self._out(name), kind, Plan.from_dict(self.plan), state, threshold=self.threshold,
                         federated={"job": self.job_kind, "round": self.current_round})
 
@@ -325,7 +373,7 @@ class PooledFedAvg(BaseFedAvg):
                   "best_round": self.best["round"] if self.best else None, "events": self.events,
                   "threshold": self.threshold, "finished": finished, "min_sites": self.min_sites,
                   "start_round": self.start_round, "total_rounds": self.start_round + self.num_rounds,
-                  "resumed_from": self.resumed_from}
+                  "resumed_from": self.resumed_from, "readout_refit": self.refit}
         path = self._out("pooled_metrics.json")
         with open(path + ".tmp", "w") as fh:
             json.dump(M.nan_safe(report), fh, indent=1, allow_nan=False)

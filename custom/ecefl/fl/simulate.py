@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ecefl.checkpoint import load_checkpoint
+from ecefl.job_kinds import FINETUNE, MAE
 from ecefl.model import DualOutputSwinUNETR, load_encoder
 from ecefl.plan import Plan, get_plan
 from ecefl.stages import plan_from_pretraining
@@ -97,14 +98,14 @@ def _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed
         log(f"resuming {job} at round {record['start_round']} of {rounds}")
         outputs[job] = _run_job(job, plan, sites, ws, initial_ckpt=initial, resume=record, **common)
         return outputs
-    if job in ("mae_pretrain", "all"):
-        outputs["mae_pretrain"] = _run_job("mae_pretrain", plan, sites, ws, **common)
-        init = str(outputs["mae_pretrain"]["global_model"])
-    if job in ("ece_finetune", "all"):
+    if job in (MAE, "all"):
+        outputs[MAE] = _run_job(MAE, plan, sites, ws, **common)
+        init = str(outputs[MAE]["global_model"])
+    if job in (FINETUNE, "all"):
         initial = None
         if init:
-            plan, initial = finetune_start(init, plan, ws / "ece_finetune" / "initial_model.pt", log)
-        outputs["ece_finetune"] = _run_job("ece_finetune", plan, sites, ws, initial_ckpt=initial, **common)
+            plan, initial = finetune_start(init, plan, ws / FINETUNE / "initial_model.pt", log)
+        outputs[FINETUNE] = _run_job(FINETUNE, plan, sites, ws, initial_ckpt=initial, **common)
     return outputs
 
 
@@ -162,9 +163,9 @@ def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: in
             out[name.replace(".pt", "")] = job_dir / name
     shutil.copy2(report_path, job_dir / "pooled_metrics.json")
     cse = server_dir / "cross_site_val" / "cross_val_results.json"
-    if kind == "ece_finetune" and cse.is_file():
+    if kind == FINETUNE and cse.is_file():
         shutil.copy2(cse, job_dir / "cross_site.json")
-    elif kind == "ece_finetune":
+    elif kind == FINETUNE:
         (job_dir / "cross_site.json").write_text("{}")
     log(f"== {kind} finished in {seconds:.0f}s; artifacts in {job_dir}")
     return out
