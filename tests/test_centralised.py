@@ -22,7 +22,7 @@ def runs(preprocessed, tmp_path_factory):
                        str(root / "mae"), "--no-progress"]) == 0
     assert ecefl_main(["train", *datalists, "--preset", "test-tiny", "--epochs", "1", "--init",
                        str(root / "mae" / "checkpoint.pt"), "--val-fraction", "0.34", "--out", str(root / "ft"),
-                       "--no-progress"]) == 0
+                       "--no-progress", "--set", "readout_refit_iterations=4"]) == 0
     assert ecefl_main(["evaluate", "--model", str(root / "ft" / "model.pt"), *datalists, "--out",
                        str(root / "eval"), "--no-progress"]) == 0
     return root
@@ -45,6 +45,19 @@ def test_train_outputs_in_range(runs):
     ckpt = torch.load(runs / "ft" / "model.pt", weights_only=True)
     assert ckpt["threshold"] == pytest.approx(metrics["threshold"])
     assert metrics["init"].endswith("checkpoint.pt")
+
+
+def test_train_refits_the_readout_on_its_training_cases(runs):
+    """ecefl.readout after the last epoch: Newton iterations lower the class-weighted training loss, and the
+    saved model carries the refitted read-out (the validation metrics are those of the refitted model)."""
+    import numpy as np
+    from ecefl.checkpoint import load_model
+    refit = json.loads((runs / "ft" / "metrics.json").read_text())["readout_refit"]
+    assert refit["iterations"] == 4 and len(refit["loss"]) == 4
+    assert refit["loss"][-1] < refit["loss"][0] and all(np.isfinite(refit["loss"]))
+    model, _ = load_model(runs / "ft" / "model.pt")
+    np.testing.assert_allclose(model.readout_parameters().double().numpy(), refit["theta"], atol=1e-6)
+    assert np.abs(np.array(refit["theta"]) - np.array(refit["theta_joint"])).max() > 1e-3
 
 
 def test_evaluate_outputs(runs):

@@ -42,3 +42,26 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"ecefl {__version__}"
+
+
+@pytest.mark.parametrize("job", ["mae_pretrain", "ece_finetune"])
+def test_job_py_exports_the_recipe_it_builds(job, tmp_path):
+    """jobs/<job>/job.py, as an NVFlare user runs it: the exported folder holds our server workflow, the Client
+    API script with this job's arguments, and the plan of the chosen preset."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "jobs" / job / "job.py"), "--export", "--export-dir",
+                           str(tmp_path), "--preset", "test-tiny", "--rounds", "3", "--workspace", str(tmp_path / "ws")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    server = json.loads((tmp_path / job / "app" / "config" / "config_fed_server.json").read_text())
+    controller = next(w for w in server["workflows"] if w["path"].endswith("PooledFedAvg"))
+    # NVFlare writes only the arguments that differ from the constructor's defaults (job_kind: ece_finetune)
+    assert controller["args"].get("job_kind", "ece_finetune") == job and controller["args"]["num_rounds"] == 3
+    assert controller["args"]["plan"]["preset"] == "test-tiny" and controller["args"]["min_sites"] == 2
+    client = (tmp_path / job / "app" / "config" / "config_fed_client.json").read_text()
+    assert f"--job {job}" in client and "client.py" in client
+    assert (tmp_path / job / "app" / "custom" / "ecefl" / "fl" / "client.py").is_file()

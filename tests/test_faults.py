@@ -83,7 +83,7 @@ def test_min_count_suppresses_small_site_statistics_and_simulate_resumes(tmp_pat
     resumed = json.loads((ws2 / "ece_finetune" / "pooled_metrics.json").read_text())
     assert [r["round"] for r in resumed["rounds"]] == [1] and resumed["resumed_from"]["checkpoint_round"] == 0
     assert resumed["final"]["pooled"]["n_cases"] >= 2  # without --min-count the statistics are pooled
-    start = torch.load(ws2 / "resume_model_ece_finetune.pt", weights_only=True)["model"]
+    start = torch.load(next((ws2 / "ece_finetune").glob("resume_model-*.pt")), weights_only=True)["model"]
     assert all(torch.equal(start[k], v) for k, v in first["model"].items())
     after = load_checkpoint(ws2 / "ece_finetune" / "global_model.pt")
     assert after["federated"]["round"] == 1

@@ -160,6 +160,21 @@ PRESETS: dict[str, Plan] = {
 }
 
 
+# what fine-tuning takes from the MAE plan it starts from: the geometry and architecture the encoder was trained in
+INHERITED_FROM_PRETRAINING = ("spacing", "patch_size", "hu_window", "feature_size", "depths", "num_heads", "use_v2",
+                              "window_size")
+
+
+def plan_from_pretraining(plan: Plan, pretrained_plan: Plan, log=print) -> Plan:
+    """The fine-tuning plan on the pretraining plan's geometry and architecture (the one place this is decided:
+    centralised training, the simulator, POC and production submissions all call it)."""
+    inherited = {k: getattr(pretrained_plan, k) for k in INHERITED_FROM_PRETRAINING}
+    changed = {k: v for k, v in inherited.items() if getattr(plan, k) != v}
+    if changed:
+        log(f"using the pretraining plan's {', '.join(sorted(changed))}")
+    return plan.with_overrides(**inherited).validate()
+
+
 def parse_assignments(assignments: list[str] | None) -> dict:
     """`FIELD=VALUE` strings (the CLI's --set) to plan overrides; VALUE is JSON (numbers, lists, true/false) or a
     plain string. Unknown fields are refused by name, so a typo never silently trains the preset."""

@@ -139,4 +139,4 @@ def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progr
     model.set_readout_parameters(torch.as_tensor(theta))
     log(f"read-out refitted on {len(items)} training cases: weighted loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     return {"iterations": plan.readout_refit_iterations, "ridge": plan.readout_ridge, "loss": losses,
-            "theta_change": float(np.abs(theta - theta0).max())}
+            "theta_joint": theta0.tolist(), "theta": theta.tolist()}

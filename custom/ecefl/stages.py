@@ -13,26 +13,14 @@ from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .data import DataError, label_subset, load_datalists, stratified_split
 from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_everything
 from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
-from .plan import Plan, get_plan
+from .plan import Plan, get_plan, plan_from_pretraining
 
 # What fine-tuning must take from the pretraining plan for the encoder weights to mean the same thing.
-INHERITED_FROM_PRETRAINING = ("spacing", "patch_size", "hu_window", "feature_size", "depths", "num_heads", "use_v2",
-                              "window_size")
-
-
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(M.nan_safe(obj), indent=1, allow_nan=False))
     tmp.replace(path)
-
-
-def plan_from_pretraining(plan: Plan, pretrained_plan: Plan, log=print) -> Plan:
-    inherited = {k: getattr(pretrained_plan, k) for k in INHERITED_FROM_PRETRAINING}
-    changed = {k: v for k, v in inherited.items() if getattr(plan, k) != v}
-    if changed:
-        log(f"using the pretraining plan's {', '.join(sorted(changed))}")
-    return plan.with_overrides(**inherited).validate()
 
 
 def init_encoder(model: DualOutputSwinUNETR, init_path, log=print) -> Plan:

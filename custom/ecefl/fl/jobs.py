@@ -8,6 +8,7 @@ site-local configuration (ecefl/fl/site_config.py).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from nvflare.app_opt.pt.recipes import FedAvgRecipe
@@ -21,9 +22,7 @@ from .server import PooledFedAvg
 # custom/ (holding the ecefl package) is copied into each app's custom folder: the code travels with the job
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "client.py"
-# once min_sites answered a round, how long the others may still take (a CPU round takes minutes, a gpu one
-# on a slow link tens of minutes); `--task-timeout` per job, docs/DEPLOY.md
-DEFAULT_TASK_TIMEOUT = 3600
+from .job_options import DEFAULT_TASK_TIMEOUT  # a CPU round takes minutes, a gpu one on a slow link tens of minutes
 # what a site answers: training (update + statistics of the received global model), validation of the global
 # model, and (cross-site evaluation only) its own locally trained model
 SITE_TASKS = ("train", "validate", "submit_model")
@@ -121,6 +120,44 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         add_cross_site_evaluation(recipe, submit_model_timeout=600 if gpu else 120,
                                   validation_timeout=3600 if gpu else 300)
     return recipe
+
+
+def job_start(kind: str, plan: Plan, init: str | None, resume: str | None, workdir: Path, rounds: int,
+              log=print) -> tuple[Plan, str | None, dict | None]:
+    """Where a federated job starts, decided once for the simulator, POC, a provisioned federation and
+    jobs/<job>/job.py: (plan, initial checkpoint for the persistor, resume record).
+    resume: an interrupted job's per-round global_model.pt (or run folder): its plan and weights, next round on.
+    init (ece_finetune): an MAE global model: the plan inherits its geometry/architecture and the encoder is
+    copied key by key (verified N/N) into a full dual-output start model. Neither: the preset's fresh model."""
+    if resume:
+        if init:
+            raise ValueError("--resume and --init exclude each other: a resumed job starts from its checkpoint")
+        plan, initial, record = resume_point(resume, kind, Path(workdir) / f"resume_model-{int(time.time())}.pt")
+        log(f"resuming {kind} at round {record['start_round']} of {rounds}")
+        return plan, initial, record
+    if init and kind != FINETUNE:
+        raise ValueError(f"--init (an MAE encoder to start from) applies to {FINETUNE}, not {kind}")
+    if init:
+        plan, initial = finetune_start(init, plan, Path(workdir) / "initial_model.pt", log)
+        return plan, initial, None
+    return plan, None, None
+
+
+def finetune_start(mae_path: str, plan: Plan, out: Path, log) -> tuple[Plan, str]:
+    """The fine-tuning plan (geometry/architecture of the MAE plan) and a full dual-output state dict whose
+    encoder is the MAE global model's (verified N/N key by key), saved at `out` for the job's persistor."""
+    import torch
+
+    from ecefl.checkpoint import load_checkpoint
+    from ecefl.model import DualOutputSwinUNETR, load_encoder
+    from ecefl.plan import plan_from_pretraining
+    mae = load_checkpoint(mae_path)
+    plan = plan_from_pretraining(plan, mae["plan"], log)
+    model = DualOutputSwinUNETR(plan)
+    load_encoder(model, mae["model"], str(mae_path), log=log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict()}, out)
+    return plan, str(out)
 
 
 def privacy_filters(privacy_json: str | Path, scope: str) -> list:

@@ -13,15 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
-from ecefl.checkpoint import load_checkpoint
 from ecefl.job_kinds import FINETUNE, MAE
-from ecefl.model import DualOutputSwinUNETR, load_encoder
 from ecefl.plan import Plan, get_plan
-from ecefl.stages import plan_from_pretraining
 
-from .jobs import DEFAULT_TASK_TIMEOUT, build_recipe
+from .jobs import DEFAULT_TASK_TIMEOUT, build_recipe, job_start
 
 
 class FederatedRunError(RuntimeError):
@@ -90,34 +85,16 @@ def _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed
     common = dict(rounds=rounds, local_epochs=local_epochs, min_sites=min_sites, seed=seed,
                   val_fraction=val_fraction, min_count=min_count, quiet=quiet, progress=progress, log=log,
                   cross_site=cross_site, result_filters=result_filters, task_timeout=task_timeout)
-    if resume:
-        if job == "all" or init:
-            raise ValueError("--resume continues one job (--job mae_pretrain or ece_finetune) and excludes --init")
-        from .jobs import resume_point
-        plan, initial, record = resume_point(resume, job, ws / f"resume_model_{job}.pt")
-        log(f"resuming {job} at round {record['start_round']} of {rounds}")
-        outputs[job] = _run_job(job, plan, sites, ws, initial_ckpt=initial, resume=record, **common)
-        return outputs
+    if resume and (job == "all" or init):
+        raise ValueError("--resume continues one job (--job mae_pretrain or ece_finetune) and excludes --init")
     if job in (MAE, "all"):
-        outputs[MAE] = _run_job(MAE, plan, sites, ws, **common)
+        mae_plan, initial, record = job_start(MAE, plan, None, resume, ws / MAE, rounds, log)
+        outputs[MAE] = _run_job(MAE, mae_plan, sites, ws, initial_ckpt=initial, resume=record, **common)
         init = str(outputs[MAE]["global_model"])
     if job in (FINETUNE, "all"):
-        initial = None
-        if init:
-            plan, initial = finetune_start(init, plan, ws / FINETUNE / "initial_model.pt", log)
-        outputs[FINETUNE] = _run_job(FINETUNE, plan, sites, ws, initial_ckpt=initial, **common)
+        ft_plan, initial, record = job_start(FINETUNE, plan, init, resume, ws / FINETUNE, rounds, log)
+        outputs[FINETUNE] = _run_job(FINETUNE, ft_plan, sites, ws, initial_ckpt=initial, resume=record, **common)
     return outputs
-
-
-def finetune_start(mae_path: str, plan: Plan, out: Path, log) -> tuple[Plan, str]:
-    """The fine-tuning plan (geometry/architecture of the MAE plan) and a full dual-output state dict whose
-    encoder is the MAE global model's (verified N/N key by key), saved at `out` for the job's persistor."""
-    plan = plan_from_pretraining(plan, load_checkpoint(mae_path)["plan"], log)
-    model = DualOutputSwinUNETR(plan)
-    load_encoder(model, load_checkpoint(mae_path)["model"], str(mae_path), log=log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict()}, out)
-    return plan, str(out)
 
 
 def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: int, local_epochs: int,
