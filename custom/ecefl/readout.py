@@ -20,8 +20,6 @@ from .engine import device, positive_weight
 from .model import DualOutputSwinUNETR
 from .plan import Plan
 
-REFIT_TASK = "readout_refit"  # server -> sites: theta (and the model, first time); sites -> server: masked terms
-REFIT_TERMS = "readout_terms"
 # the read-out's tensors in a state dict: theta = (last layer weights, last layer bias b0, case bias)
 READOUT_KEYS = ("evidence_head.2.weight", "evidence_head.2.bias", "cls_bias")
 

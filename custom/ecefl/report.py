@@ -149,6 +149,7 @@ def write_report(out_dir: Path, finetune: dict, mae: dict | None, data_summary: 
                          "threshold": final.get("threshold")},
                "best_round": finetune.get("best_round"), "n_rounds": len(finetune.get("rounds", [])),
                "events": finetune.get("events", []), "data": data_summary, "config": config, "timings": timings,
+               "readout_refit": _refit_summary(finetune.get("readout_refit")),
                "evidence_cases": [{"category": c["category"], "site": c["site"]} for c, _ in overlays]}
     (out_dir / "summary.json").write_text(json.dumps(M.nan_safe(summary), indent=1, allow_nan=False))
     data_rows = "".join(
@@ -177,6 +178,7 @@ show the pipeline works, not clinical performance.</p>
 {metrics_table(final.get('pooled'), final.get('sites') or {})}
 <p><small>Operating threshold {final.get('threshold')} (Youden's J on the previous pooled ROC). CIs: case resampling
 (multinomial over the additive statistics).</small></p>
+{_refit_html(finetune.get("readout_refit"))}
 <h2>ROC</h2>{_img(roc_png)}
 <h2>Learning curves</h2>{_img(curves_png)}
 <h2>Site events</h2><ul>{events}</ul>
@@ -190,6 +192,22 @@ images never reach the server.</p>{overlay_html}
 </body></html>"""
     (out_dir / "index.html").write_text(page)
     return summary
+
+
+def _refit_summary(refit: dict | None) -> dict | None:
+    if not refit:
+        return None
+    return {"iterations": refit["iterations"], "ridge": refit["ridge"], "sites": refit["sites"],
+            "loss_before": refit["loss"][0], "loss_after": refit["loss"][-1], "seconds": refit.get("seconds")}
+
+
+def _refit_html(refit: dict | None) -> str:
+    if not refit:
+        return ""
+    return (f"<p><small>Case read-out refitted after the last round (ecefl.readout: {refit['iterations']} Newton "
+            f"iterations of a class-weighted logistic regression on the fixed network, from the securely summed "
+            f"terms of {', '.join(map(html.escape, refit['sites']))}): weighted training loss {refit['loss'][0]:.2f} "
+            f"&rarr; {refit['loss'][-1]:.2f}. The final model's metrics above are after the refit.</small></p>")
 
 
 def format_metrics_table(pooled: dict | None, sites: dict) -> str:

@@ -107,9 +107,9 @@ def evaluate(model_path, datalists, out, progress: bool = True, log=print) -> di
     write_json(out / "metrics.json", result)
     with open(out / "predictions.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["case_id", "probability", "ece"])
-        for cid, p, y in zip(pred["case_ids"], pred["probs"], pred["labels"]):
-            writer.writerow([cid, f"{p:.6f}", int(y)])
+        writer.writerow(["case_id", "probability", "ece", "dice"])
+        for cid, p, y, d in zip(pred["case_ids"], pred["probs"], pred["labels"], pred["dices"]):
+            writer.writerow([cid, f"{p:.6f}", int(y), f"{d:.6f}"])
     log(f"evaluated {len(labelled)} cases: AUC {result['auc']}, Dice {result['dice']}")
     return result
 

@@ -10,38 +10,30 @@ the Client API script custom/ecefl/fl/client.py (the centralised engine plus fla
 
 Sites find their data through site-local configuration (docs/DEPLOY.md), never through the job.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "custom"))  # run from a source checkout
 
-from ecefl.fl.job_cli import add_environment_options, execution_env  # noqa: E402  (first: consumes --export)
-from ecefl.fl.job_options import add_job_options  # noqa: E402
+from ecefl.fl.job_cli import execution_env, job_arguments  # noqa: E402  (first: consumes --export)
 from ecefl.fl.jobs import build_recipe, job_start  # noqa: E402
 from ecefl.plan import get_plan  # noqa: E402
 
-JOB = "ece_finetune"
-
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_job_options(parser, min_sites_default=2)
-    add_environment_options(parser)
-    args = parser.parse_args(argv)
-
-    # the plan (preset + seed) and where training starts: the MAE encoder (--init), an interrupted job's last
-    # global model (--resume), or a fresh network
-    plan, initial_ckpt, resume = job_start(JOB, get_plan(args.preset, seed=args.seed), args.init, args.resume,
-                                           Path(args.workspace).resolve(), args.rounds)
-    # FedAvgRecipe (nvflare.app_opt.pt.recipes) with PooledFedAvg as its controller, the client script with its
-    # arguments, TensorBoard tracking, the custom/ code shipped with the job (custom/ecefl/fl/jobs.py)
-    recipe = build_recipe(JOB, plan, rounds=args.rounds, local_epochs=args.local_epochs, min_sites=args.min_sites,
-                          seed=args.seed, initial_ckpt=initial_ckpt, heartbeat_timeout=args.heartbeat_timeout,
-                          resume=resume, privacy_scope=args.privacy_scope, cross_site=args.cross_site_eval,
-                          task_timeout=args.task_timeout)
+    args, parser = job_arguments(__doc__, argv)
+    # where training starts: the MAE encoder (--init: the plan inherits its geometry, the encoder is copied key by
+    # key), an interrupted job's last global model (--resume), or a fresh network
+    plan, initial_ckpt, resume = job_start("ece_finetune", get_plan(args.preset, seed=args.seed), args.init,
+                                           args.resume, Path(args.workspace).resolve(), args.rounds)
+    # NVFlare's FedAvgRecipe (nvflare.app_opt.pt.recipes) with PooledFedAvg as its controller, client.py and its
+    # arguments, TensorBoard tracking, custom/ shipped with the job: custom/ecefl/fl/jobs.py
+    recipe = build_recipe("ece_finetune", plan, rounds=args.rounds, local_epochs=args.local_epochs,
+                          min_sites=args.min_sites, seed=args.seed, initial_ckpt=initial_ckpt, resume=resume,
+                          heartbeat_timeout=args.heartbeat_timeout, privacy_scope=args.privacy_scope,
+                          cross_site=args.cross_site_eval, task_timeout=args.task_timeout)
     run = recipe.execute(execution_env(args, parser))  # SimEnv / PocEnv / ProdEnv, or the export
-    print(f"job {JOB}: {run.get_job_id() if hasattr(run, 'get_job_id') else run}")
+    print(f"job ece_finetune: {run.get_job_id() if hasattr(run, 'get_job_id') else run}")
 
 
 if __name__ == "__main__":

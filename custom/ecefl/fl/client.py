@@ -14,6 +14,7 @@ import logging
 import os
 import time
 
+import numpy as np
 import torch
 
 import nvflare.client as flare
@@ -24,7 +25,9 @@ from ecefl import readout as R
 from ecefl.data import load_datalist, screen_cases, stratified_split
 from ecefl.engine import FineTuner, Pretrainer, predict_cases, seed_everything, stats_of
 from ecefl.fl import secure_sum as SS
-from ecefl.fl.protocol import FAILED, NUM_STEPS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY
+from ecefl.fl.protocol import (FAILED, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS, REFIT_THETA,
+                               SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS, UNMASK_SHARE,
+                               VALIDATE, VALIDATE_SECONDS)
 from ecefl.fl.site_config import datalist_for
 from ecefl.job_kinds import FINETUNE, JOB_KINDS, MAE
 from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer
@@ -67,9 +70,9 @@ class SiteLearner:
     def ensure_model(self, meta: dict):
         if self.model is not None:
             return
-        if "plan" not in (meta or {}):
+        if PLAN not in (meta or {}):
             raise RuntimeError(f"site {self.site}: the server sent no plan with the model; use the ecefl job")
-        self.plan = Plan.from_dict(meta["plan"])
+        self.plan = Plan.from_dict(meta[PLAN])
         seed_everything(self.args.seed)
         if self.args.job == MAE:
             items = self.labelled + self.unlabelled
@@ -127,7 +130,7 @@ class SiteLearner:
         share = self.keys.unmask_share(req["peers"], list(req["missing"]), list(req["answered"]), req["context"],
                                        int(req["length"]))
         self.log(f"secure sum: sent the masks with {', '.join(req['missing'])} (no result from them)")
-        return flare.FLModel(metrics={}, meta={"share": share})
+        return flare.FLModel(metrics={}, meta={UNMASK_SHARE: share})
 
     def refit_terms(self, incoming) -> flare.FLModel:
         """Read-out refit (ecefl.readout): this site's summed logistic loss, gradient and Hessian at the server's
@@ -135,7 +138,7 @@ class SiteLearner:
         from the model the first request carries, and never leave the site."""
         meta = incoming.meta or {}
         self.ensure_model(meta)
-        refit_id, secure = meta["refit"], meta.get(SECURE_SPEC)
+        refit_id, secure = meta[REFIT_ID], meta.get(SECURE_SPEC)
         if incoming.params:
             self.model.load_state_dict(to_state(incoming.params), strict=True)
             t0 = time.perf_counter()
@@ -150,9 +153,9 @@ class SiteLearner:
             self.warn("read-out refit without a secure sum over 2+ sites: this site's terms are not sent")
             return flare.FLModel(metrics={}, meta={})
         features, labels, pos_weight = self.refit_cache[refit_id]
-        terms = R.local_terms(torch.tensor(meta["theta"], dtype=torch.float64).numpy(), features, labels, pos_weight)
+        terms = R.local_terms(np.asarray(meta[REFIT_THETA], dtype=np.float64), features, labels, pos_weight)
         masked = self.keys.mask(SS.encode_floats(R.pack_terms(terms)), secure["peers"], secure["context"])
-        return flare.FLModel(metrics={}, meta={R.REFIT_TERMS: {"masked": masked, "contributes": True}})
+        return flare.FLModel(metrics={}, meta={REFIT_TERMS: {"masked": masked, "contributes": True}})
 
     def train_round(self, incoming) -> flare.FLModel:
         """The round's result; a round that fails here (e.g. a non-finite loss) is reported to the server, which
@@ -174,10 +177,10 @@ class SiteLearner:
         round_index = (incoming.current_round or 0) - start
         total_rounds = incoming.total_rounds or 1
         e = self.args.local_epochs
-        if self.args.job == FINETUNE and incoming.meta.get("validate", True):
+        if self.args.job == FINETUNE and incoming.meta.get(VALIDATE, True):
             t0 = time.perf_counter()
-            eval_meta, _ = self.evaluate(float(incoming.meta.get("threshold", 0.5)), incoming.meta.get(SECURE_SPEC))
-            meta_out["validate_seconds"] = round(time.perf_counter() - t0, 3)
+            eval_meta, _ = self.evaluate(float(incoming.meta.get(THRESHOLD, 0.5)), incoming.meta.get(SECURE_SPEC))
+            meta_out[VALIDATE_SECONDS] = round(time.perf_counter() - t0, 3)
             meta_out.update(eval_meta)
             n_cases = len(self.train_items)
         else:
@@ -187,7 +190,7 @@ class SiteLearner:
         self.writer.add_scalar("train_loss", loss, incoming.current_round or 0)
         self.local_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         meta_out[NUM_STEPS] = n_cases * e
-        meta_out["train_seconds"] = float(sum(h["seconds"] for h in history))
+        meta_out[TRAIN_SECONDS] = float(sum(h["seconds"] for h in history))
         return flare.FLModel(params=self.local_state, metrics={"train_loss": loss}, meta=meta_out)
 
     def validate(self, incoming) -> flare.FLModel:
@@ -195,7 +198,7 @@ class SiteLearner:
         if self.args.job != FINETUNE:
             return flare.FLModel(metrics={}, meta={})
         self.model.load_state_dict(to_state(incoming.params), strict=True)
-        threshold = float((incoming.meta or {}).get("threshold", 0.5))
+        threshold = float((incoming.meta or {}).get(THRESHOLD, 0.5))
         # cross-site evaluation sends no secure-sum spec: only the site-level metrics go back then
         meta, site_metrics = self.evaluate(threshold, (incoming.meta or {}).get(SECURE_SPEC))
         return flare.FLModel(metrics=site_metrics, meta=meta)
@@ -220,10 +223,10 @@ def main(argv=None) -> None:
             break
         task = flare.get_task_name()
         if task == SS.KEYS_TASK:
-            flare.send(flare.FLModel(metrics={}, meta={"public_key": learner.keys.public_hex}))
+            flare.send(flare.FLModel(metrics={}, meta={PUBLIC_KEY: learner.keys.public_hex}))
         elif task == SS.UNMASK_TASK:
             flare.send(learner.unmask(incoming))
-        elif task == R.REFIT_TASK:
+        elif task == REFIT_TASK:
             flare.send(learner.refit_terms(incoming))
         elif flare.is_submit_model():
             flare.send(learner.submit_model())

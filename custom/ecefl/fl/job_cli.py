@@ -11,6 +11,17 @@ from pathlib import Path
 from nvflare.recipe import PocEnv, ProdEnv, SimEnv  # importing nvflare.recipe consumes --export/--export-dir
 
 
+def job_arguments(doc: str, argv=None):
+    """(args, parser) of a jobs/<job>/job.py: the job options (ecefl.fl.job_options) and where to run it."""
+    import argparse
+
+    from .job_options import add_job_options
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_options(parser, min_sites_default=2)
+    add_environment_options(parser)
+    return parser.parse_args(argv), parser
+
+
 def add_environment_options(p) -> None:
     p.add_argument("--env", choices=["sim", "poc", "prod"], default="sim")
     p.add_argument("--sites", type=int, default=3, help="sim/poc: number of sites (site-1..N)")

@@ -23,7 +23,9 @@ from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 
 from ecefl import metrics as M
 from ecefl.fl import secure_sum as SS
-from ecefl.fl.protocol import FAILED, NUM_STEPS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY
+from ecefl.fl.protocol import (FAILED, JOB, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS,
+                                REFIT_THETA, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
+                                UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
 from ecefl.job_kinds import CHECKPOINT_KIND, FINETUNE
 
 OUT_DIR = "ecefl"
@@ -76,8 +78,8 @@ class PooledFedAvg(BaseFedAvg):
             t0 = time.time()
             model.current_round = self.current_round
             targets = self.sample_clients()
-            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind,
-                          "validate": self._validates(self.current_round), SECURE_SPEC: self._secure_spec(targets)}
+            model.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind,
+                          VALIDATE: self._validates(self.current_round), SECURE_SPEC: self._secure_spec(targets)}
             results = self._send_and_wait("train", model, targets)
             if self.abort_signal.triggered:
                 return
@@ -103,7 +105,7 @@ class PooledFedAvg(BaseFedAvg):
             self._write_report()
         if self.final_validation:
             targets = self.sample_clients()
-            model.meta = {"plan": self.plan, "threshold": self.threshold, "job": self.job_kind,
+            model.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind,
                           SECURE_SPEC: self._secure_spec(targets)}
             results = self._send_and_wait("validate", model, targets)
             self._name_missing(results, targets)
@@ -135,8 +137,8 @@ class PooledFedAvg(BaseFedAvg):
     def _exchange_keys(self) -> None:
         """Every site's secure-sum public key, once per job (ecefl.fl.secure_sum)."""
         targets = self.sample_clients()
-        replies = self._send_and_wait(SS.KEYS_TASK, FLModel(params={}, meta={"job": self.job_kind}), targets)
-        self.site_keys = {_client(r): str(r.meta["public_key"]) for r in replies if (r.meta or {}).get("public_key")}
+        replies = self._send_and_wait(SS.KEYS_TASK, FLModel(params={}, meta={JOB: self.job_kind}), targets)
+        self.site_keys = {_client(r): str(r.meta[PUBLIC_KEY]) for r in replies if (r.meta or {}).get(PUBLIC_KEY)}
         for site in sorted(set(targets) - set(self.site_keys)):  # sample_clients gives site names
             self._event("secure_sum", site, "no key exchanged: its evaluation statistics are not pooled in this job")
 
@@ -180,7 +182,7 @@ class PooledFedAvg(BaseFedAvg):
                 "length": int(len(total))}
         replies = self.broadcast_model(task_name=SS.UNMASK_TASK, data=FLModel(params={}, meta=meta), targets=answered,
                                        min_responses=len(answered), timeout=self.task_timeout or 600)
-        shares = {_client(r): (r.meta or {}).get("share") for r in replies}
+        shares = {_client(r): (r.meta or {}).get(UNMASK_SHARE) for r in replies}
         silent = sorted(set(answered) - {site for site, share in shares.items() if share})
         if silent:
             self._event("secure_sum", "server", f"pooled statistics lost this round: {', '.join(silent)} sent no "
@@ -203,13 +205,13 @@ class PooledFedAvg(BaseFedAvg):
         targets = self.sample_clients()
         for it in range(iterations):
             spec = self._secure_spec(targets)
-            meta = {"plan": self.plan, "job": self.job_kind, "refit": refit_id, "theta": theta.tolist(),
+            meta = {PLAN: self.plan, JOB: self.job_kind, REFIT_ID: refit_id, REFIT_THETA: theta.tolist(),
                     SECURE_SPEC: spec}
             request = FLModel(params=model.params if it == 0 else {}, meta=meta)
-            results = self._send_and_wait(R.REFIT_TASK, request, targets)
+            results = self._send_and_wait(REFIT_TASK, request, targets)
             self._name_missing(results, targets)
-            answered = [r for r in results if (r.meta or {}).get(R.REFIT_TERMS)]
-            total = self._secure_total(spec, answered, R.REFIT_TERMS)
+            answered = [r for r in results if (r.meta or {}).get(REFIT_TERMS)]
+            total = self._secure_total(spec, answered, REFIT_TERMS)
             if len(answered) < max(self.min_sites, SS.MIN_SITES) or total is None:
                 self._event("readout_refit", "server", f"iteration {it}: {len(answered)} site(s) sent their terms "
                                                        "(fewer than min_sites or 2): the jointly trained read-out is kept")
@@ -296,7 +298,7 @@ class PooledFedAvg(BaseFedAvg):
         if losses:
             record["train_loss"] = sum(l * w for l, w in losses) / max(sum(w for _, w in losses), 1)
         # local training and validation time per site; the rest of the round's "seconds" is the framework's
-        for key in ("train_seconds", "validate_seconds"):
+        for key in (TRAIN_SECONDS, VALIDATE_SECONDS):
             per_site = {_client(r): (r.meta or {}).get(key) for r in results}
             if any(v is not None for v in per_site.values()):
                 record[f"site_{key}"] = per_site
