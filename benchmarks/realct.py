@@ -2,8 +2,9 @@
 
     python benchmarks/realct.py --model workspace/demo/fl/ece_finetune/best_global_model.pt --out workspace/bench_realct
 
-Runs `ecefl infer` (the code a hospital runs) on the real HNSCC planning CTs in ../shared/realdata and measures,
-on each CT's own grid: the predicted nodal volume (ml), the share of it inside the body (HU > -300, largest
+Runs `ecefl infer` (the code a hospital runs) on the real HNSCC planning CTs in ../shared/realdata, timed (wall and
+CPU seconds; also with the full sliding window over air, whose nodes and in-body evidence must be identical), and
+measures, on each CT's own grid: the predicted nodal volume (ml), the share of it inside the body (HU > -300, largest
 connected component, holes filled) and the number of connected components. A neck holds at most tens of ml of
 nodes, all inside the body. Prints and writes realct.json.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +41,20 @@ def measure(model: str, out: Path) -> dict:
     from ecefl.infer import infer
     rows = {}
     for patient in sorted(p for p in REALDATA.iterdir() if p.is_dir()):
-        res = infer(model, patient, out / patient.name, log=lambda *_: None)
-        pred = np.asarray(nib.load(out / patient.name / "nodes_pred.nii.gz").dataobj) > 0
+        timing = {}
+        for skip_air, name in ((False, "full_window"), (True, "infer")):  # `ecefl infer` skips air windows
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = infer(model, patient, out / name / patient.name, log=lambda *_: None, skip_air=skip_air)
+            timing[name] = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+        pred = np.asarray(nib.load(out / "infer" / patient.name / "nodes_pred.nii.gz").dataobj) > 0
+        full = np.asarray(nib.load(out / "full_window" / patient.name / "nodes_pred.nii.gz").dataobj) > 0
+        ev = {k: np.asarray(nib.load(out / k / patient.name / "evidence.nii.gz").dataobj) for k in timing}
         hu = _native_hu(patient, pred.shape)
         body = body_mask(hu)
         n_comp = int(ndimage.label(pred)[1])
-        rows[patient.name] = {"nodes_volume_ml": res["nodes_volume_ml"], "components": n_comp,
+        rows[patient.name] = {**timing, "nodes_identical_to_full_window": bool((pred == full).all()),
+                              "evidence_max_abs_diff_inside_body": float(np.abs(ev["infer"] - ev["full_window"])[body].max()),
+                              "nodes_volume_ml": res["nodes_volume_ml"], "components": n_comp,
                               "inside_body_fraction": float((pred & body).sum() / pred.sum()) if pred.any() else None,
                               "ece_probability": res["ece_probability"]}
         print(patient.name, json.dumps(rows[patient.name]), flush=True)

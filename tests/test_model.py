@@ -129,3 +129,23 @@ def test_case_logit_is_linear_in_the_readout_features(plan):
             logit2 = model.pool(model.voxel_outputs(x)).double().numpy()
         np.testing.assert_allclose(R.design(features) @ theta2, logit2, rtol=1e-4, atol=1e-5)
         assert np.abs(logit2 - logit).max() > 1e-3
+
+
+def test_inference_skips_air_windows_without_changing_any_output_inside_the_body():
+    """`ecefl infer` leaves out windows of pure air (a planning CT's wide field of view); every output at a voxel
+    of the body (above the HU window's floor) equals the full sliding window's, bit for bit."""
+    from ecefl.engine import predict_volume
+    plan = get_plan("test-tiny")
+    torch.manual_seed(1)
+    model = DualOutputSwinUNETR(plan)
+    image = torch.zeros(1, 1, 64, 64, 200)  # [0, 1] window units: 0 = air at or below -250 HU
+    image[..., :70] = torch.rand(1, 1, 64, 64, 70) * 0.8 + 0.05  # the "patient", then 130 slices of air
+    full, _ = predict_volume(model, image, plan)
+    calls = []
+    original = model.voxel_outputs
+    model.voxel_outputs = lambda x, r=None, **k: (calls.append(x.shape[0]), original(x, r, **k))[1]
+    skipped, _ = predict_volume(model, image, plan, skip_air=True)
+    body = image[0, 0] > 0
+    assert torch.equal(skipped[0][:, body], full[0][:, body])
+    # test-tiny windows along z (overlap 0) start at 0, 64, 128, 136: the last two hold air only and were not run
+    assert len(calls) == 2

@@ -34,7 +34,7 @@ VALIDATE_EVERY = 3
 
 
 def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int = 40, unlabeled_per_site: int = 10,
-             mae_rounds: int = 2, rounds: int = 6, local_epochs: int = 1, seed: int = 0, progress: bool = True,
+             mae_rounds: int = 2, rounds: int = 8, local_epochs: int = 1, seed: int = 0, progress: bool = True,
              **overrides) -> dict:
     """overrides: plan fields on top of the preset (`ecefl demo --set FIELD=VALUE`), for both jobs."""
     from site_preprocess.config import SiteConfig

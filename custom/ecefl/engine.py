@@ -246,16 +246,32 @@ class Pretrainer(_EpochLoop):
         return f"MAE epoch {r['epoch']}/{total_epochs}: masked-voxel L1 {r['loss']:.4f} {r['seconds']:.1f}s"
 
 
+AIR_BACKGROUND_LOGIT = 20.0  # segmentation logit of "background" in the windows skip_air leaves out
+
+
 @torch.no_grad()
 def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, region: torch.Tensor | None = None,
-                   progress: bool = False):
+                   progress: bool = False, skip_air: bool = False):
     """Whole-volume sliding-window outputs (1, C, ...) and the case probability; image is (1,1,D,H,W) in [0,1].
-    progress: a bar over the windows (inference of one patient on a CPU takes minutes)."""
+    progress: a bar over the windows (inference of one patient on a CPU takes minutes).
+    skip_air (clinical inference, `ecefl infer`): a window whose every voxel lies at or below the HU window's lower
+    bound (-250 HU: air, lung) is not run through the network; it reads "background, no pooling weight". A body
+    voxel lies only in windows that hold it, so every output inside the body is the full sliding window's; a
+    planning CT's wide field of view (air, arms, table) then costs only the windows over the patient. Training-side
+    validation and `ecefl evaluate` keep the full sliding window."""
     dev = device()
     model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
+    n_channels = 8 if model.plan.evidence_reference else 6
 
     def predictor(x, r=None):
-        return model.voxel_outputs(x, r).float()
+        if not skip_air:
+            return model.voxel_outputs(x, r).float()
+        out = torch.zeros((x.shape[0], n_channels, *x.shape[2:]), device=x.device)
+        out[:, 0] = AIR_BACKGROUND_LOGIT
+        body = x.flatten(1).amax(1) > 0
+        if body.any():
+            out[body] = model.voxel_outputs(x[body], None if r is None else r[body]).float()
+        return out
 
     with _autocast(plan, dev):
         if region is None:

@@ -63,9 +63,11 @@ def _read_patient(dicom_dir: Path, use_rtstruct: bool, site_config):
 
 
 def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=None, log=print,
-          roi_name: str = ROI_NAME, roi_color=ROI_COLOR, loaded=None, progress: bool = False) -> dict:
+          roi_name: str = ROI_NAME, roi_color=ROI_COLOR, loaded=None, progress: bool = False,
+          skip_air: bool = True) -> dict:
     """loaded: (model, checkpoint) already read (batch inference reads the model file once); progress: a bar
-    over the sliding windows."""
+    over the sliding windows; skip_air: windows of pure air are not run (engine.predict_volume; the outputs
+    inside the body are unchanged)."""
     from site_preprocess.config import SiteConfig
     from site_preprocess.outputs import write_nifti
     site_config = site_config or SiteConfig()
@@ -88,7 +90,7 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
                 {"label": str(Path(tmp) / "region.nii.gz")})["label"]
             region = torch.as_tensor(np.asarray(reg)).unsqueeze(0) > 0.5
         voxel_out, prob = predict_volume(model, torch.as_tensor(np.asarray(image)).unsqueeze(0).float(), plan,
-                                         region=region, progress=progress)
+                                         region=region, progress=progress, skip_air=skip_air)
         pred_plan = (voxel_out[0, 1] > voxel_out[0, 0]).float()[None]
         pred_meta = image.clone()
         pred_meta.array = pred_plan.numpy()

@@ -119,7 +119,7 @@ def _demo(sub) -> None:
     p.add_argument("--cases-per-site", type=int, default=40)
     p.add_argument("--unlabeled-per-site", type=int, default=10)
     p.add_argument("--mae-rounds", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
