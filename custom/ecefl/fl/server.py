@@ -101,6 +101,7 @@ class PooledFedAvg(BaseFedAvg):
             self._maybe_cleanup_memory()  # every memory_gc_rounds rounds (NVFlare's gc.collect + malloc_trim)
         if self.job_kind == FINETUNE and int(self.plan.get("readout_refit_iterations", 0)) > 0:
             model = self._refit_readout(model)
+            self.save_model(model)  # NVFlare's persisted global model carries the refitted read-out too
             self._write_checkpoint("global_model.pt", model.params)
             self._write_report()
         if self.final_validation:
