@@ -52,7 +52,10 @@ def measure(model: str, out: Path) -> dict:
         hu = _native_hu(patient, pred.shape)
         body = body_mask(hu)
         n_comp = int(ndimage.label(pred)[1])
-        rows[patient.name] = {**timing, "nodes_identical_to_full_window": bool((pred == full).all()),
+        soft_tissue = hu > -250  # above the HU window's floor: what an air window holds none of
+        rows[patient.name] = {**timing,
+                              "nodes_differ_from_full_window_voxels": int((pred != full).sum()),
+                              "of_them_above_minus_250_hu": int(((pred != full) & soft_tissue).sum()),
                               "evidence_max_abs_diff_inside_body": float(np.abs(ev["infer"] - ev["full_window"])[body].max()),
                               "nodes_volume_ml": res["nodes_volume_ml"], "components": n_comp,
                               "inside_body_fraction": float((pred & body).sum() / pred.sum()) if pred.any() else None,
