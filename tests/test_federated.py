@@ -14,7 +14,7 @@ from conftest import preprocessed_sites
 from ecefl.checkpoint import load_checkpoint
 from ecefl.cli import main as ecefl_main
 from ecefl.data import load_datalist, stratified_split
-from ecefl.engine import predict_cases
+from ecefl.engine import positive_weight, predict_cases
 from ecefl.model import DualOutputSwinUNETR, encoder_keys
 
 VAL_FRACTION = 0.5
@@ -203,7 +203,7 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
         labelled, _ = load_datalist(fl_sites[site], site=site)
         train, _ = stratified_split(labelled, VAL_FRACTION, 0)
         data.append((R.case_features(model, train, ckpt["plan"]), np.array([it["ece"] for it in train]),
-                     R.site_pos_weight(train)))
+                     positive_weight(train)))
     expected, losses = R.refit_centralised(theta0, data, ckpt["plan"].readout_ridge, REFIT_ITERATIONS)
     np.testing.assert_allclose(final_theta, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(refit["loss"], losses, rtol=1e-5)

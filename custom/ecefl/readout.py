@@ -119,10 +119,6 @@ def refit_centralised(theta0: np.ndarray, site_data: list[tuple[np.ndarray, np.n
     return theta, losses
 
 
-def site_pos_weight(items: list[dict]) -> float:
-    return positive_weight(items)
-
-
 def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = False,
                 log=print) -> dict:
     """Centralised refit (ecefl train): the same class weights per site and Newton iterations as the federated
@@ -131,7 +127,7 @@ def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progr
     for it in items:
         by_site.setdefault(it.get("site"), []).append(it)
     data = [(case_features(model, group, plan, progress), np.array([int(i["ece"]) for i in group]),
-             site_pos_weight(group)) for _, group in sorted(by_site.items(), key=lambda kv: str(kv[0]))]
+             positive_weight(group)) for _, group in sorted(by_site.items(), key=lambda kv: str(kv[0]))]
     theta0 = model.readout_parameters().double().cpu().numpy()
     theta, losses = refit_centralised(theta0, data, plan.readout_ridge, plan.readout_refit_iterations)
     model.set_readout_parameters(torch.as_tensor(theta))

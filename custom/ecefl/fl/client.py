@@ -3,9 +3,10 @@
 One script serves both jobs (--job mae_pretrain | ece_finetune) and every task of a job: "train" (evaluate the
 received global model on the local validation split, then train local epochs), "validate" (evaluate only) and
 "submit_model" (cross-site evaluation), plus the secure-sum tasks (ecefl.fl.secure_sum: key exchange, and masks
-with sites that dropped out) and the read-out refit (ecefl.readout: summed logistic terms, masked). What leaves the site: weights, training losses, site-level metrics (AUC, Dice, ...
-over its validation split) and its additive evaluation statistics masked for secure aggregation — never a case
-id, path or per-patient score, and no statistics the server could read on their own.
+with sites that dropped out) and the read-out refit (ecefl.readout: summed logistic terms, masked). What leaves
+the site: weights, training losses, site-level metrics (AUC, Dice, ... over its validation split) and its
+additive evaluation statistics masked for secure aggregation — never a case id, path or per-patient score, and
+no statistics the server could read on their own.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from nvflare.client.tracking import SummaryWriter
 from ecefl import metrics as M
 from ecefl import readout as R
 from ecefl.data import load_datalist, screen_cases, stratified_split
-from ecefl.engine import FineTuner, Pretrainer, predict_cases, seed_everything, stats_of
+from ecefl.engine import FineTuner, Pretrainer, positive_weight, predict_cases, seed_everything, stats_of
 from ecefl.fl import secure_sum as SS
 from ecefl.fl.protocol import (FAILED, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS, REFIT_THETA,
                                SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS, UNMASK_SHARE,
@@ -144,7 +145,7 @@ class SiteLearner:
             t0 = time.perf_counter()
             features = R.case_features(self.model, self.train_items, self.plan)
             labels = [int(it["ece"]) for it in self.train_items]
-            self.refit_cache = {refit_id: (features, labels, R.site_pos_weight(self.train_items))}
+            self.refit_cache = {refit_id: (features, labels, positive_weight(self.train_items))}
             self.log(f"read-out refit: features of {len(labels)} training cases in "
                      f"{time.perf_counter() - t0:.1f}s")
         if refit_id not in self.refit_cache:
