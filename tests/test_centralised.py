@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import json
 
 import pytest
@@ -45,6 +46,11 @@ def test_train_outputs_in_range(runs):
     ckpt = torch.load(runs / "ft" / "model.pt", weights_only=True)
     assert ckpt["threshold"] == pytest.approx(metrics["threshold"])
     assert metrics["init"].endswith("checkpoint.pt")
+    # the output mask's node threshold: the candidate with the best mean validation Dice, stored with the model
+    by_threshold = val["dice_at_node_threshold"]
+    assert by_threshold["0.5"] == pytest.approx(val["dice"])
+    assert by_threshold[f"{ckpt['node_threshold']:g}"] == pytest.approx(max(by_threshold.values()))
+    assert ckpt["node_threshold"] == val["node_threshold"]
 
 
 def test_train_refits_the_readout_on_its_training_cases(runs):
@@ -64,6 +70,8 @@ def test_evaluate_outputs(runs):
     metrics = json.loads((runs / "eval" / "metrics.json").read_text())
     assert set(KEYS) <= set(metrics) and metrics["n_cases"] == 9
     assert len(metrics["per_site"]) == 3  # one entry per datalist (named by its folder)
+    # evaluate masks at the model file's node threshold and says which
+    assert metrics["node_threshold"] == torch.load(runs / "ft" / "model.pt", weights_only=True)["node_threshold"]
     rows = list(csv.DictReader(open(runs / "eval" / "predictions.csv")))
     assert len(rows) == 9 and all(0 <= float(r["probability"]) <= 1 for r in rows)
     assert all(r["case_id"].startswith("case-") for r in rows)
@@ -73,8 +81,8 @@ def test_init_message_counts_every_encoder_tensor(preprocessed, tmp_path, capsys
     ecefl_main(["train", "--datalist", str(preprocessed["hospital-a"] / "datalist.json"), "--preset", "test-tiny",
                 "--epochs", "1", "--init", str(runs / "mae" / "checkpoint.pt"), "--val-fraction", "0",
                 "--out", str(tmp_path / "r"), "--no-progress"])
-    out = capsys.readouterr().out
-    assert "initialized 70/70 encoder tensors from" in out
+    err = capsys.readouterr().err  # progress is logged (timestamped) on stderr
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO +ecefl\.\w+: initialized 70/70 encoder tensors from", err, re.M)
 
 
 def test_clear_errors(tmp_path, capsys, runs):

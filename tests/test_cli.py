@@ -65,3 +65,29 @@ def test_job_py_exports_the_recipe_it_builds(job, tmp_path):
     client = (tmp_path / job / "app" / "config" / "config_fed_client.json").read_text()
     assert f"--job {job}" in client and "client.py" in client
     assert (tmp_path / job / "app" / "custom" / "ecefl" / "fl" / "client.py").is_file()
+
+
+def test_log_level_before_or_after_the_command_and_timestamped_lines_on_stderr(capsys):
+    import logging
+    import re
+    from ecefl.logs import configure
+    parser = build_parser()
+    assert parser.parse_args(["synth", "--out", "x"]).log_level == "INFO"
+    assert parser.parse_args(["--log-level", "warning", "synth", "--out", "x"]).log_level == "WARNING"
+    assert parser.parse_args(["--log-level", "error", "poc", "stop", "--workspace", "w",
+                              "--log-level", "debug"]).log_level == "DEBUG"
+    log = logging.getLogger("ecefl.stages")
+    try:
+        configure("WARNING")
+        log.info("hidden at WARNING")
+        log.warning("shown at WARNING")
+        configure("DEBUG")
+        log.debug("shown at DEBUG")
+        printed = capsys.readouterr()
+    finally:
+        configure("INFO")
+    assert printed.out == ""
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+    assert re.search(stamp + r"WARNING ecefl.stages: shown at WARNING$", printed.err, re.M)
+    assert re.search(stamp + r"DEBUG +ecefl.stages: shown at DEBUG$", printed.err, re.M)
+    assert "hidden" not in printed.err

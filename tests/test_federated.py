@@ -11,6 +11,7 @@ import torch
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from conftest import preprocessed_sites
+from ecefl import metrics as M
 from ecefl.checkpoint import load_checkpoint
 from ecefl.cli import main as ecefl_main
 from ecefl.data import load_datalist, stratified_split
@@ -96,7 +97,7 @@ def test_server_pooled_auc_and_confusion_equal_sklearn_on_local_predictions(simu
     ckpt = load_checkpoint(simulated / "ece_finetune" / "global_model.pt")
     model = DualOutputSwinUNETR(ckpt["plan"])
     model.load_state_dict(ckpt["model"], strict=True)
-    probs, labels, dices = [], [], []
+    probs, labels, dices, dices_at = [], [], [], []
     threads = torch.get_num_threads()
     # as the simulated sites ran (ECEFL_TORCH_THREADS = cores // sites): same float reduction order
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // len(SITES)))
@@ -107,6 +108,7 @@ def test_server_pooled_auc_and_confusion_equal_sklearn_on_local_predictions(simu
         probs += list(pred["probs"])
         labels += list(pred["labels"])
         dices += list(pred["dices"])
+        dices_at.append(pred["dices_at"])
     torch.set_num_threads(threads)
     probs, labels = np.array(probs), np.array(labels)
     # exact up to ties within one score bin: a positive-negative pair closer than a bin may be split evenly by the
@@ -128,6 +130,15 @@ def test_server_pooled_auc_and_confusion_equal_sklearn_on_local_predictions(simu
     assert final["pooled"]["sensitivity"] == pytest.approx(tp / (tp + fn))
     assert final["pooled"]["specificity"] == pytest.approx(tn / (tn + fp))
     assert final["pooled"]["dice"] == pytest.approx(float(np.mean(dices)), abs=1e-4)
+    # the output mask's node threshold: the candidate with the best pooled mean Dice of these cases (secure-summed
+    # per-threshold Dice sums), stored in the model file that infer and evaluate read
+    dices_at = np.concatenate(dices_at)
+    served = final["pooled"]["dice_at_node_threshold"]
+    assert [served[f"{t:g}"] for t in M.NODE_THRESHOLDS] == pytest.approx(dices_at.mean(0).tolist(), abs=1e-4)
+    assert served["0.5"] == pytest.approx(final["pooled"]["dice"], abs=1e-6)
+    best = dices_at.mean(0)
+    assert best[M.NODE_THRESHOLDS.index(ckpt["node_threshold"])] == pytest.approx(best.max(), abs=1e-4)
+    assert final["node_threshold"] == ckpt["node_threshold"] == report["node_threshold"]
 
 
 def test_cross_site_evaluation_covers_every_model_and_site(simulated):

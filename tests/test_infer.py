@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import torch
 
-from ecefl.checkpoint import save_checkpoint
+from ecefl.checkpoint import load_checkpoint, save_checkpoint
 from ecefl.cli import main as ecefl_main
 from ecefl.model import DualOutputSwinUNETR
 from ecefl.plan import get_plan
@@ -165,7 +165,7 @@ def test_batch_inference_over_a_folder_of_patients(model_file, synth_root, patie
         res = json.loads((out / p / "result.json").read_text())
         assert f"{res['ece_probability']:.4f}" == rows[p]["ece_probability"]
         assert (out / p / "SEG_pred.dcm").is_file() and (out / p / "RTSTRUCT_pred.dcm").is_file()
-    assert "2 of 3 patients done, 1 failed" in capsys.readouterr().out
+    assert "2 of 3 patients done, 1 failed" in capsys.readouterr().err
     # an MAE checkpoint where a fine-tuned model is needed: a clear error before any patient is read
     from ecefl.checkpoint import save_checkpoint as save
     from ecefl.model import MaskedPretrainer
@@ -237,10 +237,16 @@ def test_infer_errors_are_clear(model_file, patient, tmp_path, capsys):
 
 
 def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, preprocessed, tmp_path):
-    """The exported bundle, run by MONAI's bundle runner in a fresh process, segments like `ecefl infer`."""
+    """The exported bundle, run by MONAI's bundle runner in a fresh process, segments like `ecefl infer`, both at
+    the model file's node threshold (here above 0.5, so the mask is not the argmax)."""
     import csv
     import subprocess
     import sys
+    plain = model_file
+    model_file = tmp_path / "model_t.pt"
+    payload = load_checkpoint(plain, kind="dual")
+    save_checkpoint(model_file, "dual", payload["plan"], payload["model"], threshold=payload["threshold"],
+                    node_threshold=0.502)
     bundle = tmp_path / "bundle"
     assert ecefl_main(["export-bundle", "--model", str(model_file), "--out", str(bundle)]) == 0
     for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
@@ -262,3 +268,8 @@ def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, 
     infer_mask = np.asarray(nib.load(tmp_path / "inf" / "nodes_pred.nii.gz").dataobj).astype(bool)
     assert bundle_mask.shape == infer_mask.shape
     assert dice(bundle_mask, infer_mask) >= 0.98
+    # the threshold took effect: fewer nodal voxels than the argmax (0.5) of the same network, and only those
+    assert ecefl_main(["infer", "--model", str(plain), "--dicom", str(patient), "--out", str(tmp_path / "inf5")]) == 0
+    argmax_mask = np.asarray(nib.load(tmp_path / "inf5" / "nodes_pred.nii.gz").dataobj).astype(bool)
+    assert 0 < infer_mask.sum() < argmax_mask.sum() and not (infer_mask & ~argmax_mask).any()
+    assert json.loads((tmp_path / "inf" / "result.json").read_text())["node_threshold"] == 0.502

@@ -83,3 +83,17 @@ def test_nan_metrics_serialise_as_null():
 def test_roc_from_histograms_ends_at_corners():
     fpr, tpr = M.roc_from_histograms([0, 1, 3], [2, 1, 0])
     assert (fpr[0], tpr[0]) == (0, 0) and math.isclose(fpr[-1], 1) and math.isclose(tpr[-1], 1)
+
+
+def test_node_threshold_is_the_candidate_with_the_best_summed_dice_and_the_sums_stay_additive():
+    dices_at = np.array([[0.5, 0.6, 0.7, 0.65, 0.1], [0.4, 0.5, 0.55, 0.6, 0.2]])
+    stats = M.site_stats([0.2, 0.8], [0, 1], dices_at[:, 0], [(1, 1, 1), (2, 0, 0)], 0.5, bins=10,
+                         dices_at=dices_at)
+    assert stats["dice_sum_at"] == pytest.approx(dices_at.sum(0).tolist())
+    assert M.node_threshold_from(stats["dice_sum_at"]) == 0.7
+    assert M.node_threshold_from([1.0, 1.0, 0.5, 0.5, 0.5]) == 0.5  # a tie keeps the lower threshold
+    merged = M.merge_stats([stats, stats])
+    assert merged["dice_sum_at"] == pytest.approx((2 * dices_at.sum(0)).tolist())
+    summary = M.summary(merged)
+    assert summary["dice_at_node_threshold"]["0.7"] == pytest.approx(dices_at[:, 2].mean())
+    assert summary["dice_at_node_threshold"]["0.5"] == pytest.approx(summary["dice"])

@@ -67,13 +67,14 @@ def test_mae_masked_voxels_reach_no_path(plan):
     assert not torch.equal(rec_a, rec_c)
 
 
-def test_encoder_transfer_is_verified_key_by_key(plan, capsys):
+def test_encoder_transfer_is_verified_key_by_key(plan):
     mae = MaskedPretrainer(plan)
     dual = DualOutputSwinUNETR(plan)
-    n = load_encoder(dual, mae.state_dict(), "mae.pt")
+    said = []
+    n = load_encoder(dual, mae.state_dict(), "mae.pt", log=said.append)
     keys = encoder_keys(dual.state_dict())
     assert n == len(keys) > 50
-    assert f"initialized {n}/{n} encoder tensors from mae.pt" in capsys.readouterr().out
+    assert said == [f"initialized {n}/{n} encoder tensors from mae.pt"]
     assert all(torch.equal(dual.state_dict()[k], mae.state_dict()[k]) for k in keys)
     broken = {k: v for k, v in mae.state_dict().items() if "mlp" not in k}
     with pytest.raises(ValueError, match="missing"):
@@ -149,3 +150,13 @@ def test_inference_skips_air_windows_without_changing_any_output_inside_the_body
     assert torch.equal(skipped[0][:, body], full[0][:, body])
     # test-tiny windows along z (overlap 0) start at 0, 64, 128, 136: the last two hold air only and were not run
     assert len(calls) == 2
+
+
+def test_node_mask_is_the_argmax_at_one_half_and_the_softmax_above_any_threshold():
+    torch.manual_seed(0)
+    out = torch.randn(2, 6, 5, 6, 7)
+    assert torch.equal(DualOutputSwinUNETR.node_mask(out, 0.5), out[:, 1] > out[:, 0])
+    p_node = torch.softmax(out[:, :2], dim=1)[:, 1]
+    for t in (0.6, 0.8, 0.9):
+        mask = DualOutputSwinUNETR.node_mask(out, t)
+        assert torch.equal(mask, p_node > t) and mask.sum() < (p_node > 0.5).sum()

@@ -49,11 +49,31 @@ def _loopback_project(extra_clients: tuple[str, ...] = ()) -> dict:
     return project
 
 
-def _start_kit(kit: Path) -> None:
-    """`startup/start.sh` of a kit, with this interpreter's environment first on PATH (it runs `python3`)."""
+def _start_kit(kit: Path, console: Path | None = None) -> None:
+    """`startup/start.sh` of a kit, with this interpreter's environment first on PATH (it runs `python3`).
+    console: the participant's console output goes there, with gRPC's own log at INFO (DEPLOY.md: a refused TLS
+    handshake is logged by gRPC's C core, below NVFlare's Python logging)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if console is None:
+        out = subprocess.DEVNULL
+    else:
+        env["GRPC_VERBOSITY"] = "INFO"
+        out = console.open("ab")
     subprocess.run(["bash", str(kit / "startup" / "start.sh")], env=env, cwd=kit, check=True, timeout=60,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _wait_for_log(path: Path, offset: int, needle: str, timeout: float = 90) -> str:
+    """The first line at or after byte offset that holds needle (polled, no fixed sleep)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            for line in fh.read().decode(errors="replace").splitlines():
+                if needle in line:
+                    return line
+        time.sleep(0.5)
+    raise AssertionError(f"no line with {needle!r} in {path} within {timeout:.0f}s")
 
 
 def _connected(session) -> set[str]:
@@ -111,12 +131,18 @@ def test_tls_deployment_admits_only_provisioned_participants_and_roles(secure_ne
         assert _wait_connected(s, {"hospital-a", "hospital-b"}) == {"hospital-a", "hospital-b"}
 
         # a client that trusts our root CA but holds a certificate signed by another CA (same site name): only
-        # the server's check of client certificates can keep it out; a client of another CA altogether; and the
-        # genuine kit without its certificate and key. NVFlare 2.9's server logs no line for a refused TLS
-        # handshake at its default level, so the test watches the connected sites while the clients retry.
-        for bad in (secure_net["forged"], foreign_prod / "hospital-c", secure_net["stripped"]):
+        # the server's check of client certificates can keep it out, and the server's console log says it did.
+        # Then a client of another CA altogether (it distrusts our server too) and the genuine kit without its
+        # certificate and key (it cannot even open a TLS connection). Each keeps retrying or stops; none joins.
+        console = secure_net["server_console"]
+        for bad, refusal in ((secure_net["forged"], "CERTIFICATE_VERIFY_FAILED"),
+                             (foreign_prod / "hospital-c", None), (secure_net["stripped"], None)):
+            offset = console.stat().st_size
             _start_kit(bad)
-        deadline = time.time() + 30
+            if refusal:
+                line = _wait_for_log(console, offset, refusal)
+                assert "Handshake failed" in line, line
+        deadline = time.time() + 10  # the two without a refusal line: a short watch while they retry
         while time.time() < deadline:
             assert "hospital-c" not in _connected(s), "a client without a certificate of our CA joined"
             time.sleep(2)
@@ -175,9 +201,11 @@ def secure_net(tmp_path_factory):
         assert merged["streaming_read_timeout"] == 900
         assert all(merged.get(k) == v for k, v in json.loads(provisioned.get(kit, "{}")).items())
     try:
-        for kit in kits[:3]:
+        console = root / "server_console.log"
+        _start_kit(kits[0], console)
+        for kit in kits[1:3]:
             _start_kit(kit)
-        yield {"prod": prod, "foreign": foreign, "stripped": stripped, "forged": forged}
+        yield {"prod": prod, "foreign": foreign, "stripped": stripped, "forged": forged, "server_console": console}
     finally:
         for kit in kits:
             poc.kill_participant(kit)

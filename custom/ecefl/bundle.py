@@ -8,6 +8,7 @@ checkpoint travels beside it (models/ecefl_dual.pt) for `ecefl infer`.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from .checkpoint import load_checkpoint
 from .data import preprocessing_spec
 
 
-def inference_config(plan) -> dict:
+def inference_config(plan, node_threshold: float = 0.5) -> dict:
+    # node probability > node_threshold (the model file's), as `ecefl infer` masks: logit difference > logit(t)
+    margin = math.log(node_threshold / (1.0 - node_threshold))
     return {
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".",
@@ -40,7 +43,7 @@ def inference_config(plan) -> dict:
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size), "sw_batch_size": 1,
                     "overlap": plan.sw_overlap, "mode": "constant"},
         "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "Lambdad", "keys": "pred", "func": f"$lambda x: (x[1:2] - x[0:1] > {margin!r}).float()"},
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
              "nearest_interp": True, "to_tensor": True},
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "nodes",
@@ -64,7 +67,8 @@ def export_bundle(model_path, out) -> Path:
     seg_state = {k[len("net."):]: v for k, v in ckpt["model"].items() if k.startswith("net.")}
     torch.save(seg_state, out / "models" / "model.pt")
     shutil.copy2(model_path, out / "models" / "ecefl_dual.pt")
-    (out / "configs" / "inference.json").write_text(json.dumps(inference_config(plan), indent=1))
+    config = inference_config(plan, float(ckpt.get("node_threshold", 0.5)))
+    (out / "configs" / "inference.json").write_text(json.dumps(config, indent=1))
     metadata = {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": "0.1.0", "changelog": {"0.1.0": "exported by ecefl"},
@@ -76,7 +80,8 @@ def export_bundle(model_path, out) -> Path:
                        "(mask-guided pooling) runs with `ecefl infer --model models/ecefl_dual.pt`.",
         "authors": "ECE-FL contributors", "copyright": "Apache-2.0",
         "intended_use": "Research only; trained on the federation's data, not a medical device.",
-        "ecefl": {"plan": plan.to_dict(), "threshold": ckpt.get("threshold")},
+        "ecefl": {"plan": plan.to_dict(), "threshold": ckpt.get("threshold"),
+                  "node_threshold": ckpt.get("node_threshold", 0.5)},
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
                                  "spatial_shape": list(plan.patch_size), "dtype": "float32",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from monai.transforms import (Compose, EnsureTyped, RandAffined, RandCropByPosNe
                               RandSimulateLowResolutiond, RandSpatialCropd, SpatialPadd)
 
 from .plan import Plan
+
+_log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -47,7 +50,7 @@ def load_datalist(path: str | Path, site: str | None = None) -> tuple[list[dict]
     return labelled, unlabelled
 
 
-def screen_cases(items: list[dict], log=print) -> list[dict]:
+def screen_cases(items: list[dict], log=_log.info) -> list[dict]:
     """The items whose CT (and label) hold only finite voxels; each other case is named and left out, so one
     damaged file does not end a site's training (NaN voxels make the loss NaN at the first step that sees them)."""
     import nibabel as nib

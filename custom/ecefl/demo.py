@@ -97,6 +97,11 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
     final = finetune.get("final") or {}
     print()
     print(format_metrics_table(final.get("pooled"), final.get("sites") or {}))
+    by_threshold = (final.get("pooled") or {}).get("dice_at_node_threshold") or {}
+    if final.get("node_threshold") is not None and by_threshold:
+        t = final["node_threshold"]
+        print(f"nodal mask at node probability > {t:g}: pooled Dice {by_threshold[f'{t:g}']:.3f} (at 0.5: "
+              f"{by_threshold['0.5']:.3f}; threshold chosen on these validation cases)")
     print(f"\nbest model (pooled AUC + Dice, second half of training): {finetune.get('best_round')}; total {timings['total_s'] / 60:.1f} min")
     print(f"model for `ecefl infer` / `ecefl calibrate`: {fl_ws / 'ece_finetune' / 'best_global_model.pt'}")
     print(f"report: {out / 'report' / 'index.html'}")
@@ -112,7 +117,8 @@ def evidence_cases(model_path: Path, datalists: dict, threshold: float, seed: in
         _, val = stratified_split(labelled, VAL_FRACTION, seed)
         if not val:
             continue
-        pred = predict_cases(model, val, ckpt["plan"], progress=False, keep_outputs=True)
+        pred = predict_cases(model, val, ckpt["plan"], progress=False, keep_outputs=True,
+                             node_threshold=float(ckpt.get("node_threshold", 0.5)))
         for i, p in enumerate(pred["probs"]):
             y = int(pred["labels"][i])
             positive = p >= threshold

@@ -6,6 +6,7 @@ E local epochs follows the same teacher-forcing and loss-weight schedule as a ce
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from . import metrics as M
 from .data import cached_loader, eval_transforms, mae_transforms, plain_dataset, train_transforms
 from .model import DualOutputSwinUNETR, MaskedPretrainer
 from .plan import Plan
+
+_log = logging.getLogger(__name__)
 
 
 def device() -> torch.device:
@@ -149,7 +152,7 @@ class FineTuner(_EpochLoop):
     model: DualOutputSwinUNETR
     train_items: list[dict]
     progress: bool = True
-    log: callable = print
+    log: callable = _log.info
     optimizer: torch.optim.Optimizer = field(init=False)
 
     def __post_init__(self):
@@ -221,7 +224,7 @@ class Pretrainer(_EpochLoop):
     model: MaskedPretrainer
     items: list[dict]
     progress: bool = True
-    log: callable = print
+    log: callable = _log.info
     label = "MAE epoch"
 
     def __post_init__(self):
@@ -288,25 +291,30 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
 
 
 def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = True,
-                  keep_outputs: bool = False) -> dict:
-    """Per-case probability, Dice and voxel counts (on the plan grid) for labelled items; stays site-local."""
+                  keep_outputs: bool = False, node_threshold: float = 0.5) -> dict:
+    """Per-case probability, Dice and voxel counts (on the plan grid) for labelled items; stays site-local.
+    The mask is node probability > node_threshold (the model file's); "dices_at" holds each case's Dice at every
+    candidate of metrics.NODE_THRESHOLDS (the choice of the threshold)."""
     ds = plain_dataset(items, eval_transforms(plan, with_label=True))
-    probs, labels, dices, voxels, outputs = [], [], [], [], []
+    probs, labels, dices, voxels, outputs, dices_at = [], [], [], [], [], []
     for i in tqdm(range(len(ds)), desc="evaluate", unit="case", leave=False, disable=not progress):
         sample = ds[i]
         out, prob = predict_volume(model, sample["image"].unsqueeze(0), plan)
-        pred = out[0, 1] > out[0, 0]
+        pred = DualOutputSwinUNETR.node_mask(out, node_threshold)[0]
         target = sample["label"][0] > 0
         tp, fp, fn = M.voxel_counts(pred.numpy(), target.numpy())
         probs.append(prob)
         labels.append(int(items[i]["ece"]))
         dices.append(M.dice_from_counts(tp, fp, fn))
         voxels.append((tp, fp, fn))
+        dices_at.append([M.dice_from_counts(*M.voxel_counts(DualOutputSwinUNETR.node_mask(out, t)[0].numpy(),
+                                                            target.numpy())) for t in M.NODE_THRESHOLDS])
         if keep_outputs:
             outputs.append({"image": sample["image"][0].numpy(), "label": target.numpy(), "pred": pred.numpy(),
                             "evidence": DualOutputSwinUNETR.evidence_map(out)[0, 0].numpy()})
     result = {"probs": np.array(probs), "labels": np.array(labels, int), "dices": np.array(dices),
-              "voxels": np.array(voxels, float).reshape(-1, 3), "case_ids": [it["case_id"] for it in items]}
+              "voxels": np.array(voxels, float).reshape(-1, 3), "case_ids": [it["case_id"] for it in items],
+              "dices_at": np.array(dices_at, float).reshape(-1, len(M.NODE_THRESHOLDS))}
     if keep_outputs:
         result["outputs"] = outputs
     return result
@@ -318,4 +326,5 @@ def evaluate_cases(pred: dict, threshold: float, n_boot: int = 1000, seed: int =
 
 
 def stats_of(pred: dict, threshold: float, plan: Plan) -> dict:
-    return M.site_stats(pred["probs"], pred["labels"], pred["dices"], pred["voxels"], threshold, plan.score_bins)
+    return M.site_stats(pred["probs"], pred["labels"], pred["dices"], pred["voxels"], threshold, plan.score_bins,
+                        dices_at=pred.get("dices_at"))

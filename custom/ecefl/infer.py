@@ -10,6 +10,7 @@ so rt-utils copying the patient module into it is intended here.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,8 @@ from .data import build_transforms, preprocessing_spec
 from .engine import predict_volume
 from .checkpoint import load_model
 from .model import DualOutputSwinUNETR
+
+_log = logging.getLogger(__name__)
 
 ROI_NAME = "ECEFL_nodes_pred"
 ROI_COLOR = (255, 0, 0)
@@ -62,7 +65,7 @@ def _read_patient(dicom_dir: Path, use_rtstruct: bool, site_config):
     return ct, [p for p, _ in files], region
 
 
-def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=None, log=print,
+def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=None, log=_log.info,
           roi_name: str = ROI_NAME, roi_color=ROI_COLOR, loaded=None, progress: bool = False,
           skip_air: bool = True) -> dict:
     """loaded: (model, checkpoint) already read (batch inference reads the model file once); progress: a bar
@@ -91,7 +94,7 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
             region = torch.as_tensor(np.asarray(reg)).unsqueeze(0) > 0.5
         voxel_out, prob = predict_volume(model, torch.as_tensor(np.asarray(image)).unsqueeze(0).float(), plan,
                                          region=region, progress=progress, skip_air=skip_air)
-        pred_plan = (voxel_out[0, 1] > voxel_out[0, 0]).float()[None]
+        pred_plan = DualOutputSwinUNETR.node_mask(voxel_out, float(ckpt.get("node_threshold", 0.5))).float()
         pred_meta = image.clone()
         pred_meta.array = pred_plan.numpy()
         back = ResampleToMatch(mode="nearest")(pred_meta, img_dst=native)
@@ -110,6 +113,7 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
     voxel_ml = float(np.prod(ct.spacing_xyz)) / 1000.0
     result = {
         "ece_probability": float(prob), "ece_positive": bool(prob >= threshold), "threshold": threshold,
+        "node_threshold": float(ckpt.get("node_threshold", 0.5)),
         "model": {"file": Path(model_path).name, "preset": plan.preset, "feature_size": plan.feature_size,
                   "spacing": list(plan.spacing), "trained": ckpt.get("trained") or ckpt.get("federated")},
         "nodes_volume_ml": round(float(nodes_native.sum()) * voxel_ml, 3),
@@ -162,7 +166,7 @@ def patient_folders(root: Path) -> list[Path] | None:
 
 
 def infer_batch(model_path, root, out, use_rtstruct: bool = False, site_config=None, progress: bool = True,
-                log=print, roi_name: str = ROI_NAME, roi_color=ROI_COLOR, folders: list[Path] | None = None) -> list[dict]:
+                log=_log.info, roi_name: str = ROI_NAME, roi_color=ROI_COLOR, folders: list[Path] | None = None) -> list[dict]:
     """Every patient folder under root -> OUT/<folder>/ (as a single-patient run) and OUT/summary.csv with a
     status and reason per patient; a failing patient is reported and the others go on."""
     import csv

@@ -14,6 +14,7 @@ a light head reconstructs the voxels from the two deepest encoder stages, loss o
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
@@ -23,6 +24,8 @@ from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from .plan import Plan
+
+_log = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "net.swinViT."
 
@@ -135,6 +138,12 @@ class DualOutputSwinUNETR(nn.Module):
     def pool(self, voxel_out: torch.Tensor) -> torch.Tensor:
         """Case logit (B,) from voxel outputs over any extent (a patch or a stitched whole volume)."""
         return self.evidence_map(voxel_out).flatten(1).sum(1) + self.cls_bias
+
+    @staticmethod
+    def node_mask(voxel_out: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+        """(B, ...) voxels whose node probability (softmax of the two segmentation logits) exceeds threshold;
+        at 0.5 exactly the argmax."""
+        return voxel_out[:, 1] - voxel_out[:, 0] > math.log(threshold / (1.0 - threshold))
 
     @staticmethod
     def evidence_map(voxel_out: torch.Tensor) -> torch.Tensor:
@@ -256,7 +265,7 @@ def encoder_keys(state: dict) -> list[str]:
     return [k for k in state if k.startswith(ENCODER_PREFIX)]
 
 
-def load_encoder(model: nn.Module, source_state: dict, source_name: str, log=print) -> int:
+def load_encoder(model: nn.Module, source_state: dict, source_name: str, log=_log.info) -> int:
     """Copy every encoder tensor key by key; fail naming what is missing or mis-shaped (never strict=False)."""
     target = model.state_dict()
     keys = encoder_keys(target)

@@ -5,7 +5,10 @@ exact spacing/window/architecture the weights were trained with (the nnU-Net ide
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields, replace
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ INHERITED_FROM_PRETRAINING = ("spacing", "patch_size", "hu_window", "feature_siz
                               "window_size")
 
 
-def plan_from_pretraining(plan: Plan, pretrained_plan: Plan, log=print) -> Plan:
+def plan_from_pretraining(plan: Plan, pretrained_plan: Plan, log=_log.info) -> Plan:
     """The fine-tuning plan on the pretraining plan's geometry and architecture (the one place this is decided:
     centralised training, the simulator, POC and production submissions all call it)."""
     inherited = {k: getattr(pretrained_plan, k) for k in INHERITED_FROM_PRETRAINING}

@@ -10,6 +10,8 @@ features; here solved rather than stepped).
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
@@ -19,6 +21,8 @@ from .data import plain_dataset, eval_transforms
 from .engine import device, positive_weight
 from .model import DualOutputSwinUNETR
 from .plan import Plan
+
+_log = logging.getLogger(__name__)
 
 # the read-out's tensors in a state dict: theta = (last layer weights, last layer bias b0, case bias)
 READOUT_KEYS = ("evidence_head.2.weight", "evidence_head.2.bias", "cls_bias")
@@ -120,7 +124,7 @@ def refit_centralised(theta0: np.ndarray, site_data: list[tuple[np.ndarray, np.n
 
 
 def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = False,
-                log=print) -> dict:
+                log=_log.info) -> dict:
     """Centralised refit (ecefl train): the same class weights per site and Newton iterations as the federated
     one, on all training cases at once. Sets the model's read-out and returns the refit's record."""
     by_site: dict = {}

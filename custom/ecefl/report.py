@@ -132,6 +132,16 @@ def metrics_table(pooled: dict | None, sites: dict) -> str:
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
+def _node_threshold_note(final: dict) -> str:
+    by_threshold = (final.get("pooled") or {}).get("dice_at_node_threshold") or {}
+    t = final.get("node_threshold")
+    if t is None or not by_threshold:
+        return ""
+    curve = ", ".join(f"{k}: {_fmt(v)}" for k, v in by_threshold.items())
+    return (f"the model file masks nodes at probability &gt; {t:g}, the best pooled Dice of these cases "
+            f"({curve}; chosen on them, so the Dice at the chosen threshold is optimistic).")
+
+
 def write_report(out_dir: Path, finetune: dict, mae: dict | None, data_summary: dict, config: dict,
                  evidence_cases: list[dict], timings: dict) -> dict:
     out_dir = Path(out_dir)
@@ -146,7 +156,7 @@ def write_report(out_dir: Path, finetune: dict, mae: dict | None, data_summary: 
                  f"label {'ECE+' if case['ece'] else 'ECE−'} (rendered at the site)")
         overlays.append((case, evidence_overlay(case, title, out_dir / name)))
     summary = {"final": {"pooled": final.get("pooled"), "sites": final.get("sites"),
-                         "threshold": final.get("threshold")},
+                         "threshold": final.get("threshold"), "node_threshold": final.get("node_threshold")},
                "best_round": finetune.get("best_round"), "n_rounds": len(finetune.get("rounds", [])),
                "events": finetune.get("events", []), "data": data_summary, "config": config, "timings": timings,
                "readout_refit": _refit_summary(finetune.get("readout_refit")),
@@ -177,7 +187,8 @@ show the pipeline works, not clinical performance.</p>
 <h2>Final global model: pooled and per-site validation (95 % CI)</h2>
 {metrics_table(final.get('pooled'), final.get('sites') or {})}
 <p><small>Operating threshold {final.get('threshold')} (Youden's J on the previous pooled ROC). CIs: case resampling
-(multinomial over the additive statistics).</small></p>
+(multinomial over the additive statistics). Dice above at node probability &gt; 0.5; {_node_threshold_note(final)}
+</small></p>
 {_refit_html(finetune.get("readout_refit"))}
 <h2>ROC</h2>{_img(roc_png)}
 <h2>Learning curves</h2>{_img(curves_png)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_e
 from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
 from .plan import Plan, get_plan, plan_from_pretraining
 
-# What fine-tuning must take from the pretraining plan for the encoder weights to mean the same thing.
+_log = logging.getLogger(__name__)
+
+
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -23,13 +26,13 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def init_encoder(model: DualOutputSwinUNETR, init_path, log=print) -> Plan:
+def init_encoder(model: DualOutputSwinUNETR, init_path, log=_log.info) -> Plan:
     payload = load_checkpoint(init_path)
     load_encoder(model, payload["model"], str(init_path), log=log)
     return payload["plan"]
 
 
-def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: bool = True, log=print,
+def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: bool = True, log=_log.info,
              **overrides) -> dict:
     out = Path(out)
     plan = get_plan(preset, seed=seed, **overrides)
@@ -48,7 +51,7 @@ def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: 
 
 
 def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: float = 1.0,
-          val_fraction: float = 0.25, seed: int = 0, progress: bool = True, log=print, **overrides) -> dict:
+          val_fraction: float = 0.25, seed: int = 0, progress: bool = True, log=_log.info, **overrides) -> dict:
     out = Path(out)
     plan = get_plan(preset, seed=seed, **overrides)
     labelled, _ = load_datalists(datalists)
@@ -71,12 +74,17 @@ def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: f
     if plan.readout_refit_iterations:
         from .readout import refit_model
         refit = refit_model(model, train_items, plan, progress=progress, log=log)
-    threshold, val = 0.5, None
+    threshold, node_threshold, val = 0.5, 0.5, None
     if val_items:
         pred = predict_cases(model, val_items, plan, progress=progress)
         threshold = M.youden_threshold(pred["probs"], pred["labels"])
+        node_threshold = M.node_threshold_from(pred["dices_at"].sum(0))
         val = evaluate_cases(pred, threshold, seed=seed)
+        val["node_threshold"] = node_threshold
+        val["dice_at_node_threshold"] = dict(zip((f"{t:g}" for t in M.NODE_THRESHOLDS),
+                                                 pred["dices_at"].mean(0).tolist()))
     save_checkpoint(out / "model.pt", "dual", plan, model.state_dict(), threshold=threshold,
+                    node_threshold=node_threshold,
                     trained={"epochs": epochs, "n_train": len(train_items), "init": bool(init),
                              "label_fraction": label_fraction})
     result = {"val": val, "epochs": history, "threshold": threshold,
@@ -87,16 +95,18 @@ def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: f
     return result
 
 
-def evaluate(model_path, datalists, out, progress: bool = True, log=print) -> dict:
+def evaluate(model_path, datalists, out, progress: bool = True, log=_log.info) -> dict:
     out = Path(out)
     model, payload = load_model(model_path, kind="dual")
     plan = payload["plan"]
     labelled, _ = load_datalists(datalists)
     if not labelled:
         raise DataError("the datalists hold no labelled case to evaluate")
-    pred = predict_cases(model, labelled, plan, progress=progress)
+    node_threshold = float(payload.get("node_threshold", 0.5))
+    pred = predict_cases(model, labelled, plan, progress=progress, node_threshold=node_threshold)
     threshold = float(payload.get("threshold", 0.5))
     result = evaluate_cases(pred, threshold)
+    result["node_threshold"] = node_threshold
     sites = sorted({it["site"] for it in labelled})
     if len(sites) > 1:
         result["per_site"] = {}
@@ -120,7 +130,7 @@ CALIBRATION_MIN_PER_CLASS = 10
 
 
 def calibrate(model_path, datalists, out, sensitivity: float | None = None, progress: bool = True,
-              log=print) -> dict:
+              log=_log.info) -> dict:
     """A hospital sets its own operating threshold from its own labelled cases and stores it in a copy of the
     model file (`infer` and `evaluate` read it). Youden's J by default; with `sensitivity`, the highest threshold
     that keeps at least that sensitivity. Only counts and rates are stored, never a case id or score."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ecefl.logs import LEVELS, configure as configure_logging
+
 from . import federated, poc, stages
 
 
@@ -57,11 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     from ecefl import __version__
     parser = argparse.ArgumentParser(prog="ecefl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ecefl {__version__}")
+    add_log_level(parser, "INFO")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (*stages.COMMANDS[:6], *federated.COMMANDS, *poc.COMMANDS, *stages.COMMANDS[6:]):
         add(sub)  # the order of `ecefl --help`
+    _leaf_log_levels(parser)
     _explain(parser)
     return parser
+
+
+def add_log_level(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--log-level", default=default, choices=LEVELS, type=str.upper,
+                        help="what goes to stderr: timestamped progress and warnings (results go to stdout)")
+
+
+def _leaf_log_levels(parser: argparse.ArgumentParser) -> None:
+    """--log-level also after the (sub)command; given there, it wins over the one before it."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subs:
+        for child in action.choices.values():
+            _leaf_log_levels(child)
+    if not subs and not any("--log-level" in a.option_strings for a in parser._actions):
+        add_log_level(parser, argparse.SUPPRESS)
 
 
 def quiet_library_warnings() -> None:
@@ -76,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -8,6 +8,7 @@ site-local configuration (ecefl/fl/site_config.py).
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .server import PooledFedAvg
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "client.py"
 from .job_options import DEFAULT_TASK_TIMEOUT  # a CPU round takes minutes, a gpu one on a slow link tens of minutes
+
+_log = logging.getLogger(__name__)
 # what a site answers: training (update + statistics of the received global model), validation of the global
 # model, and (cross-site evaluation only) its own locally trained model
 SITE_TASKS = ("train", "validate", "submit_model")
@@ -41,6 +44,7 @@ class EceFedAvgRecipe(FedAvgRecipe):
         return PooledFedAvg(num_clients=self.min_clients, num_rounds=self.num_rounds, persistor_id=persistor_id,
                             start_round=resume.get("start_round", 0), job_kind=self._kind, plan=self._plan_dict,
                             min_sites=self._min_sites, threshold=resume.get("threshold", 0.5),
+                            node_threshold=resume.get("node_threshold", 0.5),
                             resumed_from=resume or None, memory_gc_rounds=self.server_memory_gc_rounds,
                             task_timeout=self._task_timeout)
 
@@ -123,7 +127,7 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
 
 
 def job_start(kind: str, plan: Plan, init: str | None, resume: str | None, workdir: Path, rounds: int,
-              log=print) -> tuple[Plan, str | None, dict | None]:
+              log=_log.info) -> tuple[Plan, str | None, dict | None]:
     """Where a federated job starts, decided once for the simulator, POC, a provisioned federation and
     jobs/<job>/job.py: (plan, initial checkpoint for the persistor, resume record).
     resume: an interrupted job's per-round global_model.pt (or run folder): its plan and weights, next round on.
@@ -198,5 +202,5 @@ def resume_point(checkpoint: str | Path, kind: str, out: Path) -> tuple[Plan, st
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": ckpt["model"]}, out)
     resume = {"start_round": federated["round"] + 1, "threshold": float(ckpt.get("threshold", 0.5)),
-              "checkpoint_round": federated["round"]}
+              "node_threshold": float(ckpt.get("node_threshold", 0.5)), "checkpoint_round": federated["round"]}
     return ckpt["plan"], str(out), resume

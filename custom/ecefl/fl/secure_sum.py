@@ -36,10 +36,11 @@ FIXED_POINT = 2 ** 24  # float statistics (Dice sums) to integers: 6e-8 resoluti
 def layout(bins: int) -> list[tuple[str, int]]:
     """(key, length) of the encoded vector, the same at every site for one plan."""
     return [(k, 1) for k in M.STAT_SUM_KEYS] + [("dice_hist", M.DICE_BINS), ("score_hist_pos", bins),
-                                                  ("score_hist_neg", bins)]
+                                                  ("score_hist_neg", bins),
+                                                  ("dice_sum_at", len(M.NODE_THRESHOLDS))]
 
 
-_FLOAT_KEYS = {"dice_sum", "dice_sq_sum"}
+_FLOAT_KEYS = {"dice_sum", "dice_sq_sum", "dice_sum_at"}
 
 
 def encode(stats: dict | None, bins: int) -> np.ndarray:
@@ -49,7 +50,8 @@ def encode(stats: dict | None, bins: int) -> np.ndarray:
     for key, n in layout(bins):
         value = np.zeros(n, dtype=np.int64) if stats is None else stats[key]
         if key in _FLOAT_KEYS:
-            value = int(round(float(np.sum(value)) * FIXED_POINT))
+            value = np.rint(np.asarray(value, dtype=np.float64).reshape(-1) * FIXED_POINT)
+            value = int(value[0]) if n == 1 else value
         arr = np.asarray(value, dtype=np.int64).reshape(-1)
         if arr.size != n or (arr < 0).any():
             raise ValueError(f"statistic {key} has {arr.size} values (expected {n}) or a negative value")
@@ -64,7 +66,7 @@ def decode(vector, bins: int, threshold: float) -> dict:
         chunk = vector[i:i + n].astype(np.int64)
         i += n
         if key in _FLOAT_KEYS:
-            out[key] = float(chunk[0]) / FIXED_POINT
+            out[key] = float(chunk[0]) / FIXED_POINT if n == 1 else (chunk / FIXED_POINT).tolist()
         elif n == 1:
             out[key] = int(chunk[0])
         else:

@@ -42,7 +42,7 @@ def _as_array(v) -> np.ndarray:
 class PooledFedAvg(BaseFedAvg):
     def __init__(self, *args, job_kind: str = FINETUNE, plan: dict | None = None, min_sites: int = 1,
                  final_validation: bool = True, max_update_ratio: float = 10.0, threshold: float = 0.5,
-                 resumed_from: dict | None = None, task_timeout: int = 0, **kwargs):
+                 node_threshold: float = 0.5, resumed_from: dict | None = None, task_timeout: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.job_kind = job_kind
         self.plan = plan or {}
@@ -53,6 +53,7 @@ class PooledFedAvg(BaseFedAvg):
         self.events: list[dict] = []
         self.best: dict | None = None
         self.threshold = threshold
+        self.node_threshold = node_threshold  # the output mask's node-probability threshold (metrics.NODE_THRESHOLDS)
         self.resumed_from = resumed_from  # a resubmitted job continues at start_round from a persisted model
         # once min_sites have answered, a round waits at most this many seconds for the others (0: for ever),
         # so a hung site delays the round but cannot block it
@@ -82,6 +83,7 @@ class PooledFedAvg(BaseFedAvg):
                           VALIDATE: self._validates(self.current_round), SECURE_SPEC: self._secure_spec(targets)}
             results = self._send_and_wait("train", model, targets)
             if self.abort_signal.triggered:
+                self._record_abort(results, targets)
                 return
             usable = self._screen(results, model, targets)
             if len(usable) < self.min_sites:
@@ -240,6 +242,17 @@ class PooledFedAvg(BaseFedAvg):
             else:
                 self._event("dropped", site, "no result this round (site down or disconnected)")
 
+    def _record_abort(self, results: list[FLModel], targets) -> None:
+        """An aborted round (an operator's abort, or NVFlare's when fewer than min_sites stay connected) still
+        names the sites it was waiting for in pooled_metrics.json."""
+        silent = sorted(set(targets or []) - {_client(r) for r in results})
+        for site in silent:
+            self._event("dropped", site, "no result before the job was aborted (by an operator, or by NVFlare when "
+                                         "fewer than min_sites stayed connected: see the events and server log)")
+        self._event("aborted", "server", f"round {self.current_round} aborted; waiting for "
+                                         f"{', '.join(silent) or 'no site'}; min_sites={self.min_sites}")
+        self._write_report(finished=False)
+
     def _validates(self, round_id: int) -> bool:
         """Whether sites validate the model they receive in this round (the global model after round_id rounds).
         The initial model is validated only when it is all there is (a 1-round job) or every round is asked."""
@@ -319,6 +332,9 @@ class PooledFedAvg(BaseFedAvg):
             # the next operating threshold: Youden's J on the pooled ROC, at a histogram bin edge
             self.threshold = M.youden_threshold_from_histograms(merged["score_hist_pos"], merged["score_hist_neg"])
             record["next_threshold"] = self.threshold
+            # the output mask's threshold: the best pooled mean Dice over the candidates, stored with the model
+            self.node_threshold = M.node_threshold_from(merged["dice_sum_at"])
+            record["node_threshold"] = self.node_threshold
         else:
             record["pooled"] = None
         self._track(round_id, record)
@@ -367,6 +383,7 @@ class PooledFedAvg(BaseFedAvg):
         state = {k: torch.as_tensor(_as_array(v).copy()) for k, v in params.items()}
         kind = CHECKPOINT_KIND[self.job_kind]
         save_checkpoint(self._out(name), kind, Plan.from_dict(self.plan), state, threshold=self.threshold,
+                        node_threshold=self.node_threshold,
                         federated={"job": self.job_kind, "round": self.current_round})
 
     def _write_report(self, finished: bool = False) -> None:
@@ -374,7 +391,8 @@ class PooledFedAvg(BaseFedAvg):
         final = next((r for r in self.records if r["round"] == "final"), None)
         report = {"job": self.job_kind, "rounds": rounds, "final": final,
                   "best_round": self.best["round"] if self.best else None, "events": self.events,
-                  "threshold": self.threshold, "finished": finished, "min_sites": self.min_sites,
+                  "threshold": self.threshold, "node_threshold": self.node_threshold, "finished": finished,
+                  "min_sites": self.min_sites,
                   "start_round": self.start_round, "total_rounds": self.start_round + self.num_rounds,
                   "resumed_from": self.resumed_from, "readout_refit": self.refit}
         path = self._out("pooled_metrics.json")

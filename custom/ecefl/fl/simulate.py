@@ -7,6 +7,7 @@ with the failing site and its error text.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -17,6 +18,8 @@ from ecefl.job_kinds import FINETUNE, MAE
 from ecefl.plan import Plan, get_plan
 
 from .jobs import DEFAULT_TASK_TIMEOUT, build_recipe, job_start
+
+_log = logging.getLogger(__name__)
 
 
 class FederatedRunError(RuntimeError):
@@ -44,7 +47,7 @@ def parse_sites(values: list[str]) -> dict[str, Path]:
 
 def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, preset: str, workspace,
              min_sites: int | None = None, seed: int = 0, init: str | None = None, val_fraction: float = 0.25,
-             min_count: int = 0, quiet: bool = False, progress: bool = True, log=print, resume: str | None = None,
+             min_count: int = 0, quiet: bool = False, progress: bool = True, log=_log.info, resume: str | None = None,
              cross_site: bool = False, privacy: str | None = None, privacy_scope: str | None = None,
              task_timeout: int = DEFAULT_TASK_TIMEOUT, **overrides) -> dict:
     """privacy/privacy_scope: every simulated site applies that scope of a site privacy policy (privacy.json)
