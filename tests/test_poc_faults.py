@@ -3,6 +3,7 @@ a hospital's node dies mid-round, hangs, or its round fails on damaged data; too
 server dies mid-job and the job is resumed from its last persisted global model."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -56,7 +57,7 @@ def test_server_killed_mid_job_resumes_from_last_persisted_round(poc3, tmp_path,
                        "--resume-job", job]) == 0
     printed = capsys.readouterr()
     assert f"resuming ece_finetune at round {done + 1} of 3" in printed.err
-    resumed = printed.out.strip()  # stdout holds only the job id
+    resumed = printed.out.strip().splitlines()[-1]  # the job id (NVFlare's API prints "Connecting to FLARE ...")
     assert ecefl_main(["poc", "wait", resumed, "--workspace", str(poc3), "--timeout", "600"]) == 0
     assert ecefl_main(["poc", "download", resumed, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
     report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
@@ -70,14 +71,25 @@ def test_server_killed_mid_job_resumes_from_last_persisted_round(poc3, tmp_path,
     assert final["federated"]["round"] == 2
 
 
+@contextlib.contextmanager
+def _killed(ws, site: str):
+    """The site's node killed for the block; started again after it, whatever the block's outcome, so that a
+    failing drill does not leave the next drills one hospital short."""
+    assert ecefl_main(["poc", "kill", site, "--workspace", str(ws)]) == 0
+    try:
+        yield
+    finally:
+        assert ecefl_main(["poc", "start", "--service", site, "--workspace", str(ws)]) == 0
+
+
 def test_site_killed_mid_round_job_continues_with_the_others(poc3, tmp_path, capsys):
     job = _submit(poc3, capsys, "--rounds", "1", "--min-sites", "2")
     _wait_for(lambda: _site_is_training(poc3, "hospital-c", job), 300, "hospital-c to start the job")
     time.sleep(2)
-    assert ecefl_main(["poc", "kill", "hospital-c", "--workspace", str(poc3)]) == 0
-    t0 = time.time()
-    assert ecefl_main(["poc", "wait", job, "--workspace", str(poc3), "--timeout", "600"]) == 0
-    assert time.time() - t0 < 400
+    with _killed(poc3, "hospital-c"):
+        t0 = time.time()
+        assert ecefl_main(["poc", "wait", job, "--workspace", str(poc3), "--timeout", "600"]) == 0
+        assert time.time() - t0 < 400
     assert ecefl_main(["poc", "download", job, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
     assert "hospital-c dropped in round" in capsys.readouterr().out
     report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
@@ -85,19 +97,17 @@ def test_site_killed_mid_round_job_continues_with_the_others(poc3, tmp_path, cap
     assert {e["site"] for e in dropped} == {"hospital-c"}
     assert report["finished"] and [r["round"] for r in report["rounds"]] == [0]
     assert report["rounds"][0]["n_sites"] == 2 and report["final"]["n_sites"] == 2  # round and final validation
-    # bring the hospital back for the next test
-    assert ecefl_main(["poc", "start", "--service", "hospital-c", "--workspace", str(poc3)]) == 0
 
 
 def test_fewer_live_sites_than_minimum_ends_the_job_not_hangs(poc3, tmp_path, capsys):
     job = _submit(poc3, capsys, "--rounds", "2", "--min-sites", "3")
     _wait_for(lambda: _site_is_training(poc3, "hospital-b", job), 300, "hospital-b to start the job")
-    assert ecefl_main(["poc", "kill", "hospital-b", "--workspace", str(poc3)]) == 0
-    t0 = time.time()
-    capsys.readouterr()
-    assert ecefl_main(["poc", "wait", job, "--workspace", str(poc3), "--timeout", "600"]) == 1
-    assert time.time() - t0 < 400
-    err = capsys.readouterr().err
+    with _killed(poc3, "hospital-b"):
+        t0 = time.time()
+        capsys.readouterr()
+        assert ecefl_main(["poc", "wait", job, "--workspace", str(poc3), "--timeout", "600"]) == 1
+        assert time.time() - t0 < 400
+        err = capsys.readouterr().err
     assert f"job {job} ended with status" in err and "COMPLETED" not in err.split("status", 1)[1].split()[0]
     # the server's record names the site it lost and says the round was aborted
     assert ecefl_main(["poc", "download", job, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
@@ -106,9 +116,7 @@ def test_fewer_live_sites_than_minimum_ends_the_job_not_hangs(poc3, tmp_path, ca
     dropped = [e for e in report["events"] if e["event"] == "dropped"]
     assert [e["site"] for e in dropped] == ["hospital-b"], report["events"]
     aborted = next(e for e in report["events"] if e["event"] == "aborted")
-    assert "hospital-b" in aborted["reason"] and "min_sites=3" in aborted["reason"]
-    # bring the hospital back for the next test
-    assert ecefl_main(["poc", "start", "--service", "hospital-b", "--workspace", str(poc3)]) == 0
+    assert "min_sites=3" in aborted["reason"] and "disconnected: hospital-b;" in aborted["reason"]
 
 
 def test_a_site_whose_round_fails_is_left_out_and_the_job_goes_on(poc3, poc_data, tmp_path, capsys):
@@ -133,8 +141,9 @@ def test_a_site_whose_round_fails_is_left_out_and_the_job_goes_on(poc3, poc_data
     assert ecefl_main(["poc", "download", job, "--workspace", str(poc3), "--out", str(tmp_path / "dl")]) == 0
     report = json.loads((tmp_path / "dl" / "pooled_metrics.json").read_text())
     assert report["finished"], report["events"]
-    failed = [(e["round"], e["site"]) for e in report["events"] if e["event"] == "failed"]
+    failed = [(e["round"], e["site"]) for e in report["events"] if "round failed" in e["reason"]]
     assert (0, "hospital-c") in failed and {site for _, site in failed} == {"hospital-c"}, report["events"]
+    assert all("RuntimeError" in e["reason"] for e in report["events"] if e["site"] == "hospital-c")
     assert report["rounds"][0]["n_sites"] == 2 and set(report["rounds"][0]["sites"]) <= {"hospital-a", "hospital-b"}
     assert load_checkpoint(tmp_path / "dl" / "global_model.pt")["federated"]["round"] == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from ecefl.fl.job_options import add_job_options
 from ecefl.job_kinds import FINETUNE, JOB_KINDS
 
 from .common import add_plan_overrides, exit_codes, overrides_from
+
+_log = logging.getLogger(__name__)
 
 
 def _fl(sub) -> None:
@@ -135,7 +138,7 @@ def export_job(args, n_sites: int | None = None, workdir=None):
     from ecefl.plan import get_plan
     workdir = Path(workdir or args.workspace).resolve()
     plan, initial, resume = job_start(args.job, get_plan(args.preset, seed=args.seed), args.init, args.resume,
-                                      workdir, args.rounds, print)
+                                      workdir, args.rounds, _log.info)
     stamp = int(_time.time())
     if n_sites is None:
         from ecefl.fl import poc

@@ -33,9 +33,11 @@ class session:
         self.kit, self.user, self.timeout = Path(kit).resolve(), user or kit_user(kit), timeout
 
     def __enter__(self):
+        import contextlib
         from nvflare.fuel.flare_api.flare_api import new_secure_session
-        try:
-            self.s = new_secure_session(self.user, str(self.kit), timeout=self.timeout)
+        try:  # NVFlare prints "Connecting to FLARE ..." on stdout, which carries only our results
+            with contextlib.redirect_stdout(sys.stderr):
+                self.s = new_secure_session(self.user, str(self.kit), timeout=self.timeout)
         except Exception as exc:
             raise AdminError(f"cannot log in to the federation as {self.user} with the kit {self.kit} "
                              f"({type(exc).__name__}: {exc}); is the server running and reachable?") from exc

@@ -244,13 +244,15 @@ class PooledFedAvg(BaseFedAvg):
 
     def _record_abort(self, results: list[FLModel], targets) -> None:
         """An aborted round (an operator's abort, or NVFlare's when fewer than min_sites stay connected) still
-        names the sites it was waiting for in pooled_metrics.json."""
+        names, in pooled_metrics.json, the sites NVFlare declared disconnected and those still working."""
         silent = sorted(set(targets or []) - {_client(r) for r in results})
-        for site in silent:
-            self._event("dropped", site, "no result before the job was aborted (by an operator, or by NVFlare when "
-                                         "fewer than min_sites stayed connected: see the events and server log)")
-        self._event("aborted", "server", f"round {self.current_round} aborted; waiting for "
-                                         f"{', '.join(silent) or 'no site'}; min_sites={self.min_sites}")
+        lost = [site for site in silent if self.get_client_disconnect_time(site)]
+        for site in lost:
+            self._event("dropped", site, "disconnected (heartbeat lost) before the round could finish")
+        working = [site for site in silent if site not in lost]
+        self._event("aborted", "server", f"round {self.current_round} aborted with min_sites={self.min_sites}; "
+                                         f"disconnected: {', '.join(lost) or 'none'}; still working: "
+                                         f"{', '.join(working) or 'none'}")
         self._write_report(finished=False)
 
     def _validates(self, round_id: int) -> bool:
