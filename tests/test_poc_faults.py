@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import preprocessed_sites
+from conftest import preprocessed_sites, wait_for
 from ecefl.checkpoint import load_checkpoint
 from ecefl.cli import main as ecefl_main
 from ecefl.fl import poc
@@ -25,16 +25,6 @@ def _submit(ws, capsys, *extra) -> str:
     return capsys.readouterr().out.strip().splitlines()[-1]
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _site_is_training(ws, site: str, job_id: str) -> bool:
     """The site's job process has started work on this job (its per-job log exists and has content)."""
     log = poc.prod_dir(ws) / site / job_id / "log.txt"
@@ -44,7 +34,7 @@ def _site_is_training(ws, site: str, job_id: str) -> bool:
 def test_server_killed_mid_job_resumes_from_last_persisted_round(poc3, tmp_path, capsys):
     job = _submit(poc3, capsys, "--rounds", "3")
     ckpt = poc.server_run_dir(poc3, job) / "ecefl" / "global_model.pt"
-    _wait_for(ckpt.is_file, 400, "the first persisted global model")
+    wait_for(ckpt.is_file, 400, "the first persisted global model")
     assert ecefl_main(["poc", "kill", "server", "--workspace", str(poc3)]) == 0
     assert not poc.port_in_use(PORT)
     persisted = load_checkpoint(ckpt)
@@ -84,7 +74,7 @@ def _killed(ws, site: str):
 
 def test_site_killed_mid_round_job_continues_with_the_others(poc3, tmp_path, capsys):
     job = _submit(poc3, capsys, "--rounds", "1", "--min-sites", "2")
-    _wait_for(lambda: _site_is_training(poc3, "hospital-c", job), 300, "hospital-c to start the job")
+    wait_for(lambda: _site_is_training(poc3, "hospital-c", job), 300, "hospital-c to start the job")
     time.sleep(2)
     with _killed(poc3, "hospital-c"):
         t0 = time.time()
@@ -101,7 +91,7 @@ def test_site_killed_mid_round_job_continues_with_the_others(poc3, tmp_path, cap
 
 def test_fewer_live_sites_than_minimum_ends_the_job_not_hangs(poc3, tmp_path, capsys):
     job = _submit(poc3, capsys, "--rounds", "2", "--min-sites", "3")
-    _wait_for(lambda: _site_is_training(poc3, "hospital-b", job), 300, "hospital-b to start the job")
+    wait_for(lambda: _site_is_training(poc3, "hospital-b", job), 300, "hospital-b to start the job")
     with _killed(poc3, "hospital-b"):
         t0 = time.time()
         capsys.readouterr()
@@ -160,7 +150,7 @@ def test_hung_site_is_dropped_after_the_task_timeout_and_poc_stop_ends_it(poc3, 
     heart-beating: the round goes on without it after --task-timeout, naming it; the job completes."""
     import signal
     job = _submit(poc3, capsys, "--rounds", "1", "--min-sites", "2", "--task-timeout", "20")
-    _wait_for(lambda: _site_is_training(poc3, "hospital-c", job) and _job_processes(poc3, "hospital-c", job), 300,
+    wait_for(lambda: _site_is_training(poc3, "hospital-c", job) and _job_processes(poc3, "hospital-c", job), 300,
               "hospital-c to start the job")
     hung = _job_processes(poc3, "hospital-c", job)
     for proc in hung:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import preprocessed_sites
+from conftest import preprocessed_sites, wait_for
 from ecefl.cli import main as ecefl_main
 from ecefl.fl import poc
 from ecefl.fl.jobs import build_recipe
@@ -83,15 +83,11 @@ def _tls_request(port: int, root_ca: Path, cert: Path, key: Path) -> bytes:
 
 def _wait_for_log(path: Path, offset: int, needle: str, timeout: float = 90) -> str:
     """The first line at or after byte offset that holds needle (polled, no fixed sleep)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def found():
         with path.open("rb") as fh:
             fh.seek(offset)
-            for line in fh.read().decode(errors="replace").splitlines():
-                if needle in line:
-                    return line
-        time.sleep(0.5)
-    raise AssertionError(f"no line with {needle!r} in {path} within {timeout:.0f}s")
+            return next((line for line in fh.read().decode(errors="replace").splitlines() if needle in line), None)
+    return wait_for(found, timeout, f"a line with {needle!r} in {path}")
 
 
 def _connected(session) -> set[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import monai
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, node_threshold_of
 from .data import preprocessing_spec
 
 
@@ -67,7 +67,7 @@ def export_bundle(model_path, out) -> Path:
     seg_state = {k[len("net."):]: v for k, v in ckpt["model"].items() if k.startswith("net.")}
     torch.save(seg_state, out / "models" / "model.pt")
     shutil.copy2(model_path, out / "models" / "ecefl_dual.pt")
-    config = inference_config(plan, float(ckpt.get("node_threshold", 0.5)))
+    config = inference_config(plan, node_threshold_of(ckpt))
     (out / "configs" / "inference.json").write_text(json.dumps(config, indent=1))
     metadata = {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
@@ -81,7 +81,7 @@ def export_bundle(model_path, out) -> Path:
         "authors": "ECE-FL contributors", "copyright": "Apache-2.0",
         "intended_use": "Research only; trained on the federation's data, not a medical device.",
         "ecefl": {"plan": plan.to_dict(), "threshold": ckpt.get("threshold"),
-                  "node_threshold": ckpt.get("node_threshold", 0.5)},
+                  "node_threshold": node_threshold_of(ckpt)},
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
                                  "spatial_shape": list(plan.patch_size), "dtype": "float32",

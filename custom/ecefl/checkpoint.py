@@ -63,6 +63,11 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     return payload
 
 
+def node_threshold_of(payload: dict) -> float:
+    """The node-probability threshold of the model file's output mask (0.5, the argmax, for older files)."""
+    return float(payload.get("node_threshold", 0.5))
+
+
 def load_model(path: str | Path, kind: str = "dual"):
     """(model with the checkpoint's weights, checkpoint): the one way a checkpoint becomes a model."""
     from .model import DualOutputSwinUNETR, MaskedPretrainer

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 
-from .checkpoint import load_model
+from .checkpoint import load_model, node_threshold_of
 from .data import load_datalist, stratified_split
 from .engine import predict_cases
 from .job_kinds import FINETUNE, MAE
@@ -118,7 +118,7 @@ def evidence_cases(model_path: Path, datalists: dict, threshold: float, seed: in
         if not val:
             continue
         pred = predict_cases(model, val, ckpt["plan"], progress=False, keep_outputs=True,
-                             node_threshold=float(ckpt.get("node_threshold", 0.5)))
+                             node_threshold=node_threshold_of(ckpt))
         for i, p in enumerate(pred["probs"]):
             y = int(pred["labels"][i])
             positive = p >= threshold

@@ -302,13 +302,14 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
         out, prob = predict_volume(model, sample["image"].unsqueeze(0), plan)
         pred = DualOutputSwinUNETR.node_mask(out, node_threshold)[0]
         target = sample["label"][0] > 0
-        tp, fp, fn = M.voxel_counts(pred.numpy(), target.numpy())
+        target_np = target.numpy()
+        tp, fp, fn = M.voxel_counts(pred.numpy(), target_np)
         probs.append(prob)
         labels.append(int(items[i]["ece"]))
         dices.append(M.dice_from_counts(tp, fp, fn))
         voxels.append((tp, fp, fn))
-        dices_at.append([M.dice_from_counts(*M.voxel_counts(DualOutputSwinUNETR.node_mask(out, t)[0].numpy(),
-                                                            target.numpy())) for t in M.NODE_THRESHOLDS])
+        dices_at.append([M.dice_from_counts(*M.voxel_counts(DualOutputSwinUNETR.node_mask(out, t)[0].numpy(), target_np))
+                          for t in M.NODE_THRESHOLDS])
         if keep_outputs:
             outputs.append({"image": sample["image"][0].numpy(), "label": target.numpy(), "pred": pred.numpy(),
                             "evidence": DualOutputSwinUNETR.evidence_map(out)[0, 0].numpy()})

@@ -21,7 +21,7 @@ from monai.transforms import Compose, EnsureChannelFirst, LoadImage, ResampleToM
 
 from .data import build_transforms, preprocessing_spec
 from .engine import predict_volume
-from .checkpoint import load_model
+from .checkpoint import load_model, node_threshold_of
 from .model import DualOutputSwinUNETR
 
 _log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
             region = torch.as_tensor(np.asarray(reg)).unsqueeze(0) > 0.5
         voxel_out, prob = predict_volume(model, torch.as_tensor(np.asarray(image)).unsqueeze(0).float(), plan,
                                          region=region, progress=progress, skip_air=skip_air)
-        pred_plan = DualOutputSwinUNETR.node_mask(voxel_out, float(ckpt.get("node_threshold", 0.5))).float()
+        pred_plan = DualOutputSwinUNETR.node_mask(voxel_out, node_threshold_of(ckpt)).float()
         pred_meta = image.clone()
         pred_meta.array = pred_plan.numpy()
         back = ResampleToMatch(mode="nearest")(pred_meta, img_dst=native)
@@ -113,7 +113,7 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
     voxel_ml = float(np.prod(ct.spacing_xyz)) / 1000.0
     result = {
         "ece_probability": float(prob), "ece_positive": bool(prob >= threshold), "threshold": threshold,
-        "node_threshold": float(ckpt.get("node_threshold", 0.5)),
+        "node_threshold": node_threshold_of(ckpt),
         "model": {"file": Path(model_path).name, "preset": plan.preset, "feature_size": plan.feature_size,
                   "spacing": list(plan.spacing), "trained": ckpt.get("trained") or ckpt.get("federated")},
         "nodes_volume_ml": round(float(nodes_native.sum()) * voxel_ml, 3),

@@ -1,5 +1,5 @@
-"""Logging of the `ecefl` and `ecefl-preprocess` commands: timestamped lines on stderr at the level of
---log-level, so that stdout carries only a command's results (a job id, paths, the metrics table).
+"""Logging of the `ecefl` command (its `preprocess` stage included): timestamped lines on stderr at the level of
+--log-level, so that stdout carries a command's results (a job id, paths, the metrics table).
 
 Only the commands configure this. Inside NVFlare's site and server processes nothing here runs: the site's logger
 ("ecefl.site") goes through NVFlare's own logging into the job's log files.

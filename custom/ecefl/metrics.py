@@ -165,6 +165,11 @@ def node_threshold_from(dice_sum_at) -> float:
     return float(NODE_THRESHOLDS[int(np.argmax(np.round(np.asarray(dice_sum_at, float), 9)))])
 
 
+def dice_by_node_threshold(dice_sum_at, n_cases: int) -> dict:
+    """Mean case Dice at each candidate node threshold, keyed "0.5" ... "0.9" (as pooled_metrics.json holds it)."""
+    return {f"{t:g}": float(s) / n_cases for t, s in zip(NODE_THRESHOLDS, dice_sum_at)}
+
+
 def summary(stats: dict, n_boot: int = 0) -> dict:
     """The metric keys and case counts of (merged) statistics; with n_boot > 0 also their CIs."""
     pooled = pooled_metrics(stats, n_boot=n_boot)
@@ -172,8 +177,7 @@ def summary(stats: dict, n_boot: int = 0) -> dict:
     out.update(n_cases=pooled["n_cases"], n_pos=pooled["n_pos"], n_neg=pooled["n_neg"])
     if stats.get("dice_n") and stats.get("dice_sum_at") is not None:
         # Dice at each candidate node threshold (chosen on these cases: optimistic for the chosen one)
-        out["dice_at_node_threshold"] = {f"{t:g}": s / stats["dice_n"]
-                                         for t, s in zip(NODE_THRESHOLDS, stats["dice_sum_at"])}
+        out["dice_at_node_threshold"] = dice_by_node_threshold(stats["dice_sum_at"], stats["dice_n"])
     if n_boot:
         out["ci"] = pooled["ci"]
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .checkpoint import load_checkpoint, load_model, node_threshold_of, save_checkpoint
 from .data import DataError, label_subset, load_datalists, stratified_split
 from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_everything
 from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
@@ -81,8 +81,7 @@ def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: f
         node_threshold = M.node_threshold_from(pred["dices_at"].sum(0))
         val = evaluate_cases(pred, threshold, seed=seed)
         val["node_threshold"] = node_threshold
-        val["dice_at_node_threshold"] = dict(zip((f"{t:g}" for t in M.NODE_THRESHOLDS),
-                                                 pred["dices_at"].mean(0).tolist()))
+        val["dice_at_node_threshold"] = M.dice_by_node_threshold(pred["dices_at"].sum(0), len(val_items))
     save_checkpoint(out / "model.pt", "dual", plan, model.state_dict(), threshold=threshold,
                     node_threshold=node_threshold,
                     trained={"epochs": epochs, "n_train": len(train_items), "init": bool(init),
@@ -102,7 +101,7 @@ def evaluate(model_path, datalists, out, progress: bool = True, log=_log.info) -
     labelled, _ = load_datalists(datalists)
     if not labelled:
         raise DataError("the datalists hold no labelled case to evaluate")
-    node_threshold = float(payload.get("node_threshold", 0.5))
+    node_threshold = node_threshold_of(payload)
     pred = predict_cases(model, labelled, plan, progress=progress, node_threshold=node_threshold)
     threshold = float(payload.get("threshold", 0.5))
     result = evaluate_cases(pred, threshold)

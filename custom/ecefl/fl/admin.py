@@ -5,6 +5,7 @@ admin.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -33,7 +34,6 @@ class session:
         self.kit, self.user, self.timeout = Path(kit).resolve(), user or kit_user(kit), timeout
 
     def __enter__(self):
-        import contextlib
         from nvflare.fuel.flare_api.flare_api import new_secure_session
         try:  # NVFlare prints "Connecting to FLARE ..." on stdout, which carries only our results
             with contextlib.redirect_stdout(sys.stderr):

@@ -187,7 +187,7 @@ def resume_point(checkpoint: str | Path, kind: str, out: Path) -> tuple[Plan, st
     `checkpoint` may also be the server's run folder of the interrupted job."""
     import torch
 
-    from ecefl.checkpoint import load_checkpoint
+    from ecefl.checkpoint import load_checkpoint, node_threshold_of
     path = Path(checkpoint)
     if path.is_dir():
         found = sorted(path.rglob("ecefl/global_model.pt"))
@@ -202,5 +202,5 @@ def resume_point(checkpoint: str | Path, kind: str, out: Path) -> tuple[Plan, st
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": ckpt["model"]}, out)
     resume = {"start_round": federated["round"] + 1, "threshold": float(ckpt.get("threshold", 0.5)),
-              "node_threshold": float(ckpt.get("node_threshold", 0.5)), "checkpoint_round": federated["round"]}
+              "node_threshold": node_threshold_of(ckpt), "checkpoint_round": federated["round"]}
     return ckpt["plan"], str(out), resume
