@@ -66,3 +66,11 @@ def test_every_command_refuses_crafted_model(files, preprocessed, synth_root, co
     assert ecefl_main(argv + ["--no-progress"] * (command in ("evaluate", "train"))) == 2
     assert "was refused" in capsys.readouterr().err
     assert not files["marker"].exists()
+
+
+def test_a_node_threshold_that_is_no_probability_is_refused_with_a_message():
+    from ecefl.checkpoint import CheckpointError, node_threshold_of
+    assert node_threshold_of({}) == 0.5 and node_threshold_of({"node_threshold": 0.8}) == 0.8
+    for bad in (1.0, 0.0, -3, "0.8", None, True):
+        with pytest.raises(CheckpointError, match="node_threshold"):
+            node_threshold_of({"node_threshold": bad})

@@ -65,7 +65,11 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
 
 def node_threshold_of(payload: dict) -> float:
     """The node-probability threshold of the model file's output mask (0.5, the argmax, for older files)."""
-    return float(payload.get("node_threshold", 0.5))
+    value = payload.get("node_threshold", 0.5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise CheckpointError(f"the model file's node_threshold {value!r} is not a probability strictly between 0 "
+                              "and 1; use a model file written by ecefl")
+    return float(value)
 
 
 def load_model(path: str | Path, kind: str = "dual"):
