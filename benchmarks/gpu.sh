@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# One prepared GPU benchmark (issue: benchmarks), within 10 minutes on one H100/H200-class GPU:
+# One prepared GPU benchmark, within 10 minutes on one H100/H200-class GPU:
 #  1. training-step throughput and peak memory at the cpu-small and gpu presets (fs 48, 96^3, bf16);
-#  2. the quality benchmark's short mode (benchmarks/quality.py --mode short: federated vs centralised vs single
-#     sites, MAE vs scratch at 100/25 % labels, the privacy scope's cost, held-out hospital, 3 seeds), for
-#     QUALITY_SECONDS (default 330); arms still running then are stopped and the summary covers the finished ones;
+#  2. BENCH=mae (default; issue #13): benchmarks/mae.py --mode gpu — data generated on the device, one MAE
+#     pretraining at the gpu preset, then fine-tuning from MAE vs from scratch at 10/25/100 % of the labels, 3 seeds,
+#     scored on the unseen hospital, for BENCH_SECONDS (default 420); arms still running then are stopped and the
+#     summary covers the finished ones.
+#     BENCH=quality: benchmarks/quality.py --mode short (federated vs centralised vs single sites, the privacy
+#     scope's cost, held-out hospital, 3 seeds) for the same time;
 #  3. the gpu preset with torch.compile, if at least COMPILE_SECONDS (default 120) are left of BUDGET (540).
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]          # default: $OUT (device runner) or workspace/bench_gpu
+#   REQUIRE_GPU=0 STEP_PRESETS=test-tiny MAE_MODE=tiny BENCH_SECONDS=240 bash benchmarks/gpu.sh /tmp/gpu_dry
+#                                             # the same script end to end on a CPU at tiny size (before a GPU run)
 #
 # Needs the project's packages (make setup, or pip install -e . on the GPU node: the torch==2.13.0 pin pulls the
-# CUDA build there). Paste OUT_DIR/gpu_table.md and OUT_DIR/quality.md into docs/BENCHMARKS.md with the date and
-# the GPU named.
+# CUDA build there). Paste OUT_DIR/gpu_table.md and OUT_DIR/mae.md (or quality.md) into docs/BENCHMARKS.md with
+# the date and the GPU named.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-workspace/bench_gpu}}"
 WORK="${WORK_DIR:-/tmp/ecefl_gpu_bench}"
-BUDGET="${BUDGET:-540}"; QUALITY_SECONDS="${QUALITY_SECONDS:-330}"; COMPILE_SECONDS="${COMPILE_SECONDS:-120}"
+BUDGET="${BUDGET:-540}"; BENCH="${BENCH:-mae}"; BENCH_SECONDS="${BENCH_SECONDS:-${QUALITY_SECONDS:-420}}"
+COMPILE_SECONDS="${COMPILE_SECONDS:-120}"; STEP_PRESETS="${STEP_PRESETS:-cpu-small gpu}"; MAE_MODE="${MAE_MODE:-gpu}"
+REQUIRE_GPU="${REQUIRE_GPU:-1}"
 mkdir -p "$OUT_DIR" "$WORK"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
 export PYTHONUNBUFFERED=1
-"$PY" - <<'PY' || exit 1
-import torch, sys
-if not torch.cuda.is_available():
+REQUIRE_GPU="$REQUIRE_GPU" "$PY" - <<'PY' || exit 1
+import os, torch, sys
+if not torch.cuda.is_available() and os.environ["REQUIRE_GPU"] != "0":
     sys.exit("benchmarks/gpu.sh: no CUDA GPU visible to torch; run it on a GPU machine")
 import monai, nvflare, pydicom, nibabel  # noqa: F401  (fail here, not half-way)
-print("GPU:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| monai", monai.__version__,
-      "| nvflare", nvflare.__version__)
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (REQUIRE_GPU=0)"
+print("GPU:", gpu, "| torch", torch.__version__, "| monai", monai.__version__, "| nvflare", nvflare.__version__)
 PY
 RAW="$OUT_DIR/gpu_steps.jsonl"
 : > "$RAW"
@@ -33,26 +40,32 @@ step() {
   echo "== step.py $*"
   timeout "$1" "$PY" benchmarks/step.py "${@:2}" | tee -a "$RAW" || echo "{\"failed\": \"${*:2}\"}" | tee -a "$RAW"
 }
-step 120 --preset cpu-small --steps 20
-step 120 --preset gpu --steps 20
+for preset in $STEP_PRESETS; do step 120 --preset "$preset" --steps 20; done
 
-# quality, short mode: a soft deadline (no arm starts after it), then a hard stop and a summary of what finished
-Q="$WORK/quality_short"
+# step 2: a soft deadline (no arm starts after it), then a hard stop and a summary of what finished
+Q="$WORK/$BENCH"
+if [ "$BENCH" = mae ]; then
+  CMD=(benchmarks/mae.py --mode "$MAE_MODE" --out "$Q"); RESULTS=(mae.json mae.md mae_curves.png)
+else
+  CMD=(benchmarks/quality.py --mode short --out "$Q"); RESULTS=(quality.json quality.md roc_heldout.png)
+fi
 # its own session, so the hard stop ends its arm processes and simulators, and nothing else on the machine
-setsid "$PY" benchmarks/quality.py --mode short --out "$Q" \
-  --deadline-min "$(awk "BEGIN{print ($QUALITY_SECONDS - 150) / 60}")" > "$OUT_DIR/quality_log.txt" 2>&1 &
+setsid "$PY" "${CMD[@]}" --deadline-min "$(awk "BEGIN{print ($BENCH_SECONDS - 150) / 60}")" \
+  > "$OUT_DIR/${BENCH}_log.txt" 2>&1 &
 QPID=$!
-( for _ in $(seq "$QUALITY_SECONDS"); do kill -0 "$QPID" 2>/dev/null || exit 0; sleep 1; done
+( for _ in $(seq "$BENCH_SECONDS"); do kill -0 "$QPID" 2>/dev/null || exit 0; sleep 1; done
   kill -9 -- -"$QPID" 2>/dev/null ) &
 wait "$QPID"
 kill -9 -- -"$QPID" 2>/dev/null; wait; sleep 2
-grep -v -e "nvImageCodec" -e "warnings.warn" -e "^  case-" -e "^  outputs:" "$OUT_DIR/quality_log.txt"
-"$PY" benchmarks/quality.py --mode short --out "$Q" --deadline-min 0 > "$Q/summary_log.txt" 2>&1 \
-  || tail -20 "$Q/summary_log.txt"
-for f in quality.json quality.md roc_heldout.png; do cp "$Q/$f" "$OUT_DIR/" 2>/dev/null; done
-cat "$OUT_DIR/quality.md" 2>/dev/null
+grep -v -e "nvImageCodec" -e "warnings.warn" -e "^  case-" -e "^  outputs:" "$OUT_DIR/${BENCH}_log.txt"
+# the summary of what finished (finished arms are kept; nothing new starts at deadline 0)
+"$PY" "${CMD[@]}" --deadline-min 0 > "$Q/summary_log.txt" 2>&1 || tail -20 "$Q/summary_log.txt"
+for f in "${RESULTS[@]}"; do cp "$Q/$f" "$OUT_DIR/" 2>/dev/null; done
+cat "$OUT_DIR/${RESULTS[1]}" 2>/dev/null
 
-if [ $((BUDGET - SECONDS)) -ge "$COMPILE_SECONDS" ]; then
+if [ "$REQUIRE_GPU" = 0 ]; then
+  echo "== torch.compile step skipped: REQUIRE_GPU=0 (a dry run)"
+elif [ $((BUDGET - SECONDS)) -ge "$COMPILE_SECONDS" ]; then
   step $((BUDGET - SECONDS - 10)) --preset gpu --steps 20 --compile
 else
   echo "== torch.compile step skipped: $((BUDGET - SECONDS)) s left of the $BUDGET s budget"

@@ -191,7 +191,7 @@ show the pipeline works, not clinical performance.</p>
 </small></p>
 {_refit_html(finetune.get("readout_refit"))}
 <h2>ROC</h2>{_img(roc_png)}
-<h2>Learning curves</h2>{_img(curves_png)}
+<h2>Learning curves</h2>{_img(curves_png)}{_mae_html(mae)}
 <h2>Site events</h2><ul>{events}</ul>
 <h2>Evidence overlays (site-local)</h2>
 <p>Rendered at each hospital from the global model; in a real deployment each hospital renders its own and these
@@ -203,6 +203,17 @@ images never reach the server.</p>{overlay_html}
 </body></html>"""
     (out_dir / "index.html").write_text(page)
     return summary
+
+
+def _mae_html(mae: dict | None) -> str:
+    """What this run's pretraining did; its effect on the fine-tuned model needs a scratch arm the demo has not."""
+    losses = [r.get("train_loss") for r in (mae or {}).get("rounds", []) if r.get("train_loss") is not None]
+    if not losses:
+        return ""
+    return (f"<p><small>MAE pretraining, {len(losses)} federated round(s): pooled masked-voxel L1 {losses[0]:.3f} "
+            f"&rarr; {losses[-1]:.3f}. The demo trains no model from scratch beside it, so it cannot show what the "
+            f"pretraining gained; <code>benchmarks/mae.py</code> measures that (MAE vs scratch at 10/25/100 % of the "
+            f"labels on an unseen hospital; docs/BENCHMARKS.md).</small></p>")
 
 
 def _refit_summary(refit: dict | None) -> dict | None:

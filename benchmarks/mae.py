@@ -1,0 +1,354 @@
+"""Does MAE pretraining pay off? Fine-tuning from the MAE encoder vs from scratch at 10 / 25 / 100 % of the labels,
+scored on a hospital that no pretraining, training or tuning saw (issue #13).
+
+    python benchmarks/mae.py --mode cpu --out workspace/bench_mae     # this 2-core CPU: about 2 hours
+    python benchmarks/mae.py --mode tiny --out /tmp/bench_mae_tiny    # the machinery in a few minutes (tests)
+    python benchmarks/mae.py --mode gpu --out $OUT/mae --deadline-min 6   # one GPU (benchmarks/gpu.sh)
+
+1. Data: `ecefl synth` training hospitals a, b, c (labelled + CT-only patients), preprocessed as a site does; the
+   unseen hospital of benchmarks/unseen.py (hospital-d scanner profile, generator seed 101; its test patients).
+2. One MAE pretraining (`stages.pretrain`, the engine's Pretrainer) on every CT of the training hospitals, labels
+   unused. Its loss per epoch is the curve; "flattened" = the last quarter of the epochs lowered the loss by less
+   than FLAT_DROP of its value.
+3. Per seed and label fraction, two fine-tunings (`stages.train`) that differ only in where the encoder starts
+   (the MAE checkpoint or random): same cases, label subset, crops, steps and plan; then `stages.evaluate` (the
+   code a hospital runs) on the unseen hospital.
+4. Summary per fraction: AUC and Dice of both arms per seed; ΔAUC and ΔDice (MAE − scratch) with paired
+   case-bootstrap 95 % intervals over the same unseen patients; the convergence speed-up = steps scratch took to
+   reach its final training segmentation loss (DiceCE, mean over an epoch) / steps the MAE arm took to reach it.
+
+Results: OUT/mae.json, OUT/mae.md, OUT/mae_curves.png (pasted into docs/BENCHMARKS.md with the command). Arms run
+`--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "custom"), str(REPO), str(REPO / "benchmarks")]
+
+FLAT_DROP = 0.05  # the pretraining loss counts as flattened when its last quarter lowered it by less than 5 %
+# The read-out refit is off in every arm: it re-scores every training case by sliding window (minutes per arm on
+# a CPU) and refits the last linear layer only, the same way after either start, so it cannot carry an MAE effect.
+COMMON = {"readout_refit_iterations": 0}
+MODES = {
+    # the largest run that fits a working session on 2 cores: 2 arms at a time, one thread each
+    "cpu": {"preset": "cpu-small", "cases": 40, "unlabeled": 40, "train_seed": 0, "mae_epochs": 100,
+            "mae_iterations": 60, "epochs": 8, "fractions": [10, 25, 100], "seeds": [0, 1, 2], "unseen_patients": 160,
+            "unseen_calibration": 40, "workers": 2, "overrides": {}},
+    # every stage, arm and summary at the smallest preset; learns nothing
+    "tiny": {"preset": "test-tiny", "cases": 4, "unlabeled": 2, "train_seed": 0, "mae_epochs": 2,
+             "mae_iterations": 2, "epochs": 1,
+             "fractions": [50, 100], "seeds": [0], "unseen_patients": 6, "unseen_calibration": 0, "workers": 1,
+             "overrides": {"sw_overlap": 0.0, "iterations_per_epoch": 2}},
+    # one GPU (gpu preset): more CT-only patients and pretraining steps; sized by --deadline-min
+    "gpu": {"preset": "gpu", "cases": 40, "unlabeled": 160, "train_seed": 0, "mae_epochs": 200,
+            "mae_iterations": 50, "epochs": 20,
+            "fractions": [10, 25, 100], "seeds": [0, 1, 2], "unseen_patients": 160, "unseen_calibration": 40,
+            "workers": 6, "overrides": {"iterations_per_epoch": 25}},
+}
+
+
+def prepare_training_sites(out: Path, cfg: dict) -> list[Path]:
+    """Synthesise and preprocess hospitals a, b, c (a re-run reuses what exists)."""
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.pipeline import run_preprocess
+    from site_preprocess.synth.generate import synthesize
+    names = ["hospital-a", "hospital-b", "hospital-c"]
+    lists = [out / "sites" / n / "datalist.json" for n in names]
+    if all(p.is_file() for p in lists):
+        return lists
+    site_dirs = synthesize(out / "hospitals", 3, cfg["cases"], cfg["unlabeled"], cfg["train_seed"], progress=False,
+                           workers=os.cpu_count() or 1)
+    for site_dir in site_dirs:
+        dst = out / "sites" / site_dir.name
+        code = run_preprocess(site_dir / "dicom", site_dir / "labels.csv", dst,
+                              SiteConfig(secret_file=str(out / "site_keys" / f"{site_dir.name}.key")), progress=False)
+        if code not in (0, 3):
+            raise SystemExit(f"preprocessing {site_dir.name} failed (exit {code}); see {dst}/qc_report.json")
+    return lists
+
+
+def prepare_unseen(out: Path, cfg: dict) -> Path:
+    """benchmarks/unseen.py's hospital and split: the calibration patients stay out, so the test patients are the
+    same ones #12's unseen-hospital numbers use."""
+    from unseen import prepare_site, split_datalist
+    datalist = prepare_site(out / "unseen", cfg["unseen_patients"], 101, 3)
+    return split_datalist(datalist, cfg["unseen_calibration"])[1]
+
+
+def arm_name(init: str, fraction: int) -> str:
+    return f"{init}_{fraction}"
+
+
+def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, threads: int) -> dict:
+    """The pretraining (task ("mae",)) or one arm (task (seed, init, fraction)), in its own process."""
+    import torch
+    torch.set_num_threads(threads)
+    from ecefl.stages import evaluate, pretrain, train
+    quiet = dict(progress=False, log=lambda *_: None)
+    out = Path(out)
+    plan = {**COMMON, **cfg["overrides"]}
+    t0 = time.perf_counter()
+    if task == ("mae",):
+        res = pretrain(lists, cfg["preset"], cfg["mae_epochs"], out / "mae", seed=0, **quiet,
+                       **{**plan, "iterations_per_epoch": cfg["mae_iterations"]})
+        return {"losses": [e["loss"] for e in res["epochs"]], "steps_per_epoch": res["epochs"][0]["steps"],
+                "n_images": res["n_images"], "seconds": res["seconds"]}
+    seed, init, fraction = task
+    arm = out / f"seed{seed}" / arm_name(init, fraction)
+    trained = train(lists, cfg["preset"], cfg["epochs"], arm, init=str(out / "mae" / "checkpoint.pt")
+                    if init == "mae" else None, label_fraction=fraction / 100, val_fraction=0.0, seed=seed,
+                    **quiet, **plan)
+    held = evaluate(arm / "model.pt", [test], arm / "unseen", **quiet)
+    rows = [line.split(",") for line in (arm / "unseen" / "predictions.csv").read_text().splitlines()[1:]]
+    result = {"auc": held["auc"], "dice": held["dice"], "ci": held.get("ci"), "n_train": trained["split"]["train"],
+              "seg_loss": [e["seg_loss"] for e in trained["epochs"]],
+              "steps_per_epoch": trained["epochs"][0]["steps"], "train_seconds": trained["seconds"],
+              "seconds": round(time.perf_counter() - t0, 1),
+              "cases": {"case_id": [r[0] for r in rows], "probability": [float(r[1]) for r in rows],
+                        "ece": [int(r[2]) for r in rows], "dice": [float(r[3]) for r in rows]}}
+    (arm / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, deadline: float | None,
+            log=print) -> dict:
+    """The pretraining first and the scratch arms beside it; each MAE arm once the pretraining is there."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import multiprocessing
+    results = {"arms": {}, "failed": {}}
+    mae_file = out / "mae" / "result.json"
+    if mae_file.is_file():
+        results["mae"] = json.loads(mae_file.read_text())
+    todo = []
+    for seed in cfg["seeds"]:
+        for fraction in cfg["fractions"]:
+            for init in ("scratch", "mae"):
+                done = out / f"seed{seed}" / arm_name(init, fraction) / "result.json"
+                if done.is_file():
+                    results["arms"][f"{seed}/{arm_name(init, fraction)}"] = json.loads(done.read_text())
+                else:
+                    todo.append((seed, init, fraction))
+    waiting = [t for t in todo if t[1] == "mae"] if "mae" not in results else []
+    ready = ([("mae",)] if "mae" not in results else []) + [t for t in todo if t not in waiting]
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    args = (cfg, [str(p) for p in lists], str(test), str(out), threads)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {}
+
+        def submit_ready():
+            while ready and len(running) < workers and (deadline is None or time.time() < deadline):
+                task = ready.pop(0)
+                running[pool.submit(run_task, task, *args)] = task
+
+        submit_ready()
+        while running:
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                task = running.pop(fut)
+                name = "mae pretraining" if task == ("mae",) else f"{task[0]}/{arm_name(task[1], task[2])}"
+                try:
+                    res = fut.result()
+                except Exception as exc:  # one failed arm must not lose the others
+                    results["failed"][name] = f"{type(exc).__name__}: {exc}"[-2000:]
+                    log(f"{name}: FAILED {results['failed'][name][:800]}")
+                    continue
+                if task == ("mae",):
+                    mae_file.write_text(json.dumps(res, indent=1))
+                    results["mae"] = res
+                    log(f"MAE pretraining done: L1 {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f} "
+                        f"({res['seconds'] / 60:.1f} min)")
+                    # pairs in (seed, fraction) order, so a deadline leaves the fewest unpaired arms
+                    ready[:] = sorted(ready + waiting, key=lambda t: (t[0], t[2], t[1] == "mae"))
+                    continue
+                results["arms"][name] = res
+                log(f"{name}: unseen AUC {res['auc']:.3f}, Dice {res['dice']:.3f} ({res['seconds']:.0f}s)")
+            submit_ready()
+    if ready:
+        log(f"deadline reached; not run: {', '.join(str(t) for t in ready)}")
+    return results
+
+
+def paired_differences(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    """AUC(a) − AUC(b) and mean Dice(a) − mean Dice(b) on the same patients, each with a paired case-bootstrap 95 %
+    interval (the same resamples for both)."""
+    from quality import _auc_rows
+    assert a["cases"]["case_id"] == b["cases"]["case_id"], "arms scored on different patients"
+    y = np.array(a["cases"]["ece"])
+    pa, pb = np.array(a["cases"]["probability"]), np.array(b["cases"]["probability"])
+    da, db = np.array(a["cases"]["dice"]), np.array(b["cases"]["dice"])
+    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    d_auc = _auc_rows(pa[idx], y[idx]) - _auc_rows(pb[idx], y[idx])
+    d_auc = d_auc[np.isfinite(d_auc)]
+    d_dice = (da[idx] - db[idx]).mean(1)
+    point_auc = float(_auc_rows(pa[None], y[None])[0] - _auc_rows(pb[None], y[None])[0])
+    return {"auc": point_auc, "auc_ci": [float(v) for v in np.percentile(d_auc, [2.5, 97.5])],
+            "dice": float((da - db).mean()), "dice_ci": [float(v) for v in np.percentile(d_dice, [2.5, 97.5])],
+            "n_cases": int(len(y))}
+
+
+def steps_to_reach(seg_loss: list[float], target: float, steps_per_epoch: int) -> int | None:
+    """Optimiser steps until the epoch-mean training segmentation loss first reaches target (None: never)."""
+    for epoch, value in enumerate(seg_loss, start=1):
+        if value <= target + 1e-12:
+            return epoch * steps_per_epoch
+    return None
+
+
+def flattening(losses: list[float]) -> dict:
+    """How much the last quarter of the pretraining lowered the loss (smoothed over 5 % of the epochs)."""
+    x = np.asarray(losses, float)
+    k = max(1, len(x) // 20)
+    smooth = np.convolve(x, np.ones(k) / k, mode="valid")
+    at_three_quarters, at_end = smooth[int(0.75 * (len(smooth) - 1))], smooth[-1]
+    drop = float((at_three_quarters - at_end) / at_three_quarters) if at_three_quarters > 0 else 0.0
+    return {"first": float(x[0]), "last": float(smooth[-1]), "last_quarter_drop": drop, "flattened": drop < FLAT_DROP}
+
+
+def summarise(results: dict, cfg: dict) -> dict:
+    per_fraction = {}
+    for fraction in cfg["fractions"]:
+        rows = []
+        for seed in cfg["seeds"]:
+            mae = results["arms"].get(f"{seed}/{arm_name('mae', fraction)}")
+            scratch = results["arms"].get(f"{seed}/{arm_name('scratch', fraction)}")
+            if not (mae and scratch):
+                continue
+            diff = paired_differences(mae, scratch, seed=seed)
+            target = scratch["seg_loss"][-1]
+            mae_steps = steps_to_reach(mae["seg_loss"], target, mae["steps_per_epoch"])
+            scratch_steps = len(scratch["seg_loss"]) * scratch["steps_per_epoch"]
+            rows.append({"seed": seed, "n_train": mae["n_train"],
+                         "auc": {"mae": mae["auc"], "scratch": scratch["auc"]},
+                         "dice": {"mae": mae["dice"], "scratch": scratch["dice"]}, "difference": diff,
+                         "steps_to_scratch_final_seg_loss": {"mae": mae_steps, "scratch": scratch_steps},
+                         "speedup": scratch_steps / mae_steps if mae_steps else None})
+        mean = (lambda vals: float(np.mean(vals)) if vals else None)
+        per_fraction[str(fraction)] = {
+            "per_seed": rows, "mean_auc_difference": mean([r["difference"]["auc"] for r in rows]),
+            "mean_dice_difference": mean([r["difference"]["dice"] for r in rows]),
+            "mean_speedup": mean([r["speedup"] for r in rows if r["speedup"]])}
+    return {"pretraining": flattening(results["mae"]["losses"]) if results.get("mae") else None,
+            "fractions": per_fraction}
+
+
+def markdown(results: dict, summary: dict) -> str:
+    cfg, mae = results["config"], results.get("mae")
+    lines = [f"Command: `{results['command']}` — {results['date']}, {results['machine']}, wall "
+             f"{results['wall_seconds'] / 60:.1f} min.", ""]
+    if mae:
+        p = summary["pretraining"]
+        lines += [f"MAE pretraining: {mae['n_images']} CTs of the training hospitals, preset {cfg['preset']}, "
+                  f"{len(mae['losses'])} epochs × {mae['steps_per_epoch']} steps, {mae['seconds'] / 60:.1f} min; "
+                  f"masked-voxel L1 {p['first']:.4f} → {p['last']:.4f}; the last quarter lowered it by "
+                  f"{100 * p['last_quarter_drop']:.1f} % ({'flattened' if p['flattened'] else 'not flattened'}: "
+                  f"< {100 * FLAT_DROP:.0f} % counts as flat).", ""]
+    lines += [f"Fine-tuning: {cfg['epochs']} epochs per arm; unseen hospital: {results['unseen_cases']} patients.",
+              "", "| labels | seed | n train | AUC MAE / scratch | ΔAUC [95 % CI] | Dice MAE / scratch | "
+              "ΔDice [95 % CI] | steps to scratch's final seg loss (MAE / scratch) |", "|---|---|---|---|---|---|---|---|"]
+    for fraction, block in summary["fractions"].items():
+        for r in block["per_seed"]:
+            d, s = r["difference"], r["steps_to_scratch_final_seg_loss"]
+            lines.append(f"| {fraction} % | {r['seed']} | {r['n_train']} | {r['auc']['mae']:.3f} / "
+                         f"{r['auc']['scratch']:.3f} | {d['auc']:+.3f} [{d['auc_ci'][0]:+.3f}, {d['auc_ci'][1]:+.3f}] | "
+                         f"{r['dice']['mae']:.3f} / {r['dice']['scratch']:.3f} | {d['dice']:+.3f} "
+                         f"[{d['dice_ci'][0]:+.3f}, {d['dice_ci'][1]:+.3f}] | {s['mae'] or 'not reached'} / "
+                         f"{s['scratch']} |")
+    lines += ["", "| labels | seeds | mean ΔAUC | mean ΔDice | mean speed-up |", "|---|---|---|---|---|"]
+    for fraction, block in summary["fractions"].items():
+        n = len(block["per_seed"])
+        fmt = (lambda v, sign=True: "–" if v is None else f"{v:+.3f}" if sign else f"{v:.2f}×")
+        lines.append(f"| {fraction} % | {n} | {fmt(block['mean_auc_difference'])} | "
+                     f"{fmt(block['mean_dice_difference'])} | {fmt(block['mean_speedup'], False)} |")
+    for name, why in results.get("failed", {}).items():
+        lines.append(f"\nFAILED {name}: {why.splitlines()[0][:300]}")
+    return "\n".join(lines) + "\n"
+
+
+def curves_plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    mae = results.get("mae")
+    if mae:
+        steps = np.arange(1, len(mae["losses"]) + 1) * mae["steps_per_epoch"]
+        axes[0].plot(steps, mae["losses"])
+    axes[0].set(title="MAE pretraining: masked-voxel L1", xlabel="optimiser steps", ylabel="L1 (HU window units)")
+    colours = {"mae": "tab:green", "scratch": "tab:red"}
+    for name, arm in sorted(results["arms"].items()):
+        init, fraction = name.split("/")[1].split("_")
+        steps = np.arange(1, len(arm["seg_loss"]) + 1) * arm["steps_per_epoch"]
+        style = {"10": ":", "25": "--"}.get(fraction, "-")
+        axes[1].plot(steps, arm["seg_loss"], style, color=colours[init], alpha=0.7,
+                     label=f"{init} {fraction} %" if name.startswith(f"{sorted(results['arms'])[0].split('/')[0]}/")
+                     else None)
+    axes[1].set(title="fine-tuning: training segmentation loss (DiceCE)", xlabel="optimiser steps")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(results: dict, out: Path) -> dict:
+    summary = summarise(results, results["config"])
+    results["summary"] = summary
+    (out / "mae.json").write_text(json.dumps(results, indent=1))
+    md = markdown(results, summary)
+    (out / "mae.md").write_text(md)
+    curves_plot(results, out / "mae_curves.png")
+    print(md)
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=sorted(MODES), default="cpu")
+    p.add_argument("--out", default="workspace/bench_mae")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--mae-epochs", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="arms at a time, each in its own process")
+    p.add_argument("--deadline-min", type=float, default=None,
+                   help="start nothing new after this many minutes; the summary covers what finished")
+    args = p.parse_args(argv)
+    cfg = dict(MODES[args.mode], mode=args.mode)
+    if args.seeds:
+        cfg["seeds"] = args.seeds
+    if args.mae_epochs:
+        cfg["mae_epochs"] = args.mae_epochs
+    workers = args.workers or cfg["workers"]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = out / "started_at"  # wall time from the first run over this folder (resumes included)
+    if not started.is_file():
+        started.write_text(str(time.time()))
+    deadline = time.time() + 60 * args.deadline_min if args.deadline_min is not None else None
+    t0 = time.perf_counter()
+    lists = prepare_training_sites(out, cfg)
+    test = prepare_unseen(out, cfg)
+    from ecefl.data import load_datalist
+    unseen_cases = len(load_datalist(test)[0])
+    print(f"data ready in {time.perf_counter() - t0:.0f}s: {unseen_cases} unseen test patients; {workers} "
+          f"process(es) at a time", flush=True)
+    results = run_all(cfg, lists, test, out, workers, deadline, log=lambda m: print(m, flush=True))
+    import platform
+    import torch
+    results.update(config=cfg, unseen_cases=unseen_cases, date=time.strftime("%Y-%m-%d"),
+                   command="python benchmarks/mae.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   machine=f"{platform.machine()} {os.cpu_count()} CPUs"
+                   + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"),
+                   wall_seconds=round(time.time() - float(started.read_text()), 1))
+    write_outputs(results, out)
+    return 1 if results["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The MAE benchmark's statistics (benchmarks/mae.py): paired differences against scikit-learn and numpy, the
+convergence step count and the flattening criterion of the pretraining loss."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import mae  # noqa: E402
+
+
+def _arm(probs, labels, dices):
+    return {"cases": {"case_id": [f"case-{i}" for i in range(len(labels))], "probability": list(map(float, probs)),
+                      "ece": list(map(int, labels)), "dice": list(map(float, dices))}}
+
+
+def test_paired_differences_are_the_auc_and_mean_dice_differences_with_intervals_around_them():
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 60)
+    better = labels * 0.4 + rng.uniform(0, 0.6, 120)
+    worse = labels * 0.1 + rng.uniform(0, 0.6, 120)
+    d_good, d_bad = rng.uniform(0.6, 0.8, 120), rng.uniform(0.5, 0.7, 120)
+    diff = mae.paired_differences(_arm(better, labels, d_good), _arm(worse, labels, d_bad))
+    expected_auc = roc_auc_score(labels, better) - roc_auc_score(labels, worse)
+    assert diff["auc"] == pytest.approx(expected_auc, abs=1e-12)
+    assert diff["dice"] == pytest.approx((d_good - d_bad).mean(), abs=1e-12)
+    assert diff["auc_ci"][0] < diff["auc"] < diff["auc_ci"][1] and diff["auc_ci"][0] > 0
+    assert diff["dice_ci"][0] < diff["dice"] < diff["dice_ci"][1] and diff["dice_ci"][0] > 0.05
+    assert diff["n_cases"] == 120
+    same = mae.paired_differences(_arm(better, labels, d_good), _arm(better, labels, d_good))
+    assert same["auc"] == 0 and same["auc_ci"] == [0.0, 0.0] and same["dice_ci"] == [0.0, 0.0]
+    with pytest.raises(AssertionError, match="different patients"):
+        other = _arm(worse, labels, d_bad)
+        other["cases"]["case_id"][0] = "case-x"
+        mae.paired_differences(_arm(better, labels, d_good), other)
+
+
+def test_steps_to_reach_counts_whole_epochs_until_the_loss_first_gets_there():
+    losses = [1.0, 0.8, 0.85, 0.6]
+    assert mae.steps_to_reach(losses, 0.8, 15) == 30
+    assert mae.steps_to_reach(losses, 0.6, 15) == 60
+    assert mae.steps_to_reach(losses, 0.5, 15) is None
+
+
+def test_flattening_tells_a_plateau_from_a_loss_still_falling():
+    epochs = np.arange(100)
+    plateau = mae.flattening(list(0.2 + 0.3 * np.exp(-epochs / 8)))
+    falling = mae.flattening(list(0.5 - 0.003 * epochs))
+    assert plateau["flattened"] and plateau["last_quarter_drop"] < 0.01
+    assert not falling["flattened"] and falling["last_quarter_drop"] == pytest.approx(0.072 / 0.281, abs=0.002)
+    assert plateau["first"] == pytest.approx(0.5) and plateau["last"] == pytest.approx(0.2, abs=0.002)
