@@ -16,6 +16,9 @@ scored on a hospital that no pretraining, training or tuning saw (issue #13).
 4. Summary per fraction: AUC and Dice of both arms per seed; ΔAUC and ΔDice (MAE − scratch) with paired
    case-bootstrap 95 % intervals over the same unseen patients; the convergence speed-up = steps scratch took to
    reach its final training segmentation loss (DiceCE, mean over an epoch) / steps the MAE arm took to reach it.
+5. `--inits fedmae` (a second call over the same OUT): the same pretraining federated in NVFlare's simulator
+   (FedAvg over the three training hospitals, the same total optimiser steps: each site takes a third), then its
+   fine-tuning arms; the summary adds federated MAE − centralised MAE, paired as above.
 
 Results: OUT/mae.json, OUT/mae.md, OUT/mae_curves.png (pasted into docs/BENCHMARKS.md with the command). Arms run
 `--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes.
@@ -84,8 +87,28 @@ def prepare_unseen(out: Path, cfg: dict) -> Path:
     return split_datalist(datalist, cfg["unseen_calibration"])[1]
 
 
+INITS = ("scratch", "mae", "fedmae")
+# where each start's encoder comes from (scratch: nowhere)
+ENCODER = {"mae": "mae/checkpoint.pt", "fedmae": "fedmae/mae_pretrain/global_model.pt"}
+
+
 def arm_name(init: str, fraction: int) -> str:
     return f"{init}_{fraction}"
+
+
+def _pretrain_federated(cfg: dict, lists: list[str], out: Path, plan: dict) -> dict:
+    """FedAvg MAE over the three training hospitals in NVFlare's simulator: rounds x mae_iterations steps per site,
+    a third of the centralised pretraining's steps each, so both take the same number of optimiser steps."""
+    from ecefl.fl.simulate import simulate
+    from ecefl.job_kinds import MAE
+    rounds = max(1, round(cfg["mae_epochs"] / len(lists)))
+    sites = {Path(p).parent.name: Path(p) for p in lists}
+    t0 = time.perf_counter()
+    simulate(sites, MAE, rounds, 1, cfg["preset"], out / "fedmae", seed=0, quiet=True, progress=False,
+             log=lambda *_: None, **{**plan, "iterations_per_epoch": cfg["mae_iterations"]})
+    pooled = json.loads((out / "fedmae" / MAE / "pooled_metrics.json").read_text())
+    return {"losses": [r["train_loss"] for r in pooled["rounds"]], "steps_per_epoch": cfg["mae_iterations"],
+            "sites": len(sites), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, threads: int) -> dict:
@@ -97,6 +120,8 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
     out = Path(out)
     plan = {**COMMON, **cfg["overrides"]}
     t0 = time.perf_counter()
+    if task == ("fedmae",):
+        return _pretrain_federated(cfg, lists, out, plan)
     if task == ("mae",):
         res = pretrain(lists, cfg["preset"], cfg["mae_epochs"], out / "mae", seed=0, **quiet,
                        **{**plan, "iterations_per_epoch": cfg["mae_iterations"]})
@@ -104,9 +129,8 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
                 "n_images": res["n_images"], "seconds": res["seconds"]}
     seed, init, fraction = task
     arm = out / f"seed{seed}" / arm_name(init, fraction)
-    trained = train(lists, cfg["preset"], cfg["epochs"], arm, init=str(out / "mae" / "checkpoint.pt")
-                    if init == "mae" else None, label_fraction=fraction / 100, val_fraction=0.0, seed=seed,
-                    **quiet, **plan)
+    trained = train(lists, cfg["preset"], cfg["epochs"], arm, init=str(out / ENCODER[init]) if init in ENCODER
+                    else None, label_fraction=fraction / 100, val_fraction=0.0, seed=seed, **quiet, **plan)
     held = evaluate(arm / "model.pt", [test], arm / "unseen", **quiet)
     rows = [line.split(",") for line in (arm / "unseen" / "predictions.csv").read_text().splitlines()[1:]]
     result = {"auc": held["auc"], "dice": held["dice"], "ci": held.get("ci"), "n_train": trained["split"]["train"],
@@ -120,25 +144,27 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
 
 
 def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, deadline: float | None,
-            log=print) -> dict:
-    """The pretraining first and the scratch arms beside it; each MAE arm once the pretraining is there."""
+            inits=("scratch", "mae"), log=print) -> dict:
+    """Each pretraining first with the scratch arms beside it; a pretrained start's arms once its encoder is there.
+    Every finished arm and pretraining in OUT is read back, whichever call ran it."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     import multiprocessing
     results = {"arms": {}, "failed": {}}
-    mae_file = out / "mae" / "result.json"
-    if mae_file.is_file():
-        results["mae"] = json.loads(mae_file.read_text())
+    for pre in ENCODER:
+        if (out / pre / "result.json").is_file():
+            results[pre] = json.loads((out / pre / "result.json").read_text())
     todo = []
     for seed in cfg["seeds"]:
         for fraction in cfg["fractions"]:
-            for init in ("scratch", "mae"):
+            for init in INITS:
                 done = out / f"seed{seed}" / arm_name(init, fraction) / "result.json"
                 if done.is_file():
                     results["arms"][f"{seed}/{arm_name(init, fraction)}"] = json.loads(done.read_text())
-                else:
+                elif init in inits:
                     todo.append((seed, init, fraction))
-    waiting = [t for t in todo if t[1] == "mae"] if "mae" not in results else []
-    ready = ([("mae",)] if "mae" not in results else []) + [t for t in todo if t not in waiting]
+    pretrainings = [(pre,) for pre in ENCODER if pre in inits and pre not in results]
+    waiting = [t for t in todo if (t[1],) in pretrainings]
+    ready = pretrainings + [t for t in todo if t not in waiting]
     threads = max(1, (os.cpu_count() or 2) // workers)
     args = (cfg, [str(p) for p in lists], str(test), str(out), threads)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -154,20 +180,21 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
                 task = running.pop(fut)
-                name = "mae pretraining" if task == ("mae",) else f"{task[0]}/{arm_name(task[1], task[2])}"
+                name = f"{task[0]} pretraining" if len(task) == 1 else f"{task[0]}/{arm_name(task[1], task[2])}"
                 try:
                     res = fut.result()
                 except Exception as exc:  # one failed arm must not lose the others
                     results["failed"][name] = f"{type(exc).__name__}: {exc}"[-2000:]
                     log(f"{name}: FAILED {results['failed'][name][:800]}")
                     continue
-                if task == ("mae",):
-                    mae_file.write_text(json.dumps(res, indent=1))
-                    results["mae"] = res
-                    log(f"MAE pretraining done: L1 {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f} "
+                if len(task) == 1:
+                    (out / task[0] / "result.json").write_text(json.dumps(res, indent=1))
+                    results[task[0]] = res
+                    log(f"{name} done: L1 {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f} "
                         f"({res['seconds'] / 60:.1f} min)")
                     # pairs in (seed, fraction) order, so a deadline leaves the fewest unpaired arms
-                    ready[:] = sorted(ready + waiting, key=lambda t: (t[0], t[2], t[1] == "mae"))
+                    ready[:] = sorted(ready + [t for t in waiting if t[1] == task[0]],
+                                      key=lambda t: (t[0], t[2], INITS.index(t[1])))
                     continue
                 results["arms"][name] = res
                 log(f"{name}: unseen AUC {res['auc']:.3f}, Dice {res['dice']:.3f} ({res['seconds']:.0f}s)")
@@ -204,8 +231,11 @@ def steps_to_reach(seg_loss: list[float], target: float, steps_per_epoch: int) -
 
 
 def flattening(losses: list[float]) -> dict:
-    """How much the last quarter of the pretraining lowered the loss (smoothed over 5 % of the epochs)."""
+    """How much the last quarter of the pretraining lowered the loss (smoothed over 5 % of the epochs); fewer than
+    8 epochs or rounds cannot tell (flattened None)."""
     x = np.asarray(losses, float)
+    if len(x) < 8:
+        return {"first": float(x[0]), "last": float(x[-1]), "last_quarter_drop": None, "flattened": None}
     k = max(1, len(x) // 20)
     smooth = np.convolve(x, np.ones(k) / k, mode="valid")
     at_three_quarters, at_end = smooth[int(0.75 * (len(smooth) - 1))], smooth[-1]
@@ -213,61 +243,82 @@ def flattening(losses: list[float]) -> dict:
     return {"first": float(x[0]), "last": float(smooth[-1]), "last_quarter_drop": drop, "flattened": drop < FLAT_DROP}
 
 
+COMPARISONS = {"mae_vs_scratch": ("mae", "scratch"), "fedmae_vs_mae": ("fedmae", "mae"),
+               "fedmae_vs_scratch": ("fedmae", "scratch")}
+
+
 def summarise(results: dict, cfg: dict) -> dict:
+    return {"pretraining": flattening(results["mae"]["losses"]) if results.get("mae") else None,
+            "federated_pretraining": flattening(results["fedmae"]["losses"]) if results.get("fedmae") else None,
+            **{name: compare(results, cfg, *pair) for name, pair in COMPARISONS.items()}}
+
+
+def compare(results: dict, cfg: dict, start: str, baseline: str) -> dict:
+    """Per fraction and seed: both starts' unseen AUC/Dice, the paired differences (start − baseline), and the
+    steps the start took to reach the baseline's final training segmentation loss."""
     per_fraction = {}
+    mean = (lambda vals: float(np.mean(vals)) if vals else None)
     for fraction in cfg["fractions"]:
         rows = []
         for seed in cfg["seeds"]:
-            mae = results["arms"].get(f"{seed}/{arm_name('mae', fraction)}")
-            scratch = results["arms"].get(f"{seed}/{arm_name('scratch', fraction)}")
-            if not (mae and scratch):
+            a = results["arms"].get(f"{seed}/{arm_name(start, fraction)}")
+            b = results["arms"].get(f"{seed}/{arm_name(baseline, fraction)}")
+            if not (a and b):
                 continue
-            diff = paired_differences(mae, scratch, seed=seed)
-            target = scratch["seg_loss"][-1]
-            mae_steps = steps_to_reach(mae["seg_loss"], target, mae["steps_per_epoch"])
-            scratch_steps = len(scratch["seg_loss"]) * scratch["steps_per_epoch"]
-            rows.append({"seed": seed, "n_train": mae["n_train"],
-                         "auc": {"mae": mae["auc"], "scratch": scratch["auc"]},
-                         "dice": {"mae": mae["dice"], "scratch": scratch["dice"]}, "difference": diff,
-                         "steps_to_scratch_final_seg_loss": {"mae": mae_steps, "scratch": scratch_steps},
-                         "speedup": scratch_steps / mae_steps if mae_steps else None})
-        mean = (lambda vals: float(np.mean(vals)) if vals else None)
-        per_fraction[str(fraction)] = {
-            "per_seed": rows, "mean_auc_difference": mean([r["difference"]["auc"] for r in rows]),
-            "mean_dice_difference": mean([r["difference"]["dice"] for r in rows]),
-            "mean_speedup": mean([r["speedup"] for r in rows if r["speedup"]])}
-    return {"pretraining": flattening(results["mae"]["losses"]) if results.get("mae") else None,
-            "fractions": per_fraction}
+            a_steps = steps_to_reach(a["seg_loss"], b["seg_loss"][-1], a["steps_per_epoch"])
+            b_steps = len(b["seg_loss"]) * b["steps_per_epoch"]
+            rows.append({"seed": seed, "n_train": a["n_train"], "auc": [a["auc"], b["auc"]],
+                         "dice": [a["dice"], b["dice"]], "difference": paired_differences(a, b, seed=seed),
+                         "steps_to_baseline_final_seg_loss": [a_steps, b_steps],
+                         "speedup": b_steps / a_steps if a_steps else None})
+        if rows:
+            per_fraction[str(fraction)] = {
+                "per_seed": rows, "mean_auc_difference": mean([r["difference"]["auc"] for r in rows]),
+                "mean_dice_difference": mean([r["difference"]["dice"] for r in rows]),
+                "mean_speedup": mean([r["speedup"] for r in rows if r["speedup"]])}
+    return per_fraction
+
+
+def _pretraining_line(label: str, pre: dict, flat: dict, cfg: dict) -> str:
+    where = f"{pre['sites']} sites, FedAvg" if "sites" in pre else f"{pre['n_images']} CTs of the training hospitals"
+    unit = "rounds" if "sites" in pre else "epochs"
+    return (f"{label}: {where}, preset {cfg['preset']}, {len(pre['losses'])} {unit} × {pre['steps_per_epoch']} "
+            f"steps, {pre['seconds'] / 60:.1f} min; masked-voxel L1 {flat['first']:.4f} → {flat['last']:.4f}; "
+            + ("too few epochs to tell whether it flattened." if flat["flattened"] is None else
+               f"the last quarter lowered it by {100 * flat['last_quarter_drop']:.1f} % "
+               f"({'flattened' if flat['flattened'] else 'not flattened'}: < {100 * FLAT_DROP:.0f} % counts as flat)."))
 
 
 def markdown(results: dict, summary: dict) -> str:
-    cfg, mae = results["config"], results.get("mae")
+    cfg = results["config"]
     lines = [f"Command: `{results['command']}` — {results['date']}, {results['machine']}, wall "
              f"{results['wall_seconds'] / 60:.1f} min.", ""]
-    if mae:
-        p = summary["pretraining"]
-        lines += [f"MAE pretraining: {mae['n_images']} CTs of the training hospitals, preset {cfg['preset']}, "
-                  f"{len(mae['losses'])} epochs × {mae['steps_per_epoch']} steps, {mae['seconds'] / 60:.1f} min; "
-                  f"masked-voxel L1 {p['first']:.4f} → {p['last']:.4f}; the last quarter lowered it by "
-                  f"{100 * p['last_quarter_drop']:.1f} % ({'flattened' if p['flattened'] else 'not flattened'}: "
-                  f"< {100 * FLAT_DROP:.0f} % counts as flat).", ""]
-    lines += [f"Fine-tuning: {cfg['epochs']} epochs per arm; unseen hospital: {results['unseen_cases']} patients.",
-              "", "| labels | seed | n train | AUC MAE / scratch | ΔAUC [95 % CI] | Dice MAE / scratch | "
-              "ΔDice [95 % CI] | steps to scratch's final seg loss (MAE / scratch) |", "|---|---|---|---|---|---|---|---|"]
-    for fraction, block in summary["fractions"].items():
-        for r in block["per_seed"]:
-            d, s = r["difference"], r["steps_to_scratch_final_seg_loss"]
-            lines.append(f"| {fraction} % | {r['seed']} | {r['n_train']} | {r['auc']['mae']:.3f} / "
-                         f"{r['auc']['scratch']:.3f} | {d['auc']:+.3f} [{d['auc_ci'][0]:+.3f}, {d['auc_ci'][1]:+.3f}] | "
-                         f"{r['dice']['mae']:.3f} / {r['dice']['scratch']:.3f} | {d['dice']:+.3f} "
-                         f"[{d['dice_ci'][0]:+.3f}, {d['dice_ci'][1]:+.3f}] | {s['mae'] or 'not reached'} / "
-                         f"{s['scratch']} |")
-    lines += ["", "| labels | seeds | mean ΔAUC | mean ΔDice | mean speed-up |", "|---|---|---|---|---|"]
-    for fraction, block in summary["fractions"].items():
-        n = len(block["per_seed"])
-        fmt = (lambda v, sign=True: "–" if v is None else f"{v:+.3f}" if sign else f"{v:.2f}×")
-        lines.append(f"| {fraction} % | {n} | {fmt(block['mean_auc_difference'])} | "
-                     f"{fmt(block['mean_dice_difference'])} | {fmt(block['mean_speedup'], False)} |")
+    for key, flat_key, label in (("mae", "pretraining", "MAE pretraining (centralised)"),
+                                 ("fedmae", "federated_pretraining", "MAE pretraining (federated, NVFlare simulator)")):
+        if results.get(key):
+            lines += [_pretraining_line(label, results[key], summary[flat_key], cfg), ""]
+    lines.append(f"Fine-tuning: {cfg['epochs']} epochs per arm; unseen hospital: {results['unseen_cases']} patients.")
+    sign = (lambda v: "–" if v is None else f"{v:+.3f}")
+    for name, (start, baseline) in COMPARISONS.items():
+        blocks = summary[name]
+        if not blocks:
+            continue
+        lines += ["", f"**{start} − {baseline}**", "",
+                  f"| labels | seed | n train | AUC {start} / {baseline} | ΔAUC [95 % CI] | Dice {start} / {baseline} | "
+                  f"ΔDice [95 % CI] | steps to {baseline}'s final seg loss ({start} / {baseline}) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for fraction, block in blocks.items():
+            for r in block["per_seed"]:
+                d, st = r["difference"], r["steps_to_baseline_final_seg_loss"]
+                lines.append(f"| {fraction} % | {r['seed']} | {r['n_train']} | {r['auc'][0]:.3f} / {r['auc'][1]:.3f} | "
+                             f"{d['auc']:+.3f} [{d['auc_ci'][0]:+.3f}, {d['auc_ci'][1]:+.3f}] | {r['dice'][0]:.3f} / "
+                             f"{r['dice'][1]:.3f} | {d['dice']:+.3f} [{d['dice_ci'][0]:+.3f}, {d['dice_ci'][1]:+.3f}] | "
+                             f"{st[0] or 'not reached'} / {st[1]} |")
+        lines += ["", "| labels | seeds | mean ΔAUC | mean ΔDice | mean speed-up |", "|---|---|---|---|---|"]
+        for fraction, block in blocks.items():
+            speed = block["mean_speedup"]
+            lines.append(f"| {fraction} % | {len(block['per_seed'])} | {sign(block['mean_auc_difference'])} | "
+                         f"{sign(block['mean_dice_difference'])} | {'–' if speed is None else f'{speed:.2f}×'} |")
     for name, why in results.get("failed", {}).items():
         lines.append(f"\nFAILED {name}: {why.splitlines()[0][:300]}")
     return "\n".join(lines) + "\n"
@@ -278,12 +329,13 @@ def curves_plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    mae = results.get("mae")
-    if mae:
-        steps = np.arange(1, len(mae["losses"]) + 1) * mae["steps_per_epoch"]
-        axes[0].plot(steps, mae["losses"])
+    for key, label in (("mae", "centralised"), ("fedmae", "federated (per site)")):
+        if results.get(key):
+            pre = results[key]
+            axes[0].plot(np.arange(1, len(pre["losses"]) + 1) * pre["steps_per_epoch"], pre["losses"], label=label)
     axes[0].set(title="MAE pretraining: masked-voxel L1", xlabel="optimiser steps", ylabel="L1 (HU window units)")
-    colours = {"mae": "tab:green", "scratch": "tab:red"}
+    axes[0].legend(fontsize=7)
+    colours = {"mae": "tab:green", "scratch": "tab:red", "fedmae": "tab:blue"}
     for name, arm in sorted(results["arms"].items()):
         init, fraction = name.split("/")[1].split("_")
         steps = np.arange(1, len(arm["seg_loss"]) + 1) * arm["steps_per_epoch"]
@@ -314,6 +366,9 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=sorted(MODES), default="cpu")
     p.add_argument("--out", default="workspace/bench_mae")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--fractions", type=int, nargs="+", default=None, help="label percentages (default: the mode's)")
+    p.add_argument("--inits", nargs="+", choices=INITS, default=["scratch", "mae"],
+                   help="which starts to run (fedmae: the pretraining federated in NVFlare's simulator)")
     p.add_argument("--mae-epochs", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="arms at a time, each in its own process")
     p.add_argument("--deadline-min", type=float, default=None,
@@ -322,6 +377,8 @@ def main(argv=None) -> int:
     cfg = dict(MODES[args.mode], mode=args.mode)
     if args.seeds:
         cfg["seeds"] = args.seeds
+    if args.fractions:
+        cfg["fractions"] = args.fractions
     if args.mae_epochs:
         cfg["mae_epochs"] = args.mae_epochs
     workers = args.workers or cfg["workers"]
@@ -338,7 +395,7 @@ def main(argv=None) -> int:
     unseen_cases = len(load_datalist(test)[0])
     print(f"data ready in {time.perf_counter() - t0:.0f}s: {unseen_cases} unseen test patients; {workers} "
           f"process(es) at a time", flush=True)
-    results = run_all(cfg, lists, test, out, workers, deadline, log=lambda m: print(m, flush=True))
+    results = run_all(cfg, lists, test, out, workers, deadline, inits=args.inits, log=lambda m: print(m, flush=True))
     import platform
     import torch
     results.update(config=cfg, unseen_cases=unseen_cases, date=time.strftime("%Y-%m-%d"),

@@ -53,7 +53,9 @@ def split_datalist(datalist: Path, n_calibration: int) -> tuple[Path, Path]:
     paths = []
     for name, part in (("calibration", calib), ("test", test)):
         path = datalist.parent / f"datalist_{name}.json"
-        path.write_text(json.dumps({"training": part, "unlabeled": []}, indent=1))
+        tmp = path.with_suffix(".tmp")  # atomic: another benchmark process may be reading it
+        tmp.write_text(json.dumps({"training": part, "unlabeled": []}, indent=1))
+        tmp.replace(path)
         paths.append(path)
     return paths[0], paths[1]
 

@@ -54,3 +54,4 @@ def test_flattening_tells_a_plateau_from_a_loss_still_falling():
     assert plateau["flattened"] and plateau["last_quarter_drop"] < 0.01
     assert not falling["flattened"] and falling["last_quarter_drop"] == pytest.approx(0.072 / 0.281, abs=0.002)
     assert plateau["first"] == pytest.approx(0.5) and plateau["last"] == pytest.approx(0.2, abs=0.002)
+    assert mae.flattening([0.5, 0.4, 0.39])["flattened"] is None  # too short to tell
