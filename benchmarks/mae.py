@@ -375,12 +375,8 @@ def main(argv=None) -> int:
                    help="start nothing new after this many minutes; the summary covers what finished")
     args = p.parse_args(argv)
     cfg = dict(MODES[args.mode], mode=args.mode)
-    if args.seeds:
-        cfg["seeds"] = args.seeds
-    if args.fractions:
-        cfg["fractions"] = args.fractions
-    if args.mae_epochs:
-        cfg["mae_epochs"] = args.mae_epochs
+    cfg.update({k: v for k, v in (("seeds", args.seeds), ("fractions", args.fractions),
+                                  ("mae_epochs", args.mae_epochs)) if v})
     workers = args.workers or cfg["workers"]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
