@@ -1,8 +1,8 @@
 """Does MAE pretraining pay off? Fine-tuning from the MAE encoder vs from scratch at 10 / 25 / 100 % of the labels,
 scored on a hospital that no pretraining, training or tuning saw (issue #13).
 
-    python benchmarks/mae.py --mode cpu --out workspace/bench_mae     # this 2-core CPU: about 2 hours
-    python benchmarks/mae.py --mode tiny --out /tmp/bench_mae_tiny    # the machinery in a few minutes (tests)
+    python benchmarks/mae.py --mode cpu --out workspace/bench_mae     # this 2-core CPU: about 3 hours
+    python benchmarks/mae.py --mode tiny --out /tmp/bench_mae_tiny    # the machinery in a few minutes (smoke run)
     python benchmarks/mae.py --mode gpu --out $OUT/mae --deadline-min 6   # one GPU (benchmarks/gpu.sh)
 
 1. Data: `ecefl synth` training hospitals a, b, c (labelled + CT-only patients), preprocessed as a site does; the
