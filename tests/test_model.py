@@ -108,11 +108,14 @@ def test_evidence_reference_cancels_what_shifts_every_voxels_evidence():
         assert float(model.evidence_map(out).sum() + model.cls_bias) == pytest.approx(float(after), abs=1e-4)
 
 
-def test_case_logit_is_linear_in_the_readout_features(plan):
+@pytest.mark.parametrize("reference", [False, True])
+def test_case_logit_is_linear_in_the_readout_features(plan, reference):
     """ecefl.readout's premise: logit = [z, s, 1] . theta exactly, for cases pooled over confident node voxels
-    (gated region) and without any (soft region), so refitting theta is a logistic regression on fixed features."""
+    (gated region) and without any (soft region), so refitting theta is a logistic regression on fixed features;
+    also when the logit subtracts the case's reference tissue (evidence_reference)."""
     import numpy as np
     from ecefl import readout as R
+    plan = plan.with_overrides(evidence_reference=reference)
     x = torch.rand(2, 1, *plan.patch_size)
     for node_bias in (-12.0, 12.0):  # no voxel with p >= 0.5 / every voxel
         model = DualOutputSwinUNETR(plan).eval()
@@ -121,7 +124,7 @@ def test_case_logit_is_linear_in_the_readout_features(plan):
             out = model.voxel_outputs(x)
             assert bool((out[:, 2].flatten(1).sum(1) >= 1).all()) == (node_bias > 0)
             logit = model.pool(out).double().numpy()
-            features = DualOutputSwinUNETR.readout_features(model.readout_channels(x)).double().numpy()
+            features = DualOutputSwinUNETR.readout_features(model.readout_channels(x), reference).double().numpy()
         theta = model.readout_parameters().double().numpy()
         np.testing.assert_allclose(R.design(features) @ theta, logit, rtol=1e-4, atol=1e-5)
         theta2 = theta + np.random.default_rng(0).normal(0, 0.3, theta.shape)

@@ -164,7 +164,8 @@ class DualOutputSwinUNETR(nn.Module):
     # (ecefl.readout: a federated Newton refit from the sites' summed gradients and Hessians).
     @torch.no_grad()
     def readout_channels(self, x: torch.Tensor) -> torch.Tensor:
-        """Channels additive over windows: gated weight a, a*h (fs), soft weight, soft*h (fs)."""
+        """Channels additive over windows: gated weight a, a*h (fs), soft weight, soft*h (fs); with
+        evidence_reference also the reference tissue r, r*h (fs)."""
         hidden = {}
         handle = self.evidence_head[1].register_forward_hook(lambda m, i, o: hidden.__setitem__("h", o))
         try:
@@ -172,18 +173,25 @@ class DualOutputSwinUNETR(nn.Module):
         finally:
             handle.remove()
         h = hidden["h"]
-        return torch.cat([out[:, 2:3], out[:, 2:3] * h, out[:, 4:5], out[:, 4:5] * h], dim=1)
+        channels = [out[:, 2:3], out[:, 2:3] * h, out[:, 4:5], out[:, 4:5] * h]
+        if self.plan.evidence_reference:
+            channels += [out[:, 6:7], out[:, 6:7] * h]
+        return torch.cat(channels, dim=1)
 
     @staticmethod
-    def readout_features(channels: torch.Tensor) -> torch.Tensor:
-        """(B, fs + 1): z and s of the region the case is pooled over (the gated one when a node was found)."""
-        n = (channels.shape[1] - 2) // 2
-        gated = channels[:, : n + 1].flatten(2).sum(2)
-        soft = channels[:, n + 1:].flatten(2).sum(2)
-        found = (gated[:, :1] >= 1.0)
-        total = torch.where(found, gated, soft)
-        denom = total[:, :1] + 1e-3
-        return torch.cat([total[:, 1:] / denom, total[:, :1] / denom], dim=1)
+    def readout_features(channels: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """(B, fs + 1): z and s of the region the case is pooled over (the gated one when a node was found);
+        with the reference tissue (evidence_reference), minus its z and s: the logit subtracts its evidence."""
+        groups = 3 if reference else 2
+        n = channels.shape[1] // groups  # fs + 1 channels per group
+        sums = [channels[:, g * n:(g + 1) * n].flatten(2).sum(2) for g in range(groups)]
+        found = (sums[0][:, :1] >= 1.0)
+        total = torch.where(found, sums[0], sums[1])
+        features = torch.cat([total[:, 1:], total[:, :1]], dim=1) / (total[:, :1] + 1e-3)
+        if reference:
+            ref = sums[2]
+            features = features - torch.cat([ref[:, 1:], ref[:, :1]], dim=1) / (ref[:, :1] + 1e-3)
+        return features
 
     def readout_parameters(self) -> torch.Tensor:
         """theta = (w, b0 + bias) with logit = [z, s] . [w, b0] + bias; here as (fs + 2,) with bias last."""
