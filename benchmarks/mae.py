@@ -132,13 +132,14 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
     trained = train(lists, cfg["preset"], cfg["epochs"], arm, init=str(out / ENCODER[init]) if init in ENCODER
                     else None, label_fraction=fraction / 100, val_fraction=0.0, seed=seed, **quiet, **plan)
     held = evaluate(arm / "model.pt", [test], arm / "unseen", **quiet)
-    rows = [line.split(",") for line in (arm / "unseen" / "predictions.csv").read_text().splitlines()[1:]]
+    from paired import read
+    rows = list(read(str(arm / "unseen" / "predictions.csv")).values())
     result = {"auc": held["auc"], "dice": held["dice"], "ci": held.get("ci"), "n_train": trained["split"]["train"],
               "seg_loss": [e["seg_loss"] for e in trained["epochs"]],
               "steps_per_epoch": trained["epochs"][0]["steps"], "train_seconds": trained["seconds"],
               "seconds": round(time.perf_counter() - t0, 1),
-              "cases": {"case_id": [r[0] for r in rows], "probability": [float(r[1]) for r in rows],
-                        "ece": [int(r[2]) for r in rows], "dice": [float(r[3]) for r in rows]}}
+              "cases": {"case_id": [r["case_id"] for r in rows], "probability": [float(r["probability"]) for r in rows],
+                        "ece": [int(r["ece"]) for r in rows], "dice": [float(r["dice"]) for r in rows]}}
     (arm / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
