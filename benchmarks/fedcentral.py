@@ -39,7 +39,6 @@ def demo_inputs(demo: Path) -> dict:
     """What the arms need from a finished demo; a clear message for what is missing."""
     need = {"model": demo / "fl" / "ece_finetune" / "best_global_model.pt",
             "encoder": demo / "fl" / "mae_pretrain" / "global_model.pt",
-            "pooled": demo / "fl" / "ece_finetune" / "pooled_metrics.json",
             "summary": demo / "report" / "summary.json"}
     missing = [str(p) for p in need.values() if not p.is_file()]
     if missing:
@@ -70,8 +69,8 @@ def run_arm(arm: str, inputs: dict, test: Path, out: Path, epochs: dict, scored:
         plan = load_checkpoint(inputs["model"])["plan"].to_dict()
         preset, seed = plan.pop("preset"), plan.pop("seed")
         lists = list(inputs["sites"].values()) if arm == "central" else [inputs["sites"][arm[len("single-"):]]]
-        epochs = epochs["central" if arm == "central" else "single"]
-        trained = train([str(p) for p in lists], preset, epochs, folder, init=str(inputs["encoder"]), seed=seed,
+        n_epochs = epochs["central" if arm == "central" else "single"]
+        trained = train([str(p) for p in lists], preset, n_epochs, folder, init=str(inputs["encoder"]), seed=seed,
                         **quiet, **plan)
         model = folder / "model.pt"
     if scored:
@@ -86,7 +85,7 @@ def run_arm(arm: str, inputs: dict, test: Path, out: Path, epochs: dict, scored:
     result = {"auc": held["auc"], "dice": held["dice"], "ci": held.get("ci"), "n_cases": held.get("n_cases"),
               "predictions": str(scored / "predictions.csv"),
               "train_seconds": trained["seconds"] if trained else None,
-              "epochs": epochs if trained else None, "n_train": trained["split"]["train"] if trained else None,
+              "epochs": n_epochs if trained else None, "n_train": trained["split"]["train"] if trained else None,
               "val": trained["val"] if trained else None, "seconds": round(time.perf_counter() - t0, 1)}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "result.json").write_text(json.dumps(result, indent=1))
