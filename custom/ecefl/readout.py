@@ -74,7 +74,7 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
         channels = sliding_window_inference(image, roi_size=plan.patch_size, sw_batch_size=1,
                                             predictor=lambda x: model.readout_channels(x).float(),
                                             overlap=plan.sw_overlap, mode="constant")
-        rows.append(DualOutputSwinUNETR.readout_features(channels, plan.evidence_reference)[0].double().cpu().numpy())
+        rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0].double().cpu().numpy())
     return np.stack(rows) if rows else np.zeros((0, model.plan.feature_size + 1))
 
 
