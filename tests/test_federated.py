@@ -39,7 +39,9 @@ def simulated(fl_sites, tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("ws")
     args = ["fl", "simulate", "--job", "all", "--rounds", "1", "--local-epochs", "1", "--preset", "test-tiny",
             "--workspace", str(ws), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
-            "--cross-site-eval", "--set", f"readout_refit_iterations={REFIT_ITERATIONS}"]
+            "--cross-site-eval", "--set", f"readout_refit_iterations={REFIT_ITERATIONS}",
+            # the presets' read-out: the CT inputs as features, the ridge on standardised features
+            "--set", "readout_hu_features=true", "--set", "readout_standardise=true"]
     for site, datalist in fl_sites.items():
         args += ["--site", f"{site}={datalist}"]
     assert ecefl_main(args) == 0
@@ -196,7 +198,8 @@ def test_phi_audit_of_everything_the_federated_run_left(simulated, fl_root):
 
 def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites):
     """The server's Newton iterations on securely summed site terms give the read-out that the same iterations
-    give on all sites' training-case features in one place (ecefl.readout), and lower the pooled loss."""
+    give on all sites' training-case features in one place (ecefl.readout), and lower the pooled loss; with the
+    presets' read-out (CT inputs as features, ridge on standardised features, variances from the summed Hessian)."""
     from ecefl import readout as R
     report = json.loads((simulated / "ece_finetune" / "pooled_metrics.json").read_text())
     refit = report["readout_refit"]
@@ -215,7 +218,10 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
         train, _ = stratified_split(labelled, VAL_FRACTION, 0)
         data.append((R.case_features(model, train, ckpt["plan"]), np.array([it["ece"] for it in train]),
                      positive_weight(train)))
-    expected, losses = R.refit_centralised(theta0, data, ckpt["plan"].readout_ridge, REFIT_ITERATIONS)
+    assert refit["standardised"] and ckpt["plan"].readout_hu_features
+    assert len(theta0) == ckpt["plan"].feature_size + 7 + 2 and not theta0[-9:-2].any()  # CT weights 0 before
+    expected, losses = R.refit_centralised(theta0, data, ckpt["plan"].readout_ridge, REFIT_ITERATIONS,
+                                           standardise=True)
     np.testing.assert_allclose(final_theta, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(refit["loss"], losses, rtol=1e-5)
     assert np.abs(expected - theta0).max() > 1e-3, "the refit moved the read-out"

@@ -99,3 +99,53 @@ def test_rounds_validated_and_best_model_chosen_by_auc_and_dice_late_in_training
                                 ("final", 0.83, 0.70)):
         ctl._maybe_best({"round": round_id, "pooled": {"auc": auc, "dice": dice}}, type("M", (), {"params": round_id}))
     assert ctl.best["round"] == 4 and [p for _, p in written] == [3, 4]
+
+
+def test_server_step_is_fedavg_by_default_and_sgd_with_momentum_on_the_averaged_update():
+    """plan server_lr / server_momentum (FedOpt's server SGD): global += lr * m, m = momentum * m + (avg - global);
+    integer buffers pass through as averaged."""
+    import numpy as np
+    from ecefl.fl.server import PooledFedAvg
+    ctl = PooledFedAvg(num_clients=2, num_rounds=3, plan={"server_lr": 2.0, "server_momentum": 0.5})
+    w0 = {"w": np.array([1.0, -1.0], np.float32), "index": np.array([3, 4])}
+    avg1 = {"w": np.array([1.5, -2.0], np.float32), "index": np.array([3, 4])}
+    w1 = ctl.server_step(w0, avg1, 2.0, 0.5)
+    np.testing.assert_allclose(w1["w"], [2.0, -3.0])  # 1 + 2 * 0.5, -1 + 2 * -1
+    assert w1["w"].dtype == np.float32 and (w1["index"] == [3, 4]).all()
+    avg2 = {"w": w1["w"] + np.array([0.1, 0.0], np.float32), "index": np.array([3, 4])}
+    w2 = ctl.server_step(w1, avg2, 2.0, 0.5)
+    # m = 0.5 * (0.5, -1) + (0.1, 0) = (0.35, -0.5)
+    np.testing.assert_allclose(w2["w"], [2.0 + 0.7, -3.0 - 1.0], rtol=1e-6)
+    from ecefl.plan import get_plan
+    assert (get_plan("cpu-small").server_lr, get_plan("cpu-small").server_momentum) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="server_momentum"):
+        get_plan("cpu-small", server_momentum=1.0)
+
+
+def test_standardised_readout_refit_does_not_depend_on_the_scale_of_a_feature():
+    """plan.readout_standardise: the ridge acts on standardised features (variances read off the refit's summed
+    Hessian, ecefl.readout.feature_variances), so a hidden feature with a 100x smaller spread gets a 100x larger
+    weight and the same case logits; the plain ridge instead shrinks it, and the logits change. The variances
+    equal the class-weight x p(1-p)-weighted variances of the features."""
+    import numpy as np
+    from ecefl import readout as R
+    rng = np.random.default_rng(0)
+    n, k = 80, 4
+    y = (rng.random(n) < 0.4).astype(int)
+    X = np.concatenate([rng.normal(0, 1, (n, k)) + 0.8 * y[:, None] * np.array([1, 0.5, 0, 0]), np.ones((n, 1))], 1)
+    small = X.copy()
+    small[:, 0] *= 0.01  # the same information on a 100x smaller scale
+    theta0 = np.zeros(k + 2)
+    logits = {}
+    for standardise in (False, True):
+        for name, feats in (("x", X), ("small", small)):
+            sites = [(feats[:40], y[:40], 1.5), (feats[40:], y[40:], 1.5)]
+            theta, _ = R.refit_centralised(theta0, sites, ridge=0.05, iterations=12, standardise=standardise)
+            logits[standardise, name] = R.design(feats) @ theta
+    np.testing.assert_allclose(logits[True, "small"], logits[True, "x"], rtol=1e-4, atol=1e-4)
+    assert np.abs(logits[False, "small"] - logits[False, "x"]).max() > 0.1
+    terms = R.local_terms(theta0, X, y, 1.5)
+    w = np.where(y > 0, 1.5, 1.0) * 0.25
+    mean = (w[:, None] * X).sum(0) / w.sum()
+    expected = (w[:, None] * (X - mean) ** 2).sum(0) / w.sum()
+    np.testing.assert_allclose(R.feature_variances(terms["hess"])[:k], expected[:k], rtol=1e-9)

@@ -108,14 +108,15 @@ def test_evidence_reference_cancels_what_shifts_every_voxels_evidence():
         assert float(model.evidence_map(out).sum() + model.cls_bias) == pytest.approx(float(after), abs=1e-4)
 
 
-@pytest.mark.parametrize("reference", [False, True])
-def test_case_logit_is_linear_in_the_readout_features(plan, reference):
+@pytest.mark.parametrize("reference,hu_features", [(False, False), (True, False), (False, True)])
+def test_case_logit_is_linear_in_the_readout_features(plan, reference, hu_features):
     """ecefl.readout's premise: logit = [z, s, 1] . theta exactly, for cases pooled over confident node voxels
     (gated region) and without any (soft region), so refitting theta is a logistic regression on fixed features;
-    also when the logit subtracts the case's reference tissue (evidence_reference)."""
+    also when the logit subtracts the case's reference tissue (evidence_reference), and with the CT inputs as
+    read-out features (readout_hu_features: 7 more, the pooled CT value and soft HU bins, their weights in theta)."""
     import numpy as np
     from ecefl import readout as R
-    plan = plan.with_overrides(evidence_reference=reference)
+    plan = plan.with_overrides(evidence_reference=reference, readout_hu_features=hu_features)
     x = torch.rand(2, 1, *plan.patch_size)
     for node_bias in (-12.0, 12.0):  # no voxel with p >= 0.5 / every voxel
         model = DualOutputSwinUNETR(plan).eval()
@@ -125,14 +126,48 @@ def test_case_logit_is_linear_in_the_readout_features(plan, reference):
             assert bool((out[:, 2].flatten(1).sum(1) >= 1).all()) == (node_bias > 0)
             logit = model.pool(out).double().numpy()
             features = DualOutputSwinUNETR.readout_features(model.readout_channels(x), reference).double().numpy()
+        assert features.shape[1] == plan.feature_size + 1 + 7 * hu_features
         theta = model.readout_parameters().double().numpy()
         np.testing.assert_allclose(R.design(features) @ theta, logit, rtol=1e-4, atol=1e-5)
+        # the server's view (state dicts, ecefl.readout.READOUT_KEYS) orders theta as the model does
+        np.testing.assert_allclose(R.theta_from_state(model.state_dict()), theta, rtol=1e-6)
         theta2 = theta + np.random.default_rng(0).normal(0, 0.3, theta.shape)
+        model.load_state_dict(R.state_with_theta(model.state_dict(), theta2))
+        np.testing.assert_allclose(model.readout_parameters().double().numpy(), theta2, rtol=1e-6)
+        model.set_readout_parameters(torch.as_tensor(theta))
+        np.testing.assert_allclose(model.readout_parameters().double().numpy(), theta, rtol=1e-6)
         model.set_readout_parameters(torch.as_tensor(theta2))
         with torch.no_grad():
             logit2 = model.pool(model.voxel_outputs(x)).double().numpy()
         np.testing.assert_allclose(R.design(features) @ theta2, logit2, rtol=1e-4, atol=1e-5)
         assert np.abs(logit2 - logit).max() > 1e-3
+
+
+def test_flip_averaging_treats_a_mirrored_neck_as_its_mirror_and_keeps_the_readout_exact(tmp_path):
+    """plan.tta_flip: the whole-volume outputs of a left-right mirrored CT are the mirror of the CT's outputs (left
+    and right nodes are read alike: same probability, mirrored mask); without it they are not; and the read-out
+    refit's features of the case under the same averaging still give its logit exactly (ecefl.readout)."""
+    import nibabel as nib
+    import numpy as np
+    from ecefl import readout as R
+    from ecefl.data import eval_transforms, plain_dataset
+    from ecefl.engine import predict_volume
+    torch.manual_seed(2)
+    plan = get_plan("test-tiny")
+    hu = np.random.default_rng(2).uniform(-200, 250, (64, 64, 64)).astype(np.float32)
+    nib.save(nib.Nifti1Image(hu, np.diag([*plan.spacing, 1.0])), tmp_path / "ct.nii.gz")
+    items = [{"image": str(tmp_path / "ct.nii.gz")}]
+    image = plain_dataset(items, eval_transforms(plan, with_label=False))[0]["image"].unsqueeze(0)
+    mirror = torch.flip(image, dims=[2])
+    for tta in (False, True):
+        model = DualOutputSwinUNETR(plan.with_overrides(tta_flip=tta)).eval()
+        out, prob = predict_volume(model, image, model.plan)
+        out_m, prob_m = predict_volume(model, mirror, model.plan)
+        equivariant = torch.allclose(torch.flip(out_m, dims=[2]), out, atol=1e-5)
+        assert equivariant == tta and (abs(prob - prob_m) < 1e-6) == tta
+    features = R.case_features(model, items, model.plan)
+    theta = model.readout_parameters().double().numpy()
+    assert float((R.design(features) @ theta)[0]) == pytest.approx(float(np.log(prob / (1 - prob))), abs=1e-4)
 
 
 def test_inference_skips_air_windows_without_changing_any_output_inside_the_body():

@@ -276,18 +276,26 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
             out[body] = model.voxel_outputs(x[body], None if r is None else r[body]).float()
         return out
 
+    inputs = image if region is None else torch.cat([image, region.float()], dim=1)
     with _autocast(plan, dev):
-        if region is None:
-            out = sliding_window_inference(image.to(dev), roi_size=plan.patch_size, sw_batch_size=1,
-                                           predictor=predictor, overlap=plan.sw_overlap, mode="constant",
-                                           progress=progress)
-        else:
-            both = torch.cat([image, region.float()], dim=1).to(dev)
-            out = sliding_window_inference(both, roi_size=plan.patch_size, sw_batch_size=1,
-                                           predictor=lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5),
-                                           overlap=plan.sw_overlap, mode="constant", progress=progress)
+        out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window_inference(
+            v, roi_size=plan.patch_size, sw_batch_size=1, overlap=plan.sw_overlap, mode="constant", progress=progress,
+            predictor=predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5))))
     prob = torch.sigmoid(model.pool(out)).item()
     return out.cpu(), float(prob)
+
+
+LEFT_RIGHT = 2  # the first spatial axis of (B, C, x, y, z) on the plan's RAS grid
+
+
+def flip_averaged(plan: Plan, volume: torch.Tensor, outputs) -> torch.Tensor:
+    """outputs(volume), averaged with the left-right mirror of outputs(mirrored volume) when plan.tta_flip. Every
+    channel may be averaged: the segmentation logits, and the pooling channels, which add over windows."""
+    out = outputs(volume)
+    if not plan.tta_flip:
+        return out
+    mirrored = outputs(torch.flip(volume, dims=[LEFT_RIGHT]))
+    return (out + torch.flip(mirrored, dims=[LEFT_RIGHT])) / 2
 
 
 def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = True,

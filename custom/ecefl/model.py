@@ -80,6 +80,10 @@ class DualOutputSwinUNETR(nn.Module):
                              persistent=False)
         n_in = fs + 1 + len(plan.evidence_hu_bins)
         self.evidence_head = nn.Sequential(nn.Conv3d(n_in, fs, 3, padding=1), nn.GELU(), nn.Conv3d(fs, 1, 1))
+        if plan.readout_hu_features:  # the read-out's direct weights on the CT inputs: set by the refit only
+            self.readout_hu = nn.Conv3d(1 + len(plan.evidence_hu_bins), 1, 1, bias=False)
+            nn.init.zeros_(self.readout_hu.weight)
+            self.readout_hu.weight.requires_grad_(False)
         self.cls_bias = nn.Parameter(torch.zeros(1))
         radius = max(1, round(plan.shell_mm / min(plan.spacing)))
         self.shell_kernel = 2 * radius + 1
@@ -95,6 +99,16 @@ class DualOutputSwinUNETR(nn.Module):
         shell = F.max_pool3d(node_prob, self.shell_kernel, stride=1, padding=self.shell_kernel // 2) - node_prob
         return node_prob + self.plan.shell_weight * shell.clamp_min(0)
 
+    def _hu_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HU of x (window units -> HU) and the evidence's CT inputs: the windowed value and its soft HU bins."""
+        lo, hi = self.plan.hu_window
+        hu = x * (hi - lo) + lo
+        k = self.plan.evidence_hu_smoothing
+        if k > 1:  # read HU as a radiologist's ROI mean: the local mean, so scanner noise does not blur the bins
+            hu = F.avg_pool3d(hu, k, stride=1, padding=k // 2, count_include_pad=False)
+        hu_bins = torch.sigmoid((hu - self.hu_bin_centres.to(x.dtype)) / self.plan.evidence_hu_bin_width)
+        return hu, torch.cat([x, hu_bins], dim=1)
+
     def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
                       body_grad: bool = True) -> torch.Tensor:
         """Channels (all but the first two additive over windows): 2 segmentation logits, pooling weight a,
@@ -104,13 +118,11 @@ class DualOutputSwinUNETR(nn.Module):
         with contextlib.nullcontext() if body_grad else torch.no_grad():
             seg = self.net(x)
         features = _scale_grad(self._decoder_features, self.plan.cls_feature_grad)
-        lo, hi = self.plan.hu_window
-        hu = x * (hi - lo) + lo
-        k = self.plan.evidence_hu_smoothing
-        if k > 1:  # read HU as a radiologist's ROI mean: the local mean, so scanner noise does not blur the bins
-            hu = F.avg_pool3d(hu, k, stride=1, padding=k // 2, count_include_pad=False)
-        hu_bins = torch.sigmoid((hu - self.hu_bin_centres.to(x.dtype)) / self.plan.evidence_hu_bin_width)
-        evidence = self.evidence_head(torch.cat([features, x, hu_bins.to(features.dtype)], dim=1))
+        hu, hu_inputs = self._hu_inputs(x)
+        hu_inputs = hu_inputs.to(features.dtype)
+        evidence = self.evidence_head(torch.cat([features, hu_inputs], dim=1))
+        if self.plan.readout_hu_features:
+            evidence = evidence + self.readout_hu(hu_inputs)
         if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours
             soft = torch.softmax(seg, dim=1)[:, 1:2].detach()
             # only confident node voxels: a faint probability over ~10^5 background voxels would otherwise
@@ -161,11 +173,12 @@ class DualOutputSwinUNETR(nn.Module):
     #     logit = sum_v a(v) e(v) / (sum_v a + eps) + bias = w . z + b0 * s + bias,
     #     z = sum_v a(v) h(v) / (sum_v a + eps),   s = sum_v a / (sum_v a + eps).
     # So the read-out (w, b0, bias) can be refitted exactly as a logistic regression on (z, s) with the body fixed
-    # (ecefl.readout: a federated Newton refit from the sites' summed gradients and Hessians).
+    # (ecefl.readout: a federated Newton refit from the sites' summed gradients and Hessians). With
+    # readout_hu_features, h(v) also holds the voxel's CT inputs c(v) and w their weights u (e = w.h + u.c + b0).
     @torch.no_grad()
     def readout_channels(self, x: torch.Tensor) -> torch.Tensor:
-        """Channels additive over windows: gated weight a, a*h (fs), soft weight, soft*h (fs); with
-        evidence_reference also the reference tissue r, r*h (fs)."""
+        """Channels additive over windows: gated weight a, a*h, soft weight, soft*h; with evidence_reference also
+        the reference tissue r, r*h (h: the head's fs hidden features, + the 7 CT inputs with readout_hu_features)."""
         hidden = {}
         handle = self.evidence_head[1].register_forward_hook(lambda m, i, o: hidden.__setitem__("h", o))
         try:
@@ -173,6 +186,8 @@ class DualOutputSwinUNETR(nn.Module):
         finally:
             handle.remove()
         h = hidden["h"]
+        if self.plan.readout_hu_features:  # the CT inputs are read-out features too
+            h = torch.cat([h, self._hu_inputs(x)[1].to(h.dtype)], dim=1)
         channels = [out[:, 2:3], out[:, 2:3] * h, out[:, 4:5], out[:, 4:5] * h]
         if self.plan.evidence_reference:
             channels += [out[:, 6:7], out[:, 6:7] * h]
@@ -180,10 +195,11 @@ class DualOutputSwinUNETR(nn.Module):
 
     @staticmethod
     def readout_features(channels: torch.Tensor, reference: bool = False) -> torch.Tensor:
-        """(B, fs + 1): z and s of the region the case is pooled over (the gated one when a node was found);
-        with the reference tissue (evidence_reference), minus its z and s: the logit subtracts its evidence."""
+        """(B, k + 1): z (k features per voxel: the head's fs hidden ones, + 7 CT inputs with readout_hu_features)
+        and s of the region the case is pooled over (the gated one when a node was found); with the reference
+        tissue (evidence_reference), minus its z and s: the logit subtracts its evidence."""
         groups = 3 if reference else 2
-        n = channels.shape[1] // groups  # fs + 1 channels per group
+        n = channels.shape[1] // groups  # k + 1 channels per group
         sums = [channels[:, g * n:(g + 1) * n].flatten(2).sum(2) for g in range(groups)]
         found = (sums[0][:, :1] >= 1.0)
         total = torch.where(found, sums[0], sums[1])
@@ -193,18 +209,22 @@ class DualOutputSwinUNETR(nn.Module):
             features = features - torch.cat([ref[:, 1:], ref[:, :1]], dim=1) / (ref[:, :1] + 1e-3)
         return features
 
-    def readout_parameters(self) -> torch.Tensor:
-        """theta = (w, b0 + bias) with logit = [z, s] . [w, b0] + bias; here as (fs + 2,) with bias last."""
+    def _readout_tensors(self) -> list[torch.Tensor]:
+        """The read-out's tensors in theta's order (ecefl.readout.READOUT_KEYS): w, [u,] b0, bias."""
         last = self.evidence_head[2]
-        return torch.cat([last.weight.detach().flatten(), last.bias.detach().flatten(), self.cls_bias.detach()])
+        direct = [self.readout_hu.weight] if self.plan.readout_hu_features else []
+        return [last.weight, *direct, last.bias, self.cls_bias]
+
+    def readout_parameters(self) -> torch.Tensor:
+        """theta = (w, [u,] b0, bias) with logit = [z, s] . [w, u, b0] + bias; bias last."""
+        return torch.cat([t.detach().flatten() for t in self._readout_tensors()])
 
     @torch.no_grad()
     def set_readout_parameters(self, theta: torch.Tensor) -> None:
-        last = self.evidence_head[2]
-        n = last.weight.numel()
-        last.weight.copy_(theta[:n].view_as(last.weight).to(last.weight.dtype))
-        last.bias.copy_(theta[n:n + 1].to(last.bias.dtype))
-        self.cls_bias.copy_(theta[n + 1:n + 2].to(self.cls_bias.dtype))
+        i = 0
+        for t in self._readout_tensors():
+            t.copy_(theta[i:i + t.numel()].view_as(t).to(t.dtype))
+            i += t.numel()
 
     def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None):
         out = self.voxel_outputs(x, region_mask)

@@ -18,14 +18,15 @@ from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
 from .data import plain_dataset, eval_transforms
-from .engine import device, positive_weight
+from .engine import device, flip_averaged, positive_weight
 from .model import DualOutputSwinUNETR
 from .plan import Plan
 
 _log = logging.getLogger(__name__)
 
 # the read-out's tensors in a state dict: theta = (last layer weights, last layer bias b0, case bias)
-READOUT_KEYS = ("evidence_head.2.weight", "evidence_head.2.bias", "cls_bias")
+# (a model with plan.readout_hu_features also has the weights u of its CT inputs after w)
+READOUT_KEYS = ("evidence_head.2.weight", "readout_hu.weight", "evidence_head.2.bias", "cls_bias")
 
 
 def _numpy(v) -> np.ndarray:
@@ -33,13 +34,13 @@ def _numpy(v) -> np.ndarray:
 
 
 def theta_from_state(state: dict) -> np.ndarray:
-    return np.concatenate([_numpy(state[k]).astype(np.float64).reshape(-1) for k in READOUT_KEYS])
+    return np.concatenate([_numpy(state[k]).astype(np.float64).reshape(-1) for k in READOUT_KEYS if k in state])
 
 
 def state_with_theta(state: dict, theta: np.ndarray) -> dict:
     """A copy of the state dict with the read-out set to theta, each tensor in its own type and shape."""
     out, i = dict(state), 0
-    for key in READOUT_KEYS:
+    for key in (k for k in READOUT_KEYS if k in state):
         old = state[key]
         n = int(np.prod(old.shape))
         chunk = np.asarray(theta[i:i + n]).reshape(old.shape)
@@ -71,11 +72,11 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
     rows = []
     for i in tqdm(range(len(ds)), desc="read-out features", unit="case", leave=False, disable=not progress):
         image = ds[i]["image"].unsqueeze(0).to(dev)
-        channels = sliding_window_inference(image, roi_size=plan.patch_size, sw_batch_size=1,
-                                            predictor=lambda x: model.readout_channels(x).float(),
-                                            overlap=plan.sw_overlap, mode="constant")
+        channels = flip_averaged(model.plan, image, lambda v: sliding_window_inference(
+            v, roi_size=plan.patch_size, sw_batch_size=1, predictor=lambda x: model.readout_channels(x).float(),
+            overlap=plan.sw_overlap, mode="constant"))
         rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0].double().cpu().numpy())
-    return np.stack(rows) if rows else np.zeros((0, model.plan.feature_size + 1))
+    return np.stack(rows) if rows else np.zeros((0, len(model.readout_parameters()) - 1))
 
 
 def design(features: np.ndarray) -> np.ndarray:
@@ -96,11 +97,26 @@ def local_terms(theta: np.ndarray, features: np.ndarray, labels: np.ndarray, pos
     return {"loss": loss, "grad": grad, "hess": hess, "n": float(w.sum())}
 
 
+def feature_variances(hess: np.ndarray) -> np.ndarray:
+    """Per read-out feature, its variance over the cases weighted as in the Hessian (class weight x p(1 - p)),
+    read off the summed Hessian itself (its bias column holds the weighted sums and means): no statistic beyond
+    the refit's own secure sums. Entries for b0 and the bias are 1 (they are not standardised)."""
+    total = max(float(hess[-1, -1]), 1e-12)
+    mean = hess[:-1, -1] / total
+    var = np.diag(hess)[:-1] / total - mean ** 2
+    var = np.maximum(var, 1e-6 * max(float(var[:-1].max(initial=0.0)), 1e-12))
+    var[-1] = 1.0
+    return np.append(var, 1.0)
+
+
 def newton_step(theta: np.ndarray, grad: np.ndarray, hess: np.ndarray, weight_sum: float, ridge: float,
-                anchor: np.ndarray) -> np.ndarray:
+                anchor: np.ndarray, variances: np.ndarray | None = None) -> np.ndarray:
     """One Newton step of sum-loss + ridge/2 * weight_sum * |theta_w - anchor_w|^2 (the bias unpenalised).
-    The ridge pulls towards the jointly trained read-out, scaled per case so it means the same at any size."""
-    penal = np.ones_like(theta)
+    The ridge pulls towards the jointly trained read-out, scaled per case so it means the same at any size.
+    variances (plan.readout_standardise): the ridge acts on standardised features, weight w_j costing
+    ridge * var_j * w_j^2, so its strength does not depend on the scale the hidden layer happens to give a feature
+    (measured: runs whose features vary little got probabilities squashed to 0.5 +- 0.05, docs/BENCHMARKS.md)."""
+    penal = np.ones_like(theta) if variances is None else np.asarray(variances, float).copy()
     penal[-2] = 1e3  # b0 stays: s ~ 1 for every case, collinear with the bias, which is free
     penal[-1] = 0.0
     lam = ridge * weight_sum * penal
@@ -111,15 +127,19 @@ def newton_step(theta: np.ndarray, grad: np.ndarray, hess: np.ndarray, weight_su
 
 
 def refit_centralised(theta0: np.ndarray, site_data: list[tuple[np.ndarray, np.ndarray, float]], ridge: float,
-                      iterations: int = 8) -> tuple[np.ndarray, list[float]]:
+                      iterations: int = 8, standardise: bool = False) -> tuple[np.ndarray, list[float]]:
     """The same Newton iterations as the federated refit, on features held in one place (the centralised CLI and
-    the tests' reference). site_data: (features, labels, pos_weight) per site."""
-    theta, losses = theta0.copy(), []
+    the tests' reference). site_data: (features, labels, pos_weight) per site. standardise: the ridge on
+    standardised features, their variances from the first iteration's Hessian (feature_variances)."""
+    theta, losses, variances = theta0.copy(), [], None
     for _ in range(iterations):
         terms = [local_terms(theta, f, y, pw) for f, y, pw in site_data]
         losses.append(sum(t["loss"] for t in terms))
-        theta = newton_step(theta, sum(t["grad"] for t in terms), sum(t["hess"] for t in terms),
-                            sum(t["n"] for t in terms), ridge, theta0)
+        hess = sum(t["hess"] for t in terms)
+        if standardise and variances is None:
+            variances = feature_variances(hess)
+        theta = newton_step(theta, sum(t["grad"] for t in terms), hess, sum(t["n"] for t in terms), ridge, theta0,
+                            variances)
     return theta, losses
 
 
@@ -133,8 +153,10 @@ def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progr
     data = [(case_features(model, group, plan, progress), np.array([int(i["ece"]) for i in group]),
              positive_weight(group)) for _, group in sorted(by_site.items(), key=lambda kv: str(kv[0]))]
     theta0 = model.readout_parameters().double().cpu().numpy()
-    theta, losses = refit_centralised(theta0, data, plan.readout_ridge, plan.readout_refit_iterations)
+    theta, losses = refit_centralised(theta0, data, plan.readout_ridge, plan.readout_refit_iterations,
+                                      plan.readout_standardise)
     model.set_readout_parameters(torch.as_tensor(theta))
     log(f"read-out refitted on {len(items)} training cases: weighted loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    return {"iterations": plan.readout_refit_iterations, "ridge": plan.readout_ridge, "loss": losses,
+    return {"iterations": plan.readout_refit_iterations, "ridge": plan.readout_ridge,
+            "standardised": plan.readout_standardise, "loss": losses,
             "theta_joint": theta0.tolist(), "theta": theta.tolist()}

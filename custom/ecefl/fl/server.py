@@ -60,6 +60,7 @@ class PooledFedAvg(BaseFedAvg):
         self.task_timeout = int(task_timeout)
         self.site_keys: dict[str, str] = {}  # secure-sum public keys, relayed to every site with each task
         self.refit: dict | None = None  # the read-out refit's record (ecefl.readout), when the plan asks for one
+        self._server_optimizer = None  # plan server_lr / server_momentum: torch SGD over the global weights
 
     # ---------------------------------------------------------------- workflow
     def run(self) -> None:
@@ -202,6 +203,7 @@ class PooledFedAvg(BaseFedAvg):
         from ecefl import readout as R
         iterations = int(self.plan.get("readout_refit_iterations", 0))
         ridge = float(self.plan.get("readout_ridge", 0.1))
+        standardise, variances = bool(self.plan.get("readout_standardise", False)), None
         theta0 = R.theta_from_state(model.params)
         theta, losses, t0 = theta0.copy(), [], time.time()
         refit_id = uuid.uuid4().hex
@@ -221,10 +223,13 @@ class PooledFedAvg(BaseFedAvg):
                 return model
             terms = R.unpack_terms(SS.decode_floats(total), len(theta))
             losses.append(terms["loss"])
-            theta = R.newton_step(theta, terms["grad"], terms["hess"], terms["n"], ridge, theta0)
+            if standardise and variances is None:
+                variances = R.feature_variances(terms["hess"])
+            theta = R.newton_step(theta, terms["grad"], terms["hess"], terms["n"], ridge, theta0, variances)
             targets = sorted(_client(r) for r in answered)
         model.params = R.state_with_theta(model.params, theta)
-        self.refit = {"iterations": iterations, "ridge": ridge, "sites": targets, "loss": losses,
+        self.refit = {"iterations": iterations, "ridge": ridge, "standardised": standardise, "sites": targets,
+                      "loss": losses,
                       "seconds": round(time.time() - t0, 1), "theta_joint": theta0.tolist(), "theta": theta.tolist()}
         self.info(f"read-out refitted on the training cases of {', '.join(targets)}: weighted loss "
                   f"{losses[0]:.3f} -> {losses[-1]:.3f}")
@@ -254,6 +259,35 @@ class PooledFedAvg(BaseFedAvg):
                                          f"disconnected: {', '.join(lost) or 'none'}; still working: "
                                          f"{', '.join(working) or 'none'}")
         self._write_report(finished=False)
+
+    def update_model(self, model: FLModel, aggr_result: FLModel) -> FLModel:
+        before = dict(model.params or {})
+        model = super().update_model(model, aggr_result)
+        lr, momentum = float(self.plan.get("server_lr", 1.0)), float(self.plan.get("server_momentum", 0.0))
+        if lr != 1.0 or momentum != 0.0:
+            model.params = self.server_step(before, model.params, lr, momentum)
+        return model
+
+    def server_step(self, before: dict, averaged: dict, lr: float, momentum: float) -> dict:
+        """FedOpt's server SGD (as NVFlare's FedOpt controller): the averaged update (averaged - before) is the
+        negative gradient of torch.optim.SGD(lr, momentum) over the floating-point weights; the momentum buffer
+        lives across rounds in this workflow (a resumed job starts a new one)."""
+        import torch
+        keys = [k for k, v in averaged.items() if k in before and np.issubdtype(_as_array(v).dtype, np.floating)]
+        if self._server_optimizer is None:
+            self._server_weights = {k: torch.zeros(_as_array(averaged[k]).shape, dtype=torch.float64) for k in keys}
+            self._server_optimizer = torch.optim.SGD(list(self._server_weights.values()), lr=lr, momentum=momentum)
+        out = dict(averaged)
+        for k in keys:
+            w = self._server_weights[k]
+            old = _as_array(before[k])
+            w.data = torch.as_tensor(old, dtype=torch.float64).clone()
+            w.grad = torch.as_tensor(old - _as_array(averaged[k]), dtype=torch.float64)
+        self._server_optimizer.step()
+        for k in keys:
+            new = self._server_weights[k].detach().numpy().astype(_as_array(averaged[k]).dtype)
+            out[k] = torch.as_tensor(new) if hasattr(averaged[k], "detach") else new
+        return out
 
     def _validates(self, round_id: int) -> bool:
         """Whether sites validate the model they receive in this round (the global model after round_id rounds).
