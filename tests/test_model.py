@@ -21,8 +21,11 @@ def test_forward_backward_shapes_and_finite_gradients(plan):
     assert seg.shape == (2, 2, *plan.patch_size)
     assert logit.shape == (2,) and evidence.shape == (2, 1, *plan.patch_size)
     (seg.mean() + logit.sum()).backward()
-    grads = [p.grad for p in model.parameters()]
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # the read-out's weights on the CT inputs (readout_hu_features, on in the presets) are set by the refit only
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == (["readout_hu.weight"] if plan.readout_hu_features else [])
 
 
 def test_evidence_map_is_each_voxels_share_of_the_logit(plan):
