@@ -19,6 +19,9 @@ scored on a hospital that no pretraining, training or tuning saw (issue #13).
 5. `--inits fedmae` (a second call over the same OUT): the same pretraining federated in NVFlare's simulator
    (FedAvg over the three training hospitals, the same total optimiser steps: each site takes a third), then its
    fine-tuning arms; the summary adds federated MAE − centralised MAE, paired as above.
+6. `--inits maeslow`: the centralised MAE encoder fine-tuned with the encoder at a quarter of the body's learning
+   rate (plan encoder_lr_multiplier; MAE fine-tuning recipes keep pretrained layers slower); paired against the
+   MAE arm (the same start at one rate) and scratch.
 
 Results: OUT/mae.json, OUT/mae.md, OUT/mae_curves.png (pasted into docs/BENCHMARKS.md with the command). Arms run
 `--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes.
@@ -87,9 +90,13 @@ def prepare_unseen(out: Path, cfg: dict) -> Path:
     return split_datalist(datalist, cfg["unseen_calibration"])[1]
 
 
-INITS = ("scratch", "mae", "fedmae")
-# where each start's encoder comes from (scratch: nowhere)
+INITS = ("scratch", "mae", "fedmae", "maeslow")
+# each pretraining's encoder file
 ENCODER = {"mae": "mae/checkpoint.pt", "fedmae": "fedmae/mae_pretrain/global_model.pt"}
+# where each start's encoder comes from (scratch: nowhere), and what its fine-tuning changes in the plan:
+# maeslow = the MAE encoder fine-tuned at a quarter of the body's learning rate (MAE recipes' layer-wise decay)
+PRETRAINING = {"mae": "mae", "fedmae": "fedmae", "maeslow": "mae"}
+START_PLAN = {"maeslow": {"encoder_lr_multiplier": 0.25}}
 
 
 def arm_name(init: str, fraction: int) -> str:
@@ -118,7 +125,7 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
     from ecefl.stages import evaluate, pretrain, train
     quiet = dict(progress=False, log=lambda *_: None)
     out = Path(out)
-    plan = {**COMMON, **cfg["overrides"]}
+    plan = {**COMMON, **cfg["overrides"], **START_PLAN.get(task[1] if len(task) == 3 else "", {})}
     t0 = time.perf_counter()
     if task == ("fedmae",):
         return _pretrain_federated(cfg, lists, out, plan)
@@ -129,8 +136,8 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
                 "n_images": res["n_images"], "seconds": res["seconds"]}
     seed, init, fraction = task
     arm = out / f"seed{seed}" / arm_name(init, fraction)
-    trained = train(lists, cfg["preset"], cfg["epochs"], arm, init=str(out / ENCODER[init]) if init in ENCODER
-                    else None, label_fraction=fraction / 100, val_fraction=0.0, seed=seed, **quiet, **plan)
+    trained = train(lists, cfg["preset"], cfg["epochs"], arm,
+                    init=str(out / ENCODER[PRETRAINING[init]]) if init in PRETRAINING else None, label_fraction=fraction / 100, val_fraction=0.0, seed=seed, **quiet, **plan)
     held = evaluate(arm / "model.pt", [test], arm / "unseen", **quiet)
     from paired import read
     rows = list(read(str(arm / "unseen" / "predictions.csv")).values())
@@ -163,8 +170,9 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                     results["arms"][f"{seed}/{arm_name(init, fraction)}"] = json.loads(done.read_text())
                 elif init in inits:
                     todo.append((seed, init, fraction))
-    pretrainings = [(pre,) for pre in ENCODER if pre in inits and pre not in results]
-    waiting = [t for t in todo if (t[1],) in pretrainings]
+    pretrainings = [(pre,) for pre in ENCODER if pre not in results
+                    and any(PRETRAINING.get(i) == pre for i in inits)]
+    waiting = [t for t in todo if (PRETRAINING.get(t[1]),) in pretrainings]
     ready = pretrainings + [t for t in todo if t not in waiting]
     threads = max(1, (os.cpu_count() or 2) // workers)
     args = (cfg, [str(p) for p in lists], str(test), str(out), threads)
@@ -194,7 +202,7 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                     log(f"{name} done: L1 {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f} "
                         f"({res['seconds'] / 60:.1f} min)")
                     # pairs in (seed, fraction) order, so a deadline leaves the fewest unpaired arms
-                    ready[:] = sorted(ready + [t for t in waiting if t[1] == task[0]],
+                    ready[:] = sorted(ready + [t for t in waiting if PRETRAINING.get(t[1]) == task[0]],
                                       key=lambda t: (t[0], t[2], INITS.index(t[1])))
                     continue
                 results["arms"][name] = res
@@ -245,7 +253,8 @@ def flattening(losses: list[float]) -> dict:
 
 
 COMPARISONS = {"mae_vs_scratch": ("mae", "scratch"), "fedmae_vs_mae": ("fedmae", "mae"),
-               "fedmae_vs_scratch": ("fedmae", "scratch")}
+               "fedmae_vs_scratch": ("fedmae", "scratch"), "maeslow_vs_mae": ("maeslow", "mae"),
+               "maeslow_vs_scratch": ("maeslow", "scratch")}
 
 
 def summarise(results: dict, cfg: dict) -> dict:
@@ -336,7 +345,7 @@ def curves_plot(results: dict, path: Path) -> None:
             axes[0].plot(np.arange(1, len(pre["losses"]) + 1) * pre["steps_per_epoch"], pre["losses"], label=label)
     axes[0].set(title="MAE pretraining: masked-voxel L1", xlabel="optimiser steps", ylabel="L1 (HU window units)")
     axes[0].legend(fontsize=7)
-    colours = {"mae": "tab:green", "scratch": "tab:red", "fedmae": "tab:blue"}
+    colours = {"mae": "tab:green", "scratch": "tab:red", "fedmae": "tab:blue", "maeslow": "tab:olive"}
     for name, arm in sorted(results["arms"].items()):
         init, fraction = name.split("/")[1].split("_")
         steps = np.arange(1, len(arm["seg_loss"]) + 1) * arm["steps_per_epoch"]
@@ -369,7 +378,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--fractions", type=int, nargs="+", default=None, help="label percentages (default: the mode's)")
     p.add_argument("--inits", nargs="+", choices=INITS, default=["scratch", "mae"],
-                   help="which starts to run (fedmae: the pretraining federated in NVFlare's simulator)")
+                   help="which starts to run (fedmae: the pretraining federated in NVFlare's simulator; maeslow: "
+                        "the MAE encoder fine-tuned at a quarter of the body's learning rate)")
     p.add_argument("--mae-epochs", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="arms at a time, each in its own process")
     p.add_argument("--deadline-min", type=float, default=None,
