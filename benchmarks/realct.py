@@ -3,8 +3,8 @@
     python benchmarks/realct.py --model workspace/demo/fl/ece_finetune/best_global_model.pt --out workspace/bench_realct
 
 Runs `ecefl infer` (the code a hospital runs) on the real HNSCC planning CTs in ../shared/realdata, timed (wall and
-CPU seconds; also with the full sliding window over air, whose nodes and in-body evidence must be identical), and
-measures, on each CT's own grid: the predicted nodal volume (ml), the share of it inside the body (HU > -300, largest
+CPU seconds; also with the full sliding window over air, whose nodes and in-body evidence must be identical at
+sw_batch_size 1, the presets'), and measures, on each CT's own grid: the predicted nodal volume (ml), the share of it inside the body (HU > -300, largest
 connected component, holes filled) and the number of connected components. A neck holds at most tens of ml of
 nodes, all inside the body. Prints and writes realct.json.
 """

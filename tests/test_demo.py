@@ -1,15 +1,27 @@
-"""`ecefl demo` at a tiny setting: report files exist and summary.json repeats pooled_metrics.json exactly."""
+"""`ecefl demo` at a tiny setting: report files exist and summary.json repeats pooled_metrics.json exactly; the
+read-out benchmark re-runs the demo's federated refit on its body and reproduces it."""
 from __future__ import annotations
 
 import json
+import sys
 
+import numpy as np
+
+from conftest import REPO
+from ecefl.checkpoint import load_checkpoint
 from ecefl.cli import main as ecefl_main
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import readout as readout_benchmark  # noqa: E402
 
 
 def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
     out = tmp_path / "demo"
     assert ecefl_main(["demo", "--out", str(out), "--preset", "test-tiny", "--sites", "2", "--cases-per-site", "4",
-                       "--unlabeled-per-site", "1", "--mae-rounds", "1", "--rounds", "1", "--no-progress"]) == 0
+                       "--unlabeled-per-site", "1", "--mae-rounds", "1", "--rounds", "1", "--no-progress",
+                       # the presets' read-out refit, for the benchmark below
+                       "--set", "readout_refit_iterations=3", "--set", "readout_hu_features=true",
+                       "--set", "readout_standardise=true"]) == 0
     printed = capsys.readouterr().out
     report = out / "report"
     for name in ("index.html", "summary.json", "roc.png", "learning_curves.png"):
@@ -30,4 +42,26 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
                                              for c in summary["evidence_cases"])
     for case in summary["evidence_cases"]:
         assert (report / f"evidence_{case['category']}.png").is_file()
+    # each site kept the final model's per-case validation results beside its datalist (the evidence cases' scores)
+    from ecefl.engine import read_predictions
+    from ecefl.fl.client import FINAL_PREDICTIONS
+    for site, metrics in pooled["final"]["sites"].items():
+        kept = read_predictions(out / "sites" / site / FINAL_PREDICTIONS)
+        assert len(kept) == metrics["n_cases"] and sum(c["ece"] for c in kept.values()) == metrics["n_pos"]
+        assert abs(np.mean([c["dice"] for c in kept.values()]) - metrics["dice"]) < 1e-5
     assert "report:" in printed and "pooled" in printed
+
+    # benchmarks/readout.py without overrides: the centralised refit from the same jointly trained read-out on the
+    # same training split is the demo's federated refit, and its validation split is the demo's
+    refitted = tmp_path / "refit.pt"
+    assert readout_benchmark.main(["--demo", str(out), "--out", str(refitted)]) == 0
+    record = json.loads((tmp_path / "refit.pt.json").read_text())
+    np.testing.assert_allclose(record["refit"]["theta"], pooled["readout_refit"]["theta"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(record["refit"]["loss"], pooled["readout_refit"]["loss"], rtol=1e-5)
+    final = pooled["final"]["pooled"]
+    assert record["pooled_validation"]["n_cases"] == final["n_cases"]
+    at = final.get("dice_at_node_threshold") or {"0.5": final["dice"]}  # the mean Dice at the model's threshold
+    assert abs(record["pooled_validation"]["dice"] - at[f"{record['node_threshold']:g}"]) < 1e-6
+    ckpt = load_checkpoint(refitted, "dual")
+    assert ckpt["threshold"] == record["threshold"] and 0.0 <= record["threshold"] <= 1.0
+    assert ckpt["node_threshold"] == record["node_threshold"]

@@ -32,6 +32,31 @@ def test_fixed_iterations_per_epoch(preprocessed):
     assert all(b["image"].shape == (2, 1, *plan.patch_size) for b in batches)
 
 
+def test_encoder_learning_rate_multiplier_slows_only_the_pretrained_encoder(preprocessed):
+    """plan.encoder_lr_multiplier: the Swin encoder (the part MAE pretrains, model.ENCODER_PREFIX) in its own
+    parameter group at that multiple of the body's rate through the whole schedule; the decoder keeps the body's
+    rate and the evidence head its own; every trainable parameter is in exactly one group."""
+    from ecefl.engine import FineTuner
+    from ecefl.model import ENCODER_PREFIX
+    items, _ = load_datalist(preprocessed["hospital-a"] / "datalist.json")
+    plan = get_plan("test-tiny", encoder_lr_multiplier=0.25, head_lr_multiplier=2.0, lr_schedule="cosine")
+    model = DualOutputSwinUNETR(plan)
+    tuner = FineTuner(plan, model, items, progress=False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = tuner.optimizer.param_groups
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(names) and len(grouped) == len(set(grouped))
+    encoder = [g for g in groups if g["params"] and all(names[id(p)].startswith(ENCODER_PREFIX) for p in g["params"])]
+    n_encoder = sum(1 for n in names.values() if n.startswith(ENCODER_PREFIX))
+    assert len(encoder) == 1 and len(encoder[0]["params"]) == n_encoder > 0
+    for step in (0, 7, 15):
+        tuner.schedule.set(step, 20)
+        body, head, enc = groups[0]["lr"], groups[1]["lr"], encoder[0]["lr"]
+        if body > 0:
+            assert enc == pytest.approx(0.25 * body) and head == pytest.approx(2.0 * body)
+    assert not any(names[id(p)].startswith(ENCODER_PREFIX) for p in groups[0]["params"])
+
+
 def _distance_to_node(items, plan, n: int) -> np.ndarray:
     """For each crop that holds nodal voxels: the distance (voxels) from the crop centre to the nearest one."""
     loader = cached_loader(items, train_transforms(plan), 1, shuffle=True, seed=3, iterations=n)
@@ -93,6 +118,7 @@ def test_rounds_validated_and_best_model_chosen_by_auc_and_dice_late_in_training
     ctl = PooledFedAvg(num_clients=2, num_rounds=6, plan={"validate_every": 2})
     assert [ctl._validates(r) for r in range(6)] == [False, False, True, False, True, False]
     assert all(PooledFedAvg(num_clients=2, num_rounds=6, plan={})._validates(r) for r in range(6))
+    assert not any(PooledFedAvg(num_clients=2, num_rounds=6, plan={"validate_every": 0})._validates(r) for r in range(6))
     written = []
     ctl._write_checkpoint = lambda name, params: written.append((name, params))
     for round_id, auc, dice in ((0, 0.95, 0.0), (2, 0.70, 0.30), (3, 0.80, 0.60), (4, 0.85, 0.70),

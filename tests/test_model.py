@@ -177,7 +177,8 @@ def test_inference_skips_air_windows_without_changing_any_output_inside_the_body
     """`ecefl infer` leaves out windows of pure air (a planning CT's wide field of view); every output at a voxel
     of the body (above the HU window's floor) equals the full sliding window's, bit for bit."""
     from ecefl.engine import predict_volume
-    plan = get_plan("test-tiny")
+    # one window per forward pass: bit for bit (a batch of another size may round differently)
+    plan = get_plan("test-tiny").with_overrides(sw_batch_size=1)
     torch.manual_seed(1)
     model = DualOutputSwinUNETR(plan)
     image = torch.zeros(1, 1, 64, 64, 200)  # [0, 1] window units: 0 = air at or below -250 HU
@@ -190,7 +191,26 @@ def test_inference_skips_air_windows_without_changing_any_output_inside_the_body
     body = image[0, 0] > 0
     assert torch.equal(skipped[0][:, body], full[0][:, body])
     # test-tiny windows along z (overlap 0) start at 0, 64, 128, 136: the last two hold air only and were not run
-    assert len(calls) == 2
+    assert calls == [1, 1]
+    # windows in batches of 4 (the presets): the air windows of a batch are left out of it
+    calls.clear()
+    batched, _ = predict_volume(model, image, plan.with_overrides(sw_batch_size=4), skip_air=True)
+    assert calls == [2]
+    assert torch.allclose(batched[0][:, body], full[0][:, body], atol=1e-4)
+
+
+def test_windows_in_batches_give_the_outputs_of_one_window_at_a_time():
+    """plan.sw_batch_size only groups the sliding window's forward passes (every layer normalises per sample): the
+    whole-volume outputs and the case probability are those of one window at a time."""
+    from ecefl.engine import predict_volume
+    torch.manual_seed(3)
+    plan = get_plan("test-tiny").with_overrides(readout_hu_features=True)
+    model = DualOutputSwinUNETR(plan).eval()
+    image = torch.rand(1, 1, 100, 90, 70)  # 2 x 2 x 2 windows of 64^3 at overlap 0
+    one, p_one = predict_volume(model, image, plan.with_overrides(sw_batch_size=1))
+    four, p_four = predict_volume(model, image, plan.with_overrides(sw_batch_size=4))
+    assert torch.allclose(one, four, atol=1e-4) and p_one == pytest.approx(p_four, abs=1e-5)
+    assert one[:, :2].std() > 0.01 and one[:, 4:].abs().sum() > 0  # non-trivial logits and soft-region evidence
 
 
 def test_node_mask_is_the_argmax_at_one_half_and_the_softmax_above_any_threshold():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checkpoint import load_model, node_threshold_of
 from .data import load_datalist, stratified_split
-from .engine import predict_cases
+from .engine import predict_cases, read_predictions
 from .job_kinds import FINETUNE, MAE
 from .plan import get_plan
 from .report import format_metrics_table, write_report
@@ -28,9 +28,9 @@ def stage(title: str) -> None:
 
 
 # 40 labelled patients per hospital: 25 % validation gives 30 pooled validation cases (12 gave AUC intervals of
-# about +-0.3). Sites validate every VALIDATE_EVERY rounds and the final model (sliding-window validation of a
-# whole neck per case is not free on a CPU).
-VALIDATE_EVERY = 3
+# about +-0.3). Sites validate the final model only: sliding-window validation of 30 whole necks costs ~45 s a time
+# on this CPU, and the mid-training validations never chose another model (docs/BENCHMARKS.md); the demo's 20
+# minutes go to training.
 
 
 def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int = 40, unlabeled_per_site: int = 10,
@@ -77,9 +77,12 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
              quiet=True, progress=progress, **overrides)
     timings["mae_pretrain_s"] = round(time.time() - t, 1)
     t = time.time()
+    from .fl.client import FINAL_PREDICTIONS
+    for datalist in datalists.values():  # a previous demo's per-case results in the same folder are not this one's
+        (datalist.parent / FINAL_PREDICTIONS).unlink(missing_ok=True)
     simulate(datalists, FINETUNE, rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
              init=str(fl_ws / MAE / "global_model.pt"), quiet=True, progress=progress,
-             cross_site=False, **{"validate_every": VALIDATE_EVERY, **overrides})  # the report reads the pooled metrics only
+             cross_site=False, **{"validate_every": 0, **overrides})  # the report reads the pooled metrics only
     timings["ece_finetune_s"] = round(time.time() - t, 1)
 
     stage("5/5 site-local evidence rendering and report")
@@ -109,22 +112,35 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
 
 
 def evidence_cases(model_path: Path, datalists: dict, threshold: float, seed: int) -> list[dict]:
-    """At each site: the global model on its validation cases; one TP, FP, FN and TN (most confident)."""
+    """At each site: the global model on its validation cases; one TP, FP, FN and TN (most confident). The scores
+    come from the sites' own per-case results of the final validation (client.FINAL_PREDICTIONS) where they cover
+    the validation split; only the chosen cases are predicted again, for their figures."""
+    from .fl.client import FINAL_PREDICTIONS
     model, ckpt = load_model(model_path, kind="dual")
+    plan, node_threshold = ckpt["plan"], node_threshold_of(ckpt)
     best: dict[str, dict] = {}
     for site, datalist in datalists.items():
         labelled, _ = load_datalist(datalist, site=site)
         _, val = stratified_split(labelled, VAL_FRACTION, seed)
         if not val:
             continue
-        pred = predict_cases(model, val, ckpt["plan"], progress=False, keep_outputs=True,
-                             node_threshold=node_threshold_of(ckpt))
-        for i, p in enumerate(pred["probs"]):
-            y = int(pred["labels"][i])
-            positive = p >= threshold
-            category = {(True, 1): "tp", (True, 0): "fp", (False, 1): "fn", (False, 0): "tn"}[(bool(positive), y)]
+        kept = Path(datalist).parent / FINAL_PREDICTIONS
+        scores = read_predictions(kept) if kept.is_file() else {}
+        if not all(it["case_id"] in scores for it in val):
+            pred = predict_cases(model, val, plan, progress=False, node_threshold=node_threshold)
+            scores = {cid: {"probability": float(p)} for cid, p in zip(pred["case_ids"], pred["probs"])}
+        for item in val:
+            p, y = scores[item["case_id"]]["probability"], int(item["ece"])
+            category = {(True, 1): "tp", (True, 0): "fp", (False, 1): "fn", (False, 0): "tn"}[(p >= threshold, y)]
             confidence = abs(p - threshold)
             if category not in best or confidence > best[category]["confidence"]:
-                best[category] = {"category": category, "site": site, "probability": float(p), "ece": y,
-                                  "confidence": confidence, **pred["outputs"][i]}
-    return [best[c] for c in ("tp", "fp", "fn", "tn") if c in best]
+                best[category] = {"category": category, "site": site, "item": item, "confidence": confidence}
+    cases = []
+    for category in ("tp", "fp", "fn", "tn"):
+        if category in best:
+            chosen = best[category]
+            pred = predict_cases(model, [chosen.pop("item")], plan, progress=False, keep_outputs=True,
+                                 node_threshold=node_threshold)
+            cases.append({**chosen, "probability": float(pred["probs"][0]), "ece": int(pred["labels"][0]),
+                          **pred["outputs"][0]})
+    return cases

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import metrics as M
 from .data import cached_loader, eval_transforms, mae_transforms, plain_dataset, train_transforms
-from .model import DualOutputSwinUNETR, MaskedPretrainer
+from .model import ENCODER_PREFIX, DualOutputSwinUNETR, MaskedPretrainer
 from .plan import Plan
 
 _log = logging.getLogger(__name__)
@@ -158,11 +158,15 @@ class FineTuner(_EpochLoop):
     def __post_init__(self):
         self.dev = device()
         self.model.to(self.dev)
-        head = [p for n, p in self.model.named_parameters() if n.startswith(("evidence_head.", "cls_bias"))]
-        body = [p for n, p in self.model.named_parameters() if not n.startswith(("evidence_head.", "cls_bias"))]
+        lr, groups = self.plan.learning_rate, {"encoder": [], "body": [], "head": []}
+        for name, p in self.model.named_parameters():
+            part = ("head" if name.startswith(("evidence_head.", "cls_bias")) else
+                    "encoder" if name.startswith(ENCODER_PREFIX) else "body")
+            groups[part].append(p)
         self.optimizer = torch.optim.AdamW(
-            [{"params": body}, {"params": head, "lr": self.plan.learning_rate * self.plan.head_lr_multiplier}],
-            lr=self.plan.learning_rate, weight_decay=self.plan.weight_decay)
+            [{"params": groups["body"]}, {"params": groups["head"], "lr": lr * self.plan.head_lr_multiplier},
+             {"params": groups["encoder"], "lr": lr * self.plan.encoder_lr_multiplier}],
+            lr=lr, weight_decay=self.plan.weight_decay)
         self.loader = cached_loader(self.train_items, train_transforms(self.plan), self.plan.batch_size,
                                     shuffle=True, seed=self.plan.seed, balanced=self.plan.balanced_sampling,
                                     iterations=self.plan.iterations_per_epoch)
@@ -259,8 +263,9 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     progress: a bar over the windows (inference of one patient on a CPU takes minutes).
     skip_air (clinical inference, `ecefl infer`): a window whose every voxel lies at or below the HU window's lower
     bound (-250 HU: air, lung) is not run through the network; it reads "background, no pooling weight". A body
-    voxel lies only in windows that hold it, so every output inside the body is the full sliding window's; a
-    planning CT's wide field of view (air, arms, table) then costs only the windows over the patient. Training-side
+    voxel lies only in windows that hold it, so every output inside the body is the full sliding window's (bit for
+    bit at sw_batch_size 1, the presets; batched, up to float rounding); a planning CT's wide field of view (air, arms, table)
+    then costs only the windows over the patient. Training-side
     validation and `ecefl evaluate` keep the full sliding window."""
     dev = device()
     model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
@@ -279,8 +284,8 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     inputs = image if region is None else torch.cat([image, region.float()], dim=1)
     with _autocast(plan, dev):
         out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window_inference(
-            v, roi_size=plan.patch_size, sw_batch_size=1, overlap=plan.sw_overlap, mode="constant", progress=progress,
-            predictor=predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5))))
+            v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size, overlap=plan.sw_overlap, mode="constant",
+            progress=progress, predictor=predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5))))
     prob = torch.sigmoid(model.pool(out)).item()
     return out.cpu(), float(prob)
 
@@ -332,6 +337,32 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
 def evaluate_cases(pred: dict, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
     return M.nan_safe(M.case_metrics(pred["probs"], pred["labels"], pred["dices"], pred["voxels"], threshold,
                                      n_boot=n_boot, seed=seed))
+
+
+PREDICTION_COLUMNS = ["case_id", "probability", "ece", "dice"]
+
+
+def write_predictions(path, pred: dict) -> None:
+    """Per-case results of predict_cases as a site-local CSV (pseudonymised case ids; never sent anywhere)."""
+    import csv
+    from pathlib import Path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PREDICTION_COLUMNS)
+        for cid, p, y, d in zip(pred["case_ids"], pred["probs"], pred["labels"], pred["dices"]):
+            writer.writerow([cid, f"{p:.6f}", int(y), f"{d:.6f}"])
+    tmp.replace(path)
+
+
+def read_predictions(path) -> dict[str, dict]:
+    """case_id -> {"probability", "ece", "dice"} of a CSV that write_predictions wrote."""
+    import csv
+    with open(path, newline="") as fh:
+        return {r["case_id"]: {"probability": float(r["probability"]), "ece": int(r["ece"]), "dice": float(r["dice"])}
+                for r in csv.DictReader(fh)}
 
 
 def stats_of(pred: dict, threshold: float, plan: Plan) -> dict:

@@ -85,6 +85,9 @@ class Plan:
     # reads, whatever the evidence head's hidden layer learned. These weights are set by the refit only (0 before)
     readout_hu_features: bool = False
     head_lr_multiplier: float = 10.0  # the small evidence head learns faster than the pretrained backbone
+    # the Swin encoder (the part MAE pretrains) at this multiple of the body's learning rate: MAE fine-tuning
+    # recipes keep pretrained layers slower (layer-wise decay 0.65-0.75); 1.0 = one rate for the whole body
+    encoder_lr_multiplier: float = 1.0
     # share of the classification gradient that reaches the shared SwinUNETR features: with few cases the noisy
     # case-level loss otherwise drowns the voxel-level segmentation signal (measured: no node found after 20
     # steps with 1.0, Dice 0.15 with segmentation alone; docs/BENCHMARKS.md)
@@ -107,12 +110,17 @@ class Plan:
     mae_cube: int = 16  # voxels; divides the patch size and is a multiple of the patch embedding (2)
     score_bins: int = 1000  # fixed [0,1] bins of the additive score histograms
     sw_overlap: float = 0.25  # sliding-window overlap at evaluation/inference
+    # windows per forward pass of the sliding window (the same outputs up to float rounding: every layer normalises
+    # per sample). On this CPU batching does not pay with the sites' one thread each (4 whole necks: 11-13 s one
+    # window at a time, 14-17 s four at a time; docs/BENCHMARKS.md); a GPU site may raise it
+    sw_batch_size: int = 1
     # whole-volume outputs averaged with those of the left-right mirrored CT (flip test-time augmentation; the neck
     # is nearly symmetric and training flips left-right): validation, evaluate, infer and the read-out refit's
     # features alike, so the refitted read-out is exact for the averaged outputs. Doubles their cost
     tta_flip: bool = False
-    # federated: sites validate the received global model every k-th round (and always the final model);
-    # whole-neck sliding-window validation otherwise costs about as much as a round's training on a CPU
+    # federated: sites validate the received global model every k-th round (and always the final model; 0: the
+    # final model only); whole-neck sliding-window validation otherwise costs about as much as a round's training
+    # on a CPU
     validate_every: int = 1
     # federated: the server's step on the averaged update (FedOpt with server SGD, Reddi et al. 2021; FedAvgM,
     # Hsu et al. 2019): global += server_lr * m, m = server_momentum * m + (average - global). 1.0 and 0.0 are
@@ -150,6 +158,12 @@ class Plan:
             raise ValueError("neg_crop_fraction and warmup_fraction must lie in [0, 1)")
         if self.evidence_hu_smoothing < 1 or self.evidence_hu_smoothing % 2 == 0:
             raise ValueError(f"evidence_hu_smoothing must be an odd number of voxels >= 1, not {self.evidence_hu_smoothing}")
+        if self.encoder_lr_multiplier <= 0 or self.head_lr_multiplier <= 0:
+            raise ValueError("encoder_lr_multiplier and head_lr_multiplier must be > 0")
+        if self.validate_every < 0:
+            raise ValueError(f"validate_every must be >= 0 (0: the final model only), not {self.validate_every}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, not {self.sw_batch_size}")
         if self.readout_refit_iterations < 0 or self.readout_ridge < 0:
             raise ValueError("readout_refit_iterations and readout_ridge must be >= 0")
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:

@@ -1,7 +1,6 @@
 """Centralised stages (`ecefl pretrain|train|evaluate`): each reads files and writes the artifact of its stage."""
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -12,7 +11,7 @@ import numpy as np
 from . import metrics as M
 from .checkpoint import load_checkpoint, load_model, node_threshold_of, save_checkpoint
 from .data import DataError, label_subset, load_datalists, stratified_split
-from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_everything
+from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_everything, write_predictions
 from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
 from .plan import Plan, get_plan, plan_from_pretraining
 
@@ -114,11 +113,7 @@ def evaluate(model_path, datalists, out, progress: bool = True, log=_log.info) -
             sub = {k: pred[k][idx] for k in ("probs", "labels", "dices", "voxels")}
             result["per_site"][site] = evaluate_cases(sub, threshold, n_boot=200)
     write_json(out / "metrics.json", result)
-    with open(out / "predictions.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["case_id", "probability", "ece", "dice"])
-        for cid, p, y, d in zip(pred["case_ids"], pred["probs"], pred["labels"], pred["dices"]):
-            writer.writerow([cid, f"{p:.6f}", int(y), f"{d:.6f}"])
+    write_predictions(out / "predictions.csv", pred)
     log(f"evaluated {len(labelled)} cases: AUC {result['auc']}, Dice {result['dice']}")
     return result
 

@@ -31,7 +31,8 @@ def _fl(sub) -> None:
     s.add_argument("--privacy", default=None, metavar="PRIVACY_JSON",
                    help="a site privacy policy (e.g. poc/privacy.json) whose --privacy-scope every site applies")
     s.add_argument("--validate-every", type=int, default=None, metavar="K",
-                   help="ece_finetune: sites validate the global model every K rounds and the final one (default 1)")
+                   help="ece_finetune: sites validate the global model every K rounds and the final one (default 1; "
+                        "0: the final one only)")
     s.add_argument("--quiet", action="store_true", help="NVFlare logs at WARNING level")
     s.add_argument("--no-progress", action="store_true")
     add_plan_overrides(s)
@@ -45,7 +46,7 @@ def _fl(sub) -> None:
                  min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
                  resume=args.resume, privacy=args.privacy, privacy_scope=args.privacy_scope,
                  cross_site=args.cross_site_eval, task_timeout=args.task_timeout,
-                 **overrides_from(args), **({"validate_every": args.validate_every} if args.validate_every else {}))
+                 **overrides_from(args), **({"validate_every": args.validate_every} if args.validate_every is not None else {}))
         print_pooled(args.workspace)
         return 0
     s.set_defaults(func=run)

@@ -6,7 +6,8 @@ received global model on the local validation split, then train local epochs), "
 with sites that dropped out) and the read-out refit (ecefl.readout: summed logistic terms, masked). What leaves
 the site: weights, training losses, site-level metrics (AUC, Dice, ... over its validation split) and its
 additive evaluation statistics masked for secure aggregation — never a case id, path or per-patient score, and
-no statistics the server could read on their own.
+no statistics the server could read on their own. The final model's per-case validation results stay at the site,
+beside its datalist (FINAL_PREDICTIONS: for its own review and the demo's evidence figures).
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ from nvflare.client.tracking import SummaryWriter
 from ecefl import metrics as M
 from ecefl import readout as R
 from ecefl.data import load_datalist, screen_cases, stratified_split
-from ecefl.engine import FineTuner, Pretrainer, positive_weight, predict_cases, seed_everything, stats_of
+from ecefl.engine import (FineTuner, Pretrainer, positive_weight, predict_cases, seed_everything, stats_of,
+                          write_predictions)
 from ecefl.fl import secure_sum as SS
-from ecefl.fl.protocol import (FAILED, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS, REFIT_THETA,
+from ecefl.fl.protocol import (FAILED, FINAL, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS, REFIT_THETA,
                                SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS, UNMASK_SHARE,
                                VALIDATE, VALIDATE_SECONDS)
 from ecefl.fl.site_config import datalist_for
@@ -35,6 +37,8 @@ from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer
 from ecefl.plan import Plan
 
 logger = logging.getLogger("ecefl.site")
+# the final global model's per-case results on this site's validation split, relative to its datalist's folder
+FINAL_PREDICTIONS = "predictions/final_validation.csv"
 
 
 
@@ -56,7 +60,8 @@ def to_state(params: dict) -> dict:
 class SiteLearner:
     def __init__(self, args, site: str):
         self.args, self.site = args, site
-        labelled, unlabelled = load_datalist(datalist_for(site), site=site)
+        self.datalist = datalist_for(site)
+        labelled, unlabelled = load_datalist(self.datalist, site=site)
         labelled, unlabelled = screen_cases(labelled, self.warn), screen_cases(unlabelled, self.warn)
         self.labelled, self.unlabelled = labelled, unlabelled
         self.train_items, self.val_items = stratified_split(labelled, args.val_fraction, args.seed)
@@ -67,6 +72,7 @@ class SiteLearner:
         self.writer = SummaryWriter()
         self.keys = SS.SiteKeys(site)  # this job's secure-sum key pair; the private key never leaves the process
         self.refit_cache: dict = {}  # read-out refit: its id -> this site's training-case features (stay here)
+        self.last_predictions: dict | None = None  # the last validation's per-case results (stay here)
 
     def ensure_model(self, meta: dict):
         if self.model is not None:
@@ -98,10 +104,10 @@ class SiteLearner:
     def evaluate(self, threshold: float, secure: dict | None) -> tuple[dict, dict]:
         """(message meta, site-level metrics) of the loaded model on the local validation split. The additive
         statistics leave the site only masked for the task's secure sum (`secure`: context and peers' keys)."""
-        stats = None
+        stats, self.last_predictions = None, None
         if self.val_items:
-            stats = stats_of(predict_cases(self.model, self.val_items, self.plan, progress=False), threshold,
-                             self.plan)
+            self.last_predictions = predict_cases(self.model, self.val_items, self.plan, progress=False)
+            stats = stats_of(self.last_predictions, threshold, self.plan)
         if stats is None:
             summary, site_metrics = {"n_cases": 0}, {"n_cases": 0}
         elif self.args.min_count and min(stats["n_pos"], stats["n_neg"]) < self.args.min_count:
@@ -202,7 +208,18 @@ class SiteLearner:
         threshold = float((incoming.meta or {}).get(THRESHOLD, 0.5))
         # cross-site evaluation sends no secure-sum spec: only the site-level metrics go back then
         meta, site_metrics = self.evaluate(threshold, (incoming.meta or {}).get(SECURE_SPEC))
+        if (incoming.meta or {}).get(FINAL) and self.last_predictions is not None:
+            self.keep_predictions(self.last_predictions)
         return flare.FLModel(metrics=site_metrics, meta=meta)
+
+    def keep_predictions(self, pred: dict) -> None:
+        """Site-local only; a folder the job may not write to costs the file, not the job."""
+        path = self.datalist.parent / FINAL_PREDICTIONS
+        try:
+            write_predictions(path, pred)
+            self.log(f"final model's per-case validation results (site-local): {path}")
+        except OSError as exc:
+            self.warn(f"could not write the final validation's per-case results to {path} ({exc}); the job goes on")
 
     def submit_model(self) -> flare.FLModel:
         if self.local_state is None:

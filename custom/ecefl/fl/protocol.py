@@ -10,6 +10,7 @@ PLAN = "plan"  # server -> sites: the training plan (a dict; ecefl.plan.Plan)
 THRESHOLD = "threshold"  # server -> sites: the operating threshold the sites' confusion counts use
 JOB = "job"  # server -> sites: mae_pretrain | ece_finetune
 VALIDATE = "validate"  # server -> sites (train task): evaluate the received model first
+FINAL = "final_validation"  # server -> sites (validate task): the final model; sites keep per-case results locally
 TRAIN_SECONDS = "train_seconds"  # site -> server: local training time of the round
 VALIDATE_SECONDS = "validate_seconds"  # site -> server: local validation time of the round
 PUBLIC_KEY = "public_key"  # site -> server (secure_sum_keys): the site's X25519 public key

@@ -23,7 +23,7 @@ from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 
 from ecefl import metrics as M
 from ecefl.fl import secure_sum as SS
-from ecefl.fl.protocol import (FAILED, JOB, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS,
+from ecefl.fl.protocol import (FAILED, FINAL, JOB, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS,
                                 REFIT_THETA, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
                                 UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
 from ecefl.job_kinds import CHECKPOINT_KIND, FINETUNE
@@ -110,7 +110,7 @@ class PooledFedAvg(BaseFedAvg):
         if self.final_validation:
             targets = self.sample_clients()
             model.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind,
-                          SECURE_SPEC: self._secure_spec(targets)}
+                          SECURE_SPEC: self._secure_spec(targets), FINAL: True}
             results = self._send_and_wait("validate", model, targets)
             self._name_missing(results, targets)
             usable = [r for r in results if (r.meta or {}).get(SITE_SUMMARY) is not None]
@@ -291,9 +291,10 @@ class PooledFedAvg(BaseFedAvg):
 
     def _validates(self, round_id: int) -> bool:
         """Whether sites validate the model they receive in this round (the global model after round_id rounds).
-        The initial model is validated only when it is all there is (a 1-round job) or every round is asked."""
-        every = max(1, int(self.plan.get("validate_every", 1)))
-        return every == 1 or (round_id > 0 and round_id % every == 0)
+        The initial model is validated only when it is all there is (a 1-round job) or every round is asked;
+        validate_every 0: none (the final validation after the last round still runs)."""
+        every = int(self.plan.get("validate_every", 1))
+        return every == 1 or (every > 1 and round_id > 0 and round_id % every == 0)
 
     # ---------------------------------------------------------------- screening
     def _screen(self, results: list[FLModel], global_model: FLModel, targets: list[str]) -> list[FLModel]:
