@@ -137,7 +137,8 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
     seed, init, fraction = task
     arm = out / f"seed{seed}" / arm_name(init, fraction)
     trained = train(lists, cfg["preset"], cfg["epochs"], arm,
-                    init=str(out / ENCODER[PRETRAINING[init]]) if init in PRETRAINING else None, label_fraction=fraction / 100, val_fraction=0.0, seed=seed, **quiet, **plan)
+                    init=str(out / ENCODER[PRETRAINING[init]]) if init in PRETRAINING else None,
+                    label_fraction=fraction / 100, val_fraction=0.0, seed=seed, **quiet, **plan)
     held = evaluate(arm / "model.pt", [test], arm / "unseen", **quiet)
     from paired import read
     rows = list(read(str(arm / "unseen" / "predictions.csv")).values())

@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     extra = {k: v for k, v in ckpt.items() if k not in ("format", "version", "kind", "plan", "model")}
     save_checkpoint(args.out, "dual", plan, model.state_dict(), **{**extra, "threshold": threshold})
     result = {"demo": str(demo), "seed": seed, "overrides": args.set, "refit": record, "threshold": threshold,
-              "node_threshold": node_threshold, "pooled_validation": {k: pooled.get(k) for k in ("auc", "dice", "n_cases")}}
+              "node_threshold": node_threshold,
+              "pooled_validation": {k: pooled.get(k) for k in ("auc", "dice", "n_cases")}}
     Path(args.out + ".json").write_text(json.dumps(M.nan_safe(result), indent=1))
     print(json.dumps(result["pooled_validation"]), f"threshold {threshold:.3f}; model: {args.out}")
     return 0

@@ -43,8 +43,7 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
     for case in summary["evidence_cases"]:
         assert (report / f"evidence_{case['category']}.png").is_file()
     # each site kept the final model's per-case validation results beside its datalist (the evidence cases' scores)
-    from ecefl.engine import read_predictions
-    from ecefl.fl.client import FINAL_PREDICTIONS
+    from ecefl.engine import FINAL_PREDICTIONS, read_predictions
     for site, metrics in pooled["final"]["sites"].items():
         kept = read_predictions(out / "sites" / site / FINAL_PREDICTIONS)
         assert len(kept) == metrics["n_cases"] and sum(c["ece"] for c in kept.values()) == metrics["n_pos"]

@@ -40,8 +40,8 @@ def inference_config(plan, node_threshold: float = 0.5) -> dict:
                     "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size), "sw_batch_size": plan.sw_batch_size,
-                    "overlap": plan.sw_overlap, "mode": "constant"},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size),
+                    "sw_batch_size": plan.sw_batch_size, "overlap": plan.sw_overlap, "mode": "constant"},
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Lambdad", "keys": "pred", "func": f"$lambda x: (x[1:2] - x[0:1] > {margin!r}).float()"},
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",

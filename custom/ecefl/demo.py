@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checkpoint import load_model, node_threshold_of
 from .data import load_datalist, stratified_split
-from .engine import predict_cases, read_predictions
+from .engine import FINAL_PREDICTIONS, predict_cases, read_predictions
 from .job_kinds import FINETUNE, MAE
 from .plan import get_plan
 from .report import format_metrics_table, write_report
@@ -77,7 +77,6 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
              quiet=True, progress=progress, **overrides)
     timings["mae_pretrain_s"] = round(time.time() - t, 1)
     t = time.time()
-    from .fl.client import FINAL_PREDICTIONS
     for datalist in datalists.values():  # a previous demo's per-case results in the same folder are not this one's
         (datalist.parent / FINAL_PREDICTIONS).unlink(missing_ok=True)
     simulate(datalists, FINETUNE, rounds, local_epochs, preset, fl_ws, seed=seed, val_fraction=VAL_FRACTION,
@@ -113,9 +112,8 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
 
 def evidence_cases(model_path: Path, datalists: dict, threshold: float, seed: int) -> list[dict]:
     """At each site: the global model on its validation cases; one TP, FP, FN and TN (most confident). The scores
-    come from the sites' own per-case results of the final validation (client.FINAL_PREDICTIONS) where they cover
+    come from the sites' own per-case results of the final validation (engine.FINAL_PREDICTIONS) where they cover
     the validation split; only the chosen cases are predicted again, for their figures."""
-    from .fl.client import FINAL_PREDICTIONS
     model, ckpt = load_model(model_path, kind="dual")
     plan, node_threshold = ckpt["plan"], node_threshold_of(ckpt)
     best: dict[str, dict] = {}

@@ -264,8 +264,8 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     skip_air (clinical inference, `ecefl infer`): a window whose every voxel lies at or below the HU window's lower
     bound (-250 HU: air, lung) is not run through the network; it reads "background, no pooling weight". A body
     voxel lies only in windows that hold it, so every output inside the body is the full sliding window's (bit for
-    bit at sw_batch_size 1, the presets; batched, up to float rounding); a planning CT's wide field of view (air, arms, table)
-    then costs only the windows over the patient. Training-side
+    bit at sw_batch_size 1, the presets; batched, up to float rounding); a planning CT's wide field of view (air,
+    arms, table) then costs only the windows over the patient. Training-side
     validation and `ecefl evaluate` keep the full sliding window."""
     dev = device()
     model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
@@ -285,7 +285,8 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     with _autocast(plan, dev):
         out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window_inference(
             v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size, overlap=plan.sw_overlap, mode="constant",
-            progress=progress, predictor=predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5))))
+            progress=progress,
+            predictor=predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5))))
     prob = torch.sigmoid(model.pool(out)).item()
     return out.cpu(), float(prob)
 
@@ -340,6 +341,9 @@ def evaluate_cases(pred: dict, threshold: float, n_boot: int = 1000, seed: int =
 
 
 PREDICTION_COLUMNS = ["case_id", "probability", "ece", "dice"]
+# where a federated site keeps the final global model's per-case results on its validation split (relative to its
+# datalist's folder; written by the site's client, read by the demo's evidence figures, never sent)
+FINAL_PREDICTIONS = "predictions/final_validation.csv"
 
 
 def write_predictions(path, pred: dict) -> None:

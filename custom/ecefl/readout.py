@@ -73,7 +73,8 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
     for i in tqdm(range(len(ds)), desc="read-out features", unit="case", leave=False, disable=not progress):
         image = ds[i]["image"].unsqueeze(0).to(dev)
         channels = flip_averaged(model.plan, image, lambda v: sliding_window_inference(
-            v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size, predictor=lambda x: model.readout_channels(x).float(),
+            v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size,
+            predictor=lambda x: model.readout_channels(x).float(),
             overlap=plan.sw_overlap, mode="constant"))
         rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0].double().cpu().numpy())
     return np.stack(rows) if rows else np.zeros((0, len(model.readout_parameters()) - 1))

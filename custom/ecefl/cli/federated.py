@@ -46,7 +46,8 @@ def _fl(sub) -> None:
                  min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
                  resume=args.resume, privacy=args.privacy, privacy_scope=args.privacy_scope,
                  cross_site=args.cross_site_eval, task_timeout=args.task_timeout,
-                 **overrides_from(args), **({"validate_every": args.validate_every} if args.validate_every is not None else {}))
+                 **overrides_from(args),
+                 **({"validate_every": args.validate_every} if args.validate_every is not None else {}))
         print_pooled(args.workspace)
         return 0
     s.set_defaults(func=run)

@@ -25,20 +25,18 @@ from nvflare.client.tracking import SummaryWriter
 from ecefl import metrics as M
 from ecefl import readout as R
 from ecefl.data import load_datalist, screen_cases, stratified_split
-from ecefl.engine import (FineTuner, Pretrainer, positive_weight, predict_cases, seed_everything, stats_of,
-                          write_predictions)
+from ecefl.engine import (FINAL_PREDICTIONS, FineTuner, Pretrainer, positive_weight, predict_cases, seed_everything,
+                          stats_of, write_predictions)
 from ecefl.fl import secure_sum as SS
-from ecefl.fl.protocol import (FAILED, FINAL, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS, REFIT_THETA,
-                               SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS, UNMASK_SHARE,
-                               VALIDATE, VALIDATE_SECONDS)
+from ecefl.fl.protocol import (FAILED, FINAL, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS,
+                               REFIT_THETA, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
+                               UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
 from ecefl.fl.site_config import datalist_for
 from ecefl.job_kinds import FINETUNE, JOB_KINDS, MAE
 from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer
 from ecefl.plan import Plan
 
 logger = logging.getLogger("ecefl.site")
-# the final global model's per-case results on this site's validation split, relative to its datalist's folder
-FINAL_PREDICTIONS = "predictions/final_validation.csv"
 
 
 
