@@ -3,10 +3,11 @@
     python benchmarks/realct.py --model workspace/demo/fl/ece_finetune/best_global_model.pt --out workspace/bench_realct
 
 Runs `ecefl infer` (the code a hospital runs) on the real HNSCC planning CTs in ../shared/realdata, timed (wall and
-CPU seconds; also with the full sliding window over air, whose nodes and in-body evidence must be identical at
-sw_batch_size 1, the presets'), and measures, on each CT's own grid: the predicted nodal volume (ml), the share of
-it inside the body (HU > -300, largest connected component, holes filled) and the number of connected components.
-A neck holds at most tens of ml of nodes, all inside the body. Prints and writes realct.json.
+CPU seconds; also with the full sliding window over air: inside the body its nodes must be the same, and its
+evidence differs only through nodes the full window finds in air, which enter the case's pooled logit), and
+measures, on each CT's own grid: the predicted nodal volume (ml), the share of it inside the body (HU > -300,
+largest connected component, holes filled) and the number of connected components. A neck holds at most tens of
+ml of nodes, all inside the body. Prints and writes realct.json.
 """
 from __future__ import annotations
 

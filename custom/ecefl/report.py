@@ -68,6 +68,7 @@ def learning_curves(mae: dict | None, finetune: dict, out: Path) -> Path:
         at = len(rounds) if best == "final" else best
         axes[2].axvline(at, color="grey", ls=":", label=f"best model ({'final' if best == 'final' else f'round {best}'})")
     axes[2].set_ylim(0, 1)
+    axes[2].set_xlim(-0.3, len(rounds) + 0.3)  # the training's whole span, also when only the final model was validated
     axes[2].set_title("pooled validation (global model after N rounds)")
     axes[2].legend(fontsize=7)
     for ax in axes:
