@@ -56,8 +56,9 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
     refitted = tmp_path / "refit.pt"
     assert readout_benchmark.main(["--demo", str(out), "--out", str(refitted)]) == 0
     record = json.loads((tmp_path / "refit.pt.json").read_text())
-    # the same cases' features at the same start: the same first loss; then the same Newton path up to the secure
-    # sum's fixed-point encoding, which 4 cases and 21 weights (some in the hundreds) amplify to ~0.5 % here
+    # the same cases' features at the same start: the same first loss; then the same Newton path up to float
+    # rounding (features from other processes, the secure sum's fixed point), which 4 cases and 21 weights (some in
+    # the hundreds) amplify to ~0.5 % here
     assert record["refit"]["loss"][0] == pytest.approx(pooled["readout_refit"]["loss"][0], rel=1e-6)
     np.testing.assert_allclose(record["refit"]["loss"], pooled["readout_refit"]["loss"], rtol=1e-3)
     np.testing.assert_allclose(record["refit"]["theta"], pooled["readout_refit"]["theta"], rtol=2e-2, atol=1e-2)
