@@ -26,13 +26,10 @@ sys.path.insert(0, str(REPO))
 
 def demo_splits(demo: Path, seed: int, val_fraction: float) -> tuple[list, list]:
     """The training and validation cases of every site of the demo, split as its sites split them."""
-    from ecefl.data import load_datalist, stratified_split
-    train, val = [], []
-    for datalist in sorted((demo / "sites").glob("*/datalist.json")):
-        labelled, _ = load_datalist(datalist, site=datalist.parent.name)
-        t, v = stratified_split(labelled, val_fraction, seed)
-        train += t
-        val += v
+    from ecefl.demo import site_splits
+    datalists = {d.parent.name: d for d in sorted((demo / "sites").glob("*/datalist.json"))}
+    splits = site_splits(datalists, seed, val_fraction).values()
+    train, val = [c for t, _ in splits for c in t], [c for _, v in splits for c in v]
     if not train:
         raise SystemExit(f"{demo}/sites/*/datalist.json: no labelled case; is {demo} an `ecefl demo` output?")
     return train, val

@@ -7,7 +7,9 @@ CPU seconds; also with the full sliding window over air: inside the body its nod
 evidence differs only through nodes the full window finds in air, which enter the case's pooled logit), and
 measures, on each CT's own grid: the predicted nodal volume (ml), the share of it inside the body (HU > -300,
 largest connected component, holes filled) and the number of connected components. A neck holds at most tens of
-ml of nodes, all inside the body. Prints and writes realct.json.
+ml of nodes, all inside the body. These CTs are downsampled to 7.5-7.8 mm pixels, coarser than any model here calls
+ECE on (`ecefl infer` flags them: ece_assessable false); their ECE probability is recorded, not judged. Prints and
+writes realct.json.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ def measure(model: str, out: Path) -> dict:
                               "evidence_max_abs_diff_inside_body": float(np.abs(ev["infer"] - ev["full_window"])[body].max()),
                               "nodes_volume_ml": res["nodes_volume_ml"], "components": n_comp,
                               "inside_body_fraction": float((pred & body).sum() / pred.sum()) if pred.any() else None,
-                              "ece_probability": res["ece_probability"]}
+                              "ece_probability": res["ece_probability"], "ece_assessable": res["ece_assessable"],
+                              "spacing_mm": res["acquisition"]["spacing_mm"]}
         print(patient.name, json.dumps(rows[patient.name]), flush=True)
     return rows
 

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 import torch
 
+from conftest import REALDATA
 from ecefl.checkpoint import load_checkpoint, save_checkpoint
 from ecefl.cli import main as ecefl_main
 from ecefl.model import DualOutputSwinUNETR
@@ -45,6 +46,8 @@ def test_infer_writes_result_mask_rtstruct_and_evidence(model_file, patient, tmp
     result = json.loads((out / "result.json").read_text())
     assert {"ece_probability", "ece_positive", "threshold", "model", "nodes_volume_ml"} <= set(result)
     assert 0 <= result["ece_probability"] <= 1 and result["threshold"] == 0.4
+    # hospital-a's 1.6 mm pixels and 3 mm slices are within the model's assessable acquisition
+    assert result["ece_assessable"] is True and result["acquisition"]["spacing_mm"] == [1.6, 1.6, 3.0]
     assert result["ece_positive"] == (result["ece_probability"] >= 0.4)
     mask_img = nib.load(out / "nodes_pred.nii.gz")
     ct = [pydicom.dcmread(p) for p in (patient / "CT").iterdir()]
@@ -146,7 +149,8 @@ def test_no_node_predicted_gives_an_explicit_empty_roi(patient, tmp_path):
 
 def test_batch_inference_over_a_folder_of_patients(model_file, synth_root, patient, tmp_path, capsys):
     """A folder of patients (one without RTSTRUCT, the usual clinical case; one unreadable): one output folder
-    per patient, summary.csv with status and reason per patient, the failure reported and the others done."""
+    per patient, summary.csv with status and reason per patient, the failure reported and the others done; a
+    patient whose CT is coarser than the model's assessable acquisition flagged, its nodes still written."""
     import csv
     root = tmp_path / "root"
     root.mkdir()
@@ -156,16 +160,25 @@ def test_batch_inference_over_a_folder_of_patients(model_file, synth_root, patie
     (root / "pat3").mkdir()
     (root / "pat3" / "slice.dcm").write_bytes(b"not dicom")
     out = tmp_path / "out"
-    assert ecefl_main(["infer", "--model", str(model_file), "--dicom", str(root), "--out", str(out),
+    # a model that calls ECE only on pixels <= 1.5 mm: hospital-a's 1.6 mm (pat1) is too coarse, b's 1.45 mm is not
+    ckpt = load_checkpoint(model_file)
+    strict = tmp_path / "strict.pt"
+    save_checkpoint(strict, "dual", ckpt["plan"].with_overrides(assessable_spacing_mm=(1.5, 3.0)), ckpt["model"],
+                    threshold=0.4)
+    assert ecefl_main(["infer", "--model", str(strict), "--dicom", str(root), "--out", str(out),
                        "--no-progress"]) == 3
     rows = {r["patient_folder"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert [rows[p]["status"] for p in ("pat1", "pat2", "pat3")] == ["ok", "ok", "failed"]
+    assert [rows[p]["ece_assessable"] for p in ("pat1", "pat2")] == ["0", "1"]
+    flagged = json.loads((out / "pat1" / "result.json").read_text())
+    assert flagged["ece_assessable"] is False and "pixel spacing 1.60 mm > 1.5 mm" in flagged["acquisition"]["warning"]
     assert "cannot be read as DICOM" in rows["pat3"]["reason"] and str(root) not in rows["pat3"]["reason"]
     for p in ("pat1", "pat2"):
         res = json.loads((out / p / "result.json").read_text())
         assert f"{res['ece_probability']:.4f}" == rows[p]["ece_probability"]
         assert (out / p / "SEG_pred.dcm").is_file() and (out / p / "RTSTRUCT_pred.dcm").is_file()
-    assert "2 of 3 patients done, 1 failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 of 3 patients done, 1 failed" in err and "pat1: ECE not assessable on this CT" in err
     # an MAE checkpoint where a fine-tuned model is needed: a clear error before any patient is read
     from ecefl.checkpoint import save_checkpoint as save
     from ecefl.model import MaskedPretrainer
@@ -273,3 +286,21 @@ def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, 
     argmax_mask = np.asarray(nib.load(tmp_path / "inf5" / "nodes_pred.nii.gz").dataobj).astype(bool)
     assert 0 < infer_mask.sum() < argmax_mask.sum() and not (infer_mask & ~argmax_mask).any()
     assert json.loads((tmp_path / "inf" / "result.json").read_text())["node_threshold"] == 0.502
+
+
+def test_real_planning_cts_are_too_coarse_for_an_ece_call():
+    """The real HNSCC CTs (pixels downsampled to 7.5-7.8 mm) fail the presets' assessable acquisition (pixels <= 2
+    mm, slices <= 3 mm); the synthetic hospitals' acquisitions pass it."""
+    from ecefl.infer import acquisition_check
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.dicom_series import load_ct, scan_folder, select_series
+    plan = get_plan("cpu-small")
+    for pid in ("HNSCC-01-0001", "HNSCC-01-0002"):
+        _, files, _ = select_series(scan_folder(REALDATA / "radiotherapyai_hnscc" / pid), None)
+        check = acquisition_check(load_ct(files, SiteConfig().slice_position_tolerance).spacing_xyz, plan)
+        assert check["ece_assessable"] is False and check["spacing_mm"][0] >= 7.5
+        assert check["warning"].startswith("ECE not assessable on this CT (pixel spacing 7.")
+    for spacing in ((1.6, 1.6, 3.0), (1.45, 1.45, 2.5), (1.75, 1.75, 2.0), (1.5, 1.3, 3.0)):  # hospitals a-d
+        assert acquisition_check(spacing, plan) == {"spacing_mm": list(spacing), "assessable_spacing_mm": [2.0, 3.0],
+                                                    "ece_assessable": True, "warning": None}
+    assert "slice spacing 5.00 mm > 3 mm" in acquisition_check((0.8, 0.8, 5.0), plan)["warning"]

@@ -221,3 +221,38 @@ def test_node_mask_is_the_argmax_at_one_half_and_the_softmax_above_any_threshold
     for t in (0.6, 0.8, 0.9):
         mask = DualOutputSwinUNETR.node_mask(out, t)
         assert torch.equal(mask, p_node > t) and mask.sum() < (p_node > 0.5).sum()
+
+
+def test_hu_gate_keeps_found_nodes_in_soft_tissue_and_changes_nothing_inside_it():
+    """plan.node_hu_range: a voxel of bone or of fat/air outside the range is never node (whole-volume sliding
+    window with the flip, as `ecefl infer` runs it); in soft tissue the outputs are the ungated model's; training
+    is not gated."""
+    from ecefl.engine import predict_volume
+    torch.manual_seed(4)
+    open_plan = get_plan("test-tiny", node_prior=0.9, tta_flip=True)  # an untrained net then calls most voxels node
+    gated_plan = open_plan.with_overrides(node_hu_range=(-150.0, 200.0))
+    open_model = DualOutputSwinUNETR(open_plan).eval()
+    gated_model = DualOutputSwinUNETR(gated_plan).eval()
+    gated_model.load_state_dict(open_model.state_dict())
+    hu = 40.0 + 15.0 * torch.randn(1, 1, 64, 64, 96)  # soft tissue ...
+    hu[..., :24] += 400.0  # ... bone (~440 HU) ...
+    hu[..., 24:40] -= 160.0  # ... fat (~-120 HU, inside the gate) ...
+    hu[:, :, :16, :, 40:] = -900.0  # ... and air
+    lo, hi = open_plan.hu_window
+    image = ((hu - lo) / (hi - lo)).clamp(0.0, 1.0)
+    opened, _ = predict_volume(open_model, image, open_plan)
+    gated, _ = predict_volume(gated_model, image, gated_plan)
+    soft = ((hu >= -150.0) & (hu <= 200.0))[0, 0]
+    assert DualOutputSwinUNETR.node_mask(opened)[0][~soft].float().mean() > 0.5  # ungated: bone and air "nodes"
+    assert not DualOutputSwinUNETR.node_mask(gated)[0][~soft].any()
+    assert torch.allclose(gated[0, :2][:, soft], opened[0, :2][:, soft], atol=1e-5)
+    assert DualOutputSwinUNETR.node_mask(gated)[0][soft].float().mean() > 0.5
+    # training learns from the contours ungated (the preprocessing confines them to soft tissue)
+    gated_model.train()
+    open_model.train()
+    patch = image[..., :64]
+    with torch.no_grad():
+        assert torch.equal(gated_model.voxel_outputs(patch)[:, :2], open_model.voxel_outputs(patch)[:, :2])
+    with pytest.raises(ValueError, match="node_hu_range"):
+        get_plan("test-tiny", node_hu_range=(200.0, -150.0))
+    assert get_plan("test-tiny", node_hu_range=()).node_hu_range == ()  # [] turns a preset's gate off

@@ -110,6 +110,15 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
     return summary
 
 
+def site_splits(datalists: dict, seed: int, val_fraction: float = VAL_FRACTION) -> dict[str, tuple[list, list]]:
+    """site -> (training, validation) labelled cases, split as the demo's federated sites split them."""
+    splits = {}
+    for site, datalist in datalists.items():
+        labelled, _ = load_datalist(datalist, site=site)
+        splits[site] = stratified_split(labelled, val_fraction, seed)
+    return splits
+
+
 def evidence_cases(model_path: Path, datalists: dict, threshold: float, seed: int) -> list[dict]:
     """At each site: the global model on its validation cases; one TP, FP, FN and TN (most confident). The scores
     come from the sites' own per-case results of the final validation (engine.FINAL_PREDICTIONS) where they cover
@@ -117,12 +126,10 @@ def evidence_cases(model_path: Path, datalists: dict, threshold: float, seed: in
     model, ckpt = load_model(model_path, kind="dual")
     plan, node_threshold = ckpt["plan"], node_threshold_of(ckpt)
     best: dict[str, dict] = {}
-    for site, datalist in datalists.items():
-        labelled, _ = load_datalist(datalist, site=site)
-        _, val = stratified_split(labelled, VAL_FRACTION, seed)
+    for site, (_, val) in site_splits(datalists, seed).items():
         if not val:
             continue
-        kept = Path(datalist).parent / FINAL_PREDICTIONS
+        kept = Path(datalists[site]).parent / FINAL_PREDICTIONS
         scores = read_predictions(kept) if kept.is_file() else {}
         if not all(it["case_id"] in scores for it in val):
             pred = predict_cases(model, val, plan, progress=False, node_threshold=node_threshold)

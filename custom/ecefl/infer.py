@@ -65,6 +65,23 @@ def _read_patient(dicom_dir: Path, use_rtstruct: bool, site_config):
     return ct, [p for p, _ in files], region
 
 
+def acquisition_check(spacing_xyz, plan) -> dict:
+    """Whether the CT's acquisition is fine enough for the ECE call (plan.assessable_spacing_mm); the nodal mask
+    is returned either way."""
+    pixel, slices = max(spacing_xyz[:2]), spacing_xyz[2]
+    max_pixel, max_slice = plan.assessable_spacing_mm
+    coarse = [f"pixel spacing {pixel:.2f} mm > {max_pixel:g} mm"] if pixel > max_pixel else []
+    coarse += [f"slice spacing {slices:.2f} mm > {max_slice:g} mm"] if slices > max_slice else []
+    warning = None
+    if coarse:
+        warning = (f"ECE not assessable on this CT ({'; '.join(coarse)}): at this resolution node, fat and soft "
+                   "tissue blur into the intermediate HU of fat stranding and p(ECE) rises for patients without "
+                   f"ECE. Use a reconstruction with pixels <= {max_pixel:g} mm and slices <= {max_slice:g} mm; the "
+                   "nodal contours are still written.")
+    return {"spacing_mm": [round(float(v), 3) for v in spacing_xyz],
+            "assessable_spacing_mm": list(plan.assessable_spacing_mm), "ece_assessable": not coarse, "warning": warning}
+
+
 def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=None, log=_log.info,
           roi_name: str = ROI_NAME, roi_color=ROI_COLOR, loaded=None, progress: bool = False,
           skip_air: bool = True) -> dict:
@@ -111,8 +128,10 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
     threshold = float(ckpt.get("threshold", 0.5))
     region_mask = region_native.astype(bool) if region_native is not None else nodes_native
     voxel_ml = float(np.prod(ct.spacing_xyz)) / 1000.0
+    acquisition = acquisition_check(ct.spacing_xyz, plan)
     result = {
         "ece_probability": float(prob), "ece_positive": bool(prob >= threshold), "threshold": threshold,
+        "ece_assessable": acquisition["ece_assessable"], "acquisition": acquisition,
         "node_threshold": node_threshold_of(ckpt),
         "model": {"file": Path(model_path).name, "preset": plan.preset, "feature_size": plan.feature_size,
                   "spacing": list(plan.spacing), "trained": ckpt.get("trained") or ckpt.get("federated")},
@@ -140,6 +159,8 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
     (out / "result.json").write_text(json.dumps(result, indent=1))
     log(f"p(ECE) = {prob:.3f} (threshold {threshold:.3f}: {'ECE+' if result['ece_positive'] else 'ECE-'}); "
         f"predicted nodal volume {result['nodes_volume_ml']:.1f} ml; outputs in {out}")
+    if acquisition["warning"]:
+        log(f"warning: {acquisition['warning']}")
     if result["rtstruct_roi_empty"]:
         log(f"no nodal voxel predicted: the RTSTRUCT and SEG hold the ROI {roi_name} empty")
     return result
@@ -181,12 +202,14 @@ def infer_batch(model_path, root, out, use_rtstruct: bool = False, site_config=N
     rows = []
     for folder in tqdm(folders, desc="infer", unit="patient", disable=not progress):
         row = {"patient_folder": folder.name, "status": "ok", "reason": "", "ece_probability": "",
-               "ece_positive": "", "nodes_volume_ml": ""}
+               "ece_positive": "", "ece_assessable": "", "nodes_volume_ml": ""}
         try:
             res = infer(model_path, folder, out / folder.name, use_rtstruct, site_config, log=lambda *_: None,
                         roi_name=roi_name, roi_color=roi_color, loaded=loaded)
             row.update(ece_probability=f"{res['ece_probability']:.4f}", ece_positive=int(res["ece_positive"]),
-                       nodes_volume_ml=res["nodes_volume_ml"])
+                       ece_assessable=int(res["ece_assessable"]), nodes_volume_ml=res["nodes_volume_ml"])
+            if not res["ece_assessable"]:
+                log(f"{folder.name}: {res['acquisition']['warning']}")
         except (InferenceError, UsageError) as exc:
             row.update(status="failed", reason=str(exc).replace(str(folder), folder.name))
             log(f"{folder.name}: failed: {row['reason']}")
@@ -313,6 +336,9 @@ def _evidence_png(image, pred, evidence, region, result, path: Path) -> None:
         ax.set_title(name)
         ax.set_axis_off()
     fig.suptitle(f"p(ECE) = {result['ece_probability']:.2f} ({'ECE+' if result['ece_positive'] else 'ECE−'} at "
-                 f"threshold {result['threshold']:.2f}); red contour: predicted nodes; heat: evidence")
+                 f"threshold {result['threshold']:.2f}); red contour: predicted nodes; heat: evidence"
+                 + ("" if result["ece_assessable"] else "\nNOT ASSESSABLE: acquisition too coarse for ECE ("
+                    + ", ".join(f"{v:g}" for v in result["acquisition"]["spacing_mm"]) + " mm)"),
+                 color="black" if result["ece_assessable"] else "darkred")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -28,6 +28,7 @@ from .plan import Plan
 _log = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "net.swinViT."
+NODE_GATE_MARGIN = 20.0  # logits: p(node) ~ 2e-9 where the HU gate closes
 
 
 def _swin(plan: Plan) -> SwinUNETR:
@@ -99,6 +100,17 @@ class DualOutputSwinUNETR(nn.Module):
         shell = F.max_pool3d(node_prob, self.shell_kernel, stride=1, padding=self.shell_kernel // 2) - node_prob
         return node_prob + self.plan.shell_weight * shell.clamp_min(0)
 
+    def gate_nodes_by_hu(self, seg: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits with every voxel outside plan.node_hu_range read as certain background (its node
+        logit NODE_GATE_MARGIN below the background logit). Depends on the voxel alone, so the sliding window's
+        and the flip's averages keep the gate."""
+        lo, hi = self.plan.hu_window
+        hu = x * (hi - lo) + lo
+        low, high = self.plan.node_hu_range
+        outside = (hu < low) | (hu > high)
+        node = torch.where(outside, seg[:, :1] - NODE_GATE_MARGIN, seg[:, 1:2])
+        return torch.cat([seg[:, :1], node], dim=1)
+
     def _hu_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """HU of x (window units -> HU) and the evidence's CT inputs: the windowed value and its soft HU bins."""
         lo, hi = self.plan.hu_window
@@ -117,6 +129,8 @@ class DualOutputSwinUNETR(nn.Module):
         body_grad False: the SwinUNETR runs without autograd (classifier re-training: only the head learns)."""
         with contextlib.nullcontext() if body_grad else torch.no_grad():
             seg = self.net(x)
+            if self.plan.node_hu_range and not self.training:
+                seg = self.gate_nodes_by_hu(seg, x)
         features = _scale_grad(self._decoder_features, self.plan.cls_feature_grad)
         hu, hu_inputs = self._hu_inputs(x)
         hu_inputs = hu_inputs.to(features.dtype)

@@ -102,7 +102,19 @@ class Plan:
     # perinodal fat with the patient's other fat. What a scanner shifts everywhere (noise texture, kernel, HU
     # calibration) then cancels instead of moving all of a hospital's scores (measured offsets: docs/BENCHMARKS.md)
     evidence_reference: bool = False
+    # the coarsest acquisition (pixel spacing, slice spacing in mm) on which `ecefl infer` calls the ECE probability
+    # assessable. Blur mixes node, fat and soft tissue into the intermediate HU of fat stranding: the unseen
+    # hospital's ECE-negative patients re-imaged with 2.5 mm pixels (its own: 1.3-1.5 mm) scored p(ECE) 0.75 on
+    # average instead of 0.20, with 5 mm slices 0.56, with the real HNSCC CTs' 7.5 mm pixels 1.00 (docs/BENCHMARKS.md).
+    # The presets' training hospitals have 1.45-1.75 mm pixels and 2-3 mm slices
+    assessable_spacing_mm: tuple[float, float] = (2.0, 3.0)
     node_prior: float = 0.05  # initial foreground probability of the segmentation output
+    # voxels whose CT value lies outside this HU range are never node: a lymph node, necrotic or with extranodal
+    # extension, is soft tissue; bone, contrast-filled vessels, air and fat outside it are not (the site
+    # preprocessing gates its contour dilation by the same -150..200 HU). Applied to the segmentation logits of the
+    # model in eval mode (validation, the read-out refit, evaluate, infer), so the pooling region never holds such a
+    # voxel either; training learns from the contours, which the preprocessing confines to it. [] / null: no gate
+    node_hu_range: tuple[float, ...] | None = None
     shell_weight: float = 0.5  # perinodal shell added to the pooling region (ECE lives at the border)
     shell_mm: float = 6.0
     balanced_sampling: bool = False
@@ -166,6 +178,13 @@ class Plan:
             raise ValueError(f"sw_batch_size must be >= 1, not {self.sw_batch_size}")
         if self.readout_refit_iterations < 0 or self.readout_ridge < 0:
             raise ValueError("readout_refit_iterations and readout_ridge must be >= 0")
+        if len(self.assessable_spacing_mm) != 2 or min(self.assessable_spacing_mm) <= 0:
+            raise ValueError("assessable_spacing_mm must be [pixel spacing, slice spacing] in mm, both > 0, not "
+                             f"{self.assessable_spacing_mm}")
+        if self.node_hu_range and not (len(self.node_hu_range) == 2
+                                                   and self.node_hu_range[0] < self.node_hu_range[1]):
+            raise ValueError(f"node_hu_range must be [low, high] HU with low < high, or [] (no gate), not "
+                             f"{self.node_hu_range}")
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
             raise ValueError(f"server_lr must be > 0 and server_momentum in [0, 1), not {self.server_lr}, "
                              f"{self.server_momentum}")
@@ -189,7 +208,10 @@ _LEARNING = dict(neg_crop_fraction=0.33, dice_foreground_batch=True, lr_schedule
                  readout_refit_iterations=8, readout_ridge=0.001,
                  # and the refit's features: the CT inputs beside the hidden layer's, the ridge on standardised
                  # features (unseen-hospital AUC +0.03 / +0.09 on two demos' bodies, docs/BENCHMARKS.md)
-                 readout_hu_features=True, readout_standardise=True)
+                 readout_hu_features=True, readout_standardise=True,
+                 # found nodes kept to soft tissue at evaluation and inference (on demo E0's model: unseen Dice +0.002
+                 # [+0.002, +0.003], AUC -0.001; on the real CTs 97 % -> 100 % of the nodal volume inside the body)
+                 node_hu_range=(-150.0, 200.0))
 
 PRESETS: dict[str, Plan] = {
     # Runs on a 2-core CPU: a 64^3 patch at 2 mm (12.8 cm: the whole neck cross-section), shallow Swin with a
