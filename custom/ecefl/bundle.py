@@ -22,6 +22,11 @@ from .data import preprocessing_spec
 def inference_config(plan, node_threshold: float = 0.5) -> dict:
     # node probability > node_threshold (the model file's), as `ecefl infer` masks: logit difference > logit(t)
     margin = math.log(node_threshold / (1.0 - node_threshold))
+    mask = f"(d['pred'][1:2] - d['pred'][0:1] > {margin!r})"
+    if plan.node_hu_range:  # and inside the node HU range (the model's HU gate), in window units of the image
+        lo, hi = plan.hu_window
+        low, high = ((v - lo) / (hi - lo) for v in plan.node_hu_range)
+        mask += f" & (d['image'] >= {low!r}) & (d['image'] <= {high!r})"
     return {
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".",
@@ -43,7 +48,7 @@ def inference_config(plan, node_threshold: float = 0.5) -> dict:
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size),
                     "sw_batch_size": plan.sw_batch_size, "overlap": plan.sw_overlap, "mode": "constant"},
         "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Lambdad", "keys": "pred", "func": f"$lambda x: (x[1:2] - x[0:1] > {margin!r}).float()"},
+            {"_target_": "Lambda", "func": f"$lambda d: {{**d, 'pred': ({mask}).float()}}"},
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
              "nearest_interp": True, "to_tensor": True},
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "nodes",
@@ -93,12 +98,15 @@ def export_bundle(model_path, out) -> Path:
         },
     }
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    gate_text = (f", only at CT values within {list(plan.node_hu_range)} HU: soft tissue" if plan.node_hu_range
+                 else "")
     (out / "docs" / "README.md").write_text(f"""# ECE-FL nodal region segmentation bundle
 
 MONAI SwinUNETR (feature_size {plan.feature_size}, depths {list(plan.depths)}) from an ECE-FL global model.
 Input: CT NIfTI in HU (any orientation/spacing); it is reoriented to RAS, resampled to {list(plan.spacing)} mm,
-windowed {list(plan.hu_window)} HU -> [0, 1], segmented with {list(plan.patch_size)} sliding windows, and the mask
-is written in the input's grid as `<name>_nodes.nii.gz`.
+windowed {list(plan.hu_window)} HU -> [0, 1], segmented with {list(plan.patch_size)} sliding windows (nodes: node
+probability > {node_threshold_of(ckpt):g}{gate_text}), and the mask is written in the input's grid as
+`<name>_nodes.nii.gz`.
 
     python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir /path/to/niftis
 

@@ -181,8 +181,7 @@ class Plan:
         if len(self.assessable_spacing_mm) != 2 or min(self.assessable_spacing_mm) <= 0:
             raise ValueError("assessable_spacing_mm must be [pixel spacing, slice spacing] in mm, both > 0, not "
                              f"{self.assessable_spacing_mm}")
-        if self.node_hu_range and not (len(self.node_hu_range) == 2
-                                                   and self.node_hu_range[0] < self.node_hu_range[1]):
+        if self.node_hu_range and not (len(self.node_hu_range) == 2 and self.node_hu_range[0] < self.node_hu_range[1]):
             raise ValueError(f"node_hu_range must be [low, high] HU with low < high, or [] (no gate), not "
                              f"{self.node_hu_range}")
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
