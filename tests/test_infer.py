@@ -290,7 +290,6 @@ def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, 
     # the HU gate took effect in both: the ungated network's nodes reach bone, fat and air, the gated ones do not
     hu = np.asarray(nib.load(data / "ct.nii.gz").dataobj)
     outside = (hu < -200) | (hu > 250)  # beyond the gate's -150..200 HU with room for resampling at the edges
-    print("outside", outside[argmax_mask].mean(), outside[infer_mask].mean(), outside[bundle_mask].mean())
     assert outside[argmax_mask].mean() > 0.05
     assert outside[infer_mask].mean() < 0.01 and outside[bundle_mask].mean() < 0.01
 
