@@ -202,7 +202,7 @@ def infer_batch(model_path, root, out, use_rtstruct: bool = False, site_config=N
     rows = []
     for folder in tqdm(folders, desc="infer", unit="patient", disable=not progress):
         row = {"patient_folder": folder.name, "status": "ok", "reason": "", "ece_probability": "",
-               "ece_positive": "", "ece_assessable": "", "nodes_volume_ml": ""}
+               "ece_positive": "", "nodes_volume_ml": "", "ece_assessable": ""}  # new columns go last
         try:
             res = infer(model_path, folder, out / folder.name, use_rtstruct, site_config, log=lambda *_: None,
                         roi_name=roi_name, roi_color=roi_color, loaded=loaded)
