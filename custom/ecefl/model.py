@@ -100,12 +100,15 @@ class DualOutputSwinUNETR(nn.Module):
         shell = F.max_pool3d(node_prob, self.shell_kernel, stride=1, padding=self.shell_kernel // 2) - node_prob
         return node_prob + self.plan.shell_weight * shell.clamp_min(0)
 
+    def _window_to_hu(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.plan.hu_window
+        return x * (hi - lo) + lo
+
     def gate_nodes_by_hu(self, seg: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Segmentation logits with every voxel outside plan.node_hu_range read as certain background (its node
         logit NODE_GATE_MARGIN below the background logit). Depends on the voxel alone, so the sliding window's
         and the flip's averages keep the gate."""
-        lo, hi = self.plan.hu_window
-        hu = x * (hi - lo) + lo
+        hu = self._window_to_hu(x)
         low, high = self.plan.node_hu_range
         outside = (hu < low) | (hu > high)
         node = torch.where(outside, seg[:, :1] - NODE_GATE_MARGIN, seg[:, 1:2])
@@ -113,8 +116,7 @@ class DualOutputSwinUNETR(nn.Module):
 
     def _hu_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """HU of x (window units -> HU) and the evidence's CT inputs: the windowed value and its soft HU bins."""
-        lo, hi = self.plan.hu_window
-        hu = x * (hi - lo) + lo
+        hu = self._window_to_hu(x)
         k = self.plan.evidence_hu_smoothing
         if k > 1:  # read HU as a radiologist's ROI mean: the local mean, so scanner noise does not blur the bins
             hu = F.avg_pool3d(hu, k, stride=1, padding=k // 2, count_include_pad=False)
