@@ -70,6 +70,36 @@ def test_global_models_trained_and_encoder_came_from_mae(simulated):
     assert all(torch.isfinite(v).all() for v in final.values())
 
 
+def test_one_seed_gives_one_federated_run(simulated, fl_sites, tmp_path):
+    """The simulator again, MAE only, same sites and seed: the same global model to the last bit (the initial
+    weights come from the plan's seed, and the server averages the sites' updates in a fixed order)."""
+    args = ["fl", "simulate", "--job", "mae_pretrain", "--rounds", "1", "--preset", "test-tiny", "--workspace",
+            str(tmp_path), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress"]
+    for site, datalist in fl_sites.items():
+        args += ["--site", f"{site}={datalist}"]
+    assert ecefl_main(args) == 0
+    first = load_checkpoint(simulated / "mae_pretrain" / "global_model.pt")["model"]
+    again = load_checkpoint(tmp_path / "mae_pretrain" / "global_model.pt")["model"]
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_fedavg_is_the_same_whichever_site_answers_first():
+    from nvflare.app_common.abstract.fl_model import FLModel
+
+    from ecefl.fl.protocol import NUM_STEPS
+    from ecefl.fl.server import PooledFedAvg
+    rng = np.random.default_rng(0)
+    results = [FLModel(params={"w": torch.as_tensor(rng.normal(size=1000).astype(np.float32))}, metrics={},
+                       meta={"client_name": f"hospital-{c}", NUM_STEPS: n})
+               for c, n in zip("abcd", (3, 7, 5, 11))]
+    averages = [torch.as_tensor(PooledFedAvg.aggregate_fn([results[i] for i in order]).params["w"])
+                for order in ((0, 1, 2, 3), (3, 1, 0, 2), (2, 3, 1, 0))]
+    assert all(torch.equal(averages[0], a) for a in averages[1:])
+    weights = np.array([3, 7, 5, 11], dtype=np.float64)
+    expected = sum(w * r.params["w"].double() for w, r in zip(weights, results)) / weights.sum()
+    assert torch.allclose(averages[0].double(), expected, atol=1e-6)
+
+
 def test_pooled_metrics_layout(simulated):
     report = json.loads((simulated / "ece_finetune" / "pooled_metrics.json").read_text())
     keys = {"dice", "dice_global", "auc", "accuracy", "sensitivity", "specificity", "f1", "n_cases"}

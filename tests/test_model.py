@@ -14,6 +14,22 @@ def plan():
     return get_plan("cpu-small")
 
 
+def test_initial_weights_come_from_the_plans_seed_and_leave_the_callers_stream_alone():
+    """NVFlare's persistor builds the first global model in the server process, which seeds nothing itself."""
+    def weights(model):
+        return torch.cat([v.flatten().float() for v in model.state_dict().values()])
+    for cls in (DualOutputSwinUNETR, MaskedPretrainer):
+        torch.manual_seed(1)
+        a = weights(cls(get_plan("test-tiny", seed=3)))
+        after = torch.rand(3)
+        torch.manual_seed(2)
+        b = weights(cls(get_plan("test-tiny", seed=3).to_dict()))  # as the persistor passes it
+        assert torch.equal(a, b)
+        assert not torch.equal(a, weights(cls(get_plan("test-tiny", seed=4))))
+        torch.manual_seed(1)
+        assert torch.equal(torch.rand(3), after)  # building the model drew nothing from the caller's stream
+
+
 def test_forward_backward_shapes_and_finite_gradients(plan):
     model = DualOutputSwinUNETR(plan)
     x = torch.rand(2, 1, *plan.patch_size)

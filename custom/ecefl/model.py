@@ -42,6 +42,16 @@ def _as_plan(plan: Plan | dict) -> Plan:
     return plan if isinstance(plan, Plan) else Plan.from_dict(plan)
 
 
+@contextlib.contextmanager
+def seeded_init(seed: int):
+    """A model's initial weights drawn from the plan's seed, whoever builds it (a site, the centralised CLI, or
+    NVFlare's persistor in the server process, which has no seed of its own), and the caller's random stream left
+    as it was: so one seed gives one federated run (docs/BENCHMARKS.md)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class _GradScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale):
@@ -66,32 +76,33 @@ class DualOutputSwinUNETR(nn.Module):
     def __init__(self, plan: Plan | dict):
         super().__init__()
         plan = _as_plan(plan)
-        self.plan = plan
-        fs = plan.feature_size
-        self.net = _swin(plan)
-        # Prior for a rare foreground (nodes are ~1 % of a patch), as in RetinaNet: an untrained network predicts
-        # "no node" instead of p = 0.5 everywhere, where the p >= 0.5 pooling gate would flip on float noise.
-        with torch.no_grad():
-            self.net.out.conv.conv.bias.copy_(torch.tensor([0.0, math.log(plan.node_prior / (1 - plan.node_prior))]))
-        # per-voxel evidence from the last decoder features plus the CT value itself, as the windowed value and as
-        # soft HU bins (fat, stranded fat, soft tissue, necrosis): instance norm in the decoder blunts absolute HU,
-        # while perinodal fat stranding and a lost fat plane are absolute HU changes that a radiologist reads off
-        # the window; a 3x3x3 first layer sees the voxel's neighbourhood (stranding is a texture, a margin an edge)
-        self.register_buffer("hu_bin_centres", torch.tensor(plan.evidence_hu_bins, dtype=torch.float32).view(1, -1, 1, 1, 1),
-                             persistent=False)
-        n_in = fs + 1 + len(plan.evidence_hu_bins)
-        self.evidence_head = nn.Sequential(nn.Conv3d(n_in, fs, 3, padding=1), nn.GELU(), nn.Conv3d(fs, 1, 1))
-        if plan.readout_hu_features:  # the read-out's direct weights on the CT inputs: set by the refit only
-            self.readout_hu = nn.Conv3d(1 + len(plan.evidence_hu_bins), 1, 1, bias=False)
-            nn.init.zeros_(self.readout_hu.weight)
-            self.readout_hu.weight.requires_grad_(False)
-        self.cls_bias = nn.Parameter(torch.zeros(1))
-        radius = max(1, round(plan.shell_mm / min(plan.spacing)))
-        self.shell_kernel = 2 * radius + 1
-        self._decoder_features = None
-        # The last decoder block's output is the feature map the evidence head reads; a hook keeps MONAI's
-        # forward untouched.
-        self.net.decoder1.register_forward_hook(self._keep_features)
+        with seeded_init(plan.seed):
+            self.plan = plan
+            fs = plan.feature_size
+            self.net = _swin(plan)
+            # Prior for a rare foreground (nodes are ~1 % of a patch), as in RetinaNet: an untrained network predicts
+            # "no node" instead of p = 0.5 everywhere, where the p >= 0.5 pooling gate would flip on float noise.
+            with torch.no_grad():
+                self.net.out.conv.conv.bias.copy_(torch.tensor([0.0, math.log(plan.node_prior / (1 - plan.node_prior))]))
+            # per-voxel evidence from the last decoder features plus the CT value itself, as the windowed value and as
+            # soft HU bins (fat, stranded fat, soft tissue, necrosis): instance norm in the decoder blunts absolute HU,
+            # while perinodal fat stranding and a lost fat plane are absolute HU changes that a radiologist reads off
+            # the window; a 3x3x3 first layer sees the voxel's neighbourhood (stranding is a texture, a margin an edge)
+            self.register_buffer("hu_bin_centres", torch.tensor(plan.evidence_hu_bins, dtype=torch.float32).view(1, -1, 1, 1, 1),
+                                 persistent=False)
+            n_in = fs + 1 + len(plan.evidence_hu_bins)
+            self.evidence_head = nn.Sequential(nn.Conv3d(n_in, fs, 3, padding=1), nn.GELU(), nn.Conv3d(fs, 1, 1))
+            if plan.readout_hu_features:  # the read-out's direct weights on the CT inputs: set by the refit only
+                self.readout_hu = nn.Conv3d(1 + len(plan.evidence_hu_bins), 1, 1, bias=False)
+                nn.init.zeros_(self.readout_hu.weight)
+                self.readout_hu.weight.requires_grad_(False)
+            self.cls_bias = nn.Parameter(torch.zeros(1))
+            radius = max(1, round(plan.shell_mm / min(plan.spacing)))
+            self.shell_kernel = 2 * radius + 1
+            self._decoder_features = None
+            # The last decoder block's output is the feature map the evidence head reads; a hook keeps MONAI's
+            # forward untouched.
+            self.net.decoder1.register_forward_hook(self._keep_features)
 
     def _keep_features(self, module, inputs, output):
         self._decoder_features = output
@@ -251,20 +262,21 @@ class MaskedPretrainer(nn.Module):
     def __init__(self, plan: Plan | dict):
         super().__init__()
         plan = _as_plan(plan)
-        self.plan = plan
-        fs = plan.feature_size
-        # Only the Swin encoder of a SwinUNETR, under the same attribute path, so its keys match the
-        # fine-tuning model's "net.swinViT.*" and no unused decoder weights are sent around in FL rounds.
-        full = _swin(plan)
-        self.net = nn.Module()
-        self.net.swinViT = full.swinViT
-        self.normalize = full.normalize
-        self.mask_token = nn.Parameter(torch.zeros(1, fs, 1, 1, 1))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.stride = 16  # reconstruct from stage 3 (1/16) and the upsampled stage 4 (1/32)
-        self.head = nn.Conv3d(8 * fs + 16 * fs, self.stride ** 3, kernel_size=1)
-        self._token_mask = None
-        self.net.swinViT.patch_embed.register_forward_hook(self._mask_tokens)
+        with seeded_init(plan.seed):
+            self.plan = plan
+            fs = plan.feature_size
+            # Only the Swin encoder of a SwinUNETR, under the same attribute path, so its keys match the
+            # fine-tuning model's "net.swinViT.*" and no unused decoder weights are sent around in FL rounds.
+            full = _swin(plan)
+            self.net = nn.Module()
+            self.net.swinViT = full.swinViT
+            self.normalize = full.normalize
+            self.mask_token = nn.Parameter(torch.zeros(1, fs, 1, 1, 1))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+            self.stride = 16  # reconstruct from stage 3 (1/16) and the upsampled stage 4 (1/32)
+            self.head = nn.Conv3d(8 * fs + 16 * fs, self.stride ** 3, kernel_size=1)
+            self._token_mask = None
+            self.net.swinViT.patch_embed.register_forward_hook(self._mask_tokens)
 
     def _mask_tokens(self, module, inputs, output):
         if self._token_mask is None:

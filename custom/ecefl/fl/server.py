@@ -260,6 +260,13 @@ class PooledFedAvg(BaseFedAvg):
                                          f"{', '.join(working) or 'none'}")
         self._write_report(finished=False)
 
+    @staticmethod
+    def aggregate_fn(results: list[FLModel]) -> FLModel:
+        """NVFlare's weighted average, over the sites in name order: sites answer in whatever order they finish,
+        and a float sum in arrival order differs in the last bits, which training then amplifies (two simulator
+        runs with one seed ended 0.05 unseen-hospital AUC apart; docs/BENCHMARKS.md). Sorted, a seed reproduces."""
+        return BaseFedAvg.aggregate_fn(sorted(results, key=_client))
+
     def update_model(self, model: FLModel, aggr_result: FLModel) -> FLModel:
         before = dict(model.params or {})
         model = super().update_model(model, aggr_result)
