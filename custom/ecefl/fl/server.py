@@ -263,8 +263,8 @@ class PooledFedAvg(BaseFedAvg):
     @staticmethod
     def aggregate_fn(results: list[FLModel]) -> FLModel:
         """NVFlare's weighted average, over the sites in name order: sites answer in whatever order they finish,
-        and a float sum in arrival order differs in the last bits, which training then amplifies (two simulator
-        runs with one seed ended 0.05 unseen-hospital AUC apart; docs/BENCHMARKS.md). Sorted, a seed reproduces."""
+        and a float sum in arrival order differs in the last bits, which training then amplifies. Sorted (and with
+        the initial weights from the plan's seed), a seed reproduces a run bit for bit (docs/BENCHMARKS.md)."""
         return BaseFedAvg.aggregate_fn(sorted(results, key=_client))
 
     def update_model(self, model: FLModel, aggr_result: FLModel) -> FLModel:
