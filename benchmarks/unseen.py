@@ -8,7 +8,9 @@ into a calibration set (the site's own labelled cases) and a test set (default 4
 1. `ecefl evaluate` of the model on the test set: AUC with its case-bootstrap 95 % CI, Dice, and sensitivity /
    specificity at the threshold the model arrived with (chosen on the training sites' validation);
 2. `ecefl calibrate` on the calibration set, then sensitivity / specificity on the same test set at the site's own
-   threshold (from the site-local predictions.csv of step 1; the scores do not depend on the threshold).
+   threshold (from the site-local predictions.csv of step 1; the scores do not depend on the threshold), and the
+   test set's mean Dice at the node threshold the site chose (`--node-threshold`; step 1 records the Dice at
+   every candidate).
 Prints and writes unseen.json.
 """
 from __future__ import annotations
@@ -84,13 +86,19 @@ def main(argv=None) -> int:
     model_name = Path(args.model).stem
     held = evaluate(args.model, [test], out / f"eval_{model_name}", progress=False)
     calibrated = out / f"{model_name}_calibrated.pt"
-    record = calibrate(args.model, [calib], calibrated, progress=False)
+    record = calibrate(args.model, [calib], calibrated, node_threshold=True, progress=False)
     before = rates_at(out / f"eval_{model_name}" / "predictions.csv", float(load_checkpoint(args.model)["threshold"]))
     after = rates_at(out / f"eval_{model_name}" / "predictions.csv", record["threshold"])
+    # the test cases' mean Dice at the node threshold the site chose on its calibration cases
+    before["dice"] = held["dice"]
+    after["dice"] = held["dice_at_node_threshold"][f"{record['node_threshold']:g}"]
     result = {"model": str(args.model), "seed": args.seed, "profile": args.profile,
-              "test": {k: held.get(k) for k in ("auc", "dice", "n_cases", "n_pos", "n_neg", "ci")},
+              "test": {k: held.get(k) for k in ("auc", "dice", "dice_at_node_threshold", "n_cases", "n_pos", "n_neg",
+                                                "ci")},
               "before_calibration": before, "after_calibration": after,
-              "calibration": {k: record[k] for k in ("method", "n_pos", "n_neg", "threshold_before", "threshold")}}
+              "calibration": {k: record[k] for k in ("method", "n_pos", "n_neg", "threshold_before", "threshold",
+                                                     "node_threshold_before", "node_threshold", "dice_before",
+                                                     "dice_after")}}
     (out / f"unseen_{model_name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import preprocessed_sites
+from ecefl import metrics as M
 from ecefl.checkpoint import load_checkpoint, save_checkpoint
 from ecefl.cli import main as ecefl_main
 from ecefl.data import load_datalist
@@ -31,7 +32,7 @@ def site(tmp_path_factory):
 def test_youden_threshold_stored_and_rates_recorded(site):
     out = site["root"] / "calibrated.pt"
     assert ecefl_main(["calibrate", "--model", str(site["model"]), "--datalist", str(site["datalist"]), "--out",
-                       str(out), "--no-progress"]) == 0
+                       str(out), "--node-threshold", "--no-progress"]) == 0
     ckpt = load_checkpoint(out, kind="dual")
     record = ckpt["calibration"]
     labelled, _ = load_datalist(site["datalist"])
@@ -46,8 +47,25 @@ def test_youden_threshold_stored_and_rates_recorded(site):
     sens = np.mean(pred["probs"][pred["labels"] == 1] >= ckpt["threshold"])
     assert record["after"]["sensitivity"] == pytest.approx(sens)
     assert record["before"]["sensitivity"] == pytest.approx(np.mean(pred["probs"][pred["labels"] == 1] >= 0.999))
+    # the node threshold: the candidate with the best mean Dice against the site's contours, with its Dice recorded
+    mean_dice = pred["dices_at"].mean(0)
+    assert ckpt["node_threshold"] == record["node_threshold"] == M.node_threshold_from(pred["dices_at"].sum(0))
+    assert record["node_threshold_before"] == 0.5 and record["dice_before"] == pytest.approx(mean_dice[0])
+    assert record["dice_after"] == pytest.approx(mean_dice.max())
     # nothing per case is stored with the model
     assert not any(cid in json.dumps(record) for cid in pred["case_ids"])
+
+
+def test_node_threshold_kept_without_the_flag(site):
+    payload = load_checkpoint(site["model"], kind="dual")
+    kept = site["root"] / "node07.pt"
+    save_checkpoint(kept, "dual", payload["plan"], payload["model"], threshold=0.999, node_threshold=0.7)
+    out = site["root"] / "kept.pt"
+    assert ecefl_main(["calibrate", "--model", str(kept), "--datalist", str(site["datalist"]), "--out", str(out),
+                       "--no-progress"]) == 0
+    ckpt = load_checkpoint(out, kind="dual")
+    assert ckpt["node_threshold"] == 0.7 and "node_threshold" not in ckpt["calibration"]
+    assert ckpt["threshold"] == ckpt["calibration"]["threshold"] != 0.999
 
 
 def test_sensitivity_target(site):

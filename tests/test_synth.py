@@ -59,3 +59,37 @@ def test_ece_positive_nodes_show_perinodal_stranding(synth_root, preprocessed):
             rims[item["ece"]].append(float(np.median(hu[shell])))
     assert rims[0] and rims[1]
     assert np.mean(rims[1]) > np.mean(rims[0]) + 10
+
+
+def test_the_neck_holds_node_mimics_that_leave_the_nodes_and_their_fat_plane_alone():
+    """Unenhanced vessels, small muscles and glands at node HU sit in the neck (what a network must learn not to
+    call a node), drawn apart from the nodes: the same nodes with or without them, none inside a node, and an ECE-
+    node's fat plane stays fat."""
+    from site_preprocess.synth.phantom import make_patient, nodes_level, render_hu
+    unenhanced, at_node_hu, planes = [], [], []
+    for n in range(24):
+        rng = np.random.default_rng([5, 0, n])
+        patient = make_patient(rng, ece=bool(n % 2))
+        again = make_patient(np.random.default_rng([5, 0, n]), ece=bool(n % 2))
+        assert [nd.center.tolist() for nd in patient.nodes] == [nd.center.tolist() for nd in again.nodes]
+        anatomy = patient.anatomy
+        unenhanced.append(anatomy.vein_hu < 100)
+        sx, sy = patient.neck_shift
+        centres = [(x + sx, y + sy, patient.z_center) for x, y, *_ in anatomy.tubes]
+        centres += [(c[0] + sx, c[1] + sy, c[2]) for c, _, _ in anatomy.glands]
+        centres = np.array(centres, float)
+        assert (nodes_level(patient.nodes, centres) > 0).all()  # no mimic centre inside a node
+        hu = render_hu(patient, centres[:, None, None, :], np.full(3, 100.0), 0.0, rng)[:, 0, 0]  # no blur
+        at_node_hu.append(int(((hu > 30) & (hu < 80)).sum()))
+        zs = patient.z_center + np.arange(-30, 31, 2.0)
+        g = np.arange(-90, 90, 1.5)
+        gz, gy, gx = np.meshgrid(zs, g, g, indexing="ij")
+        pts = np.stack([gx, gy, gz], axis=-1)
+        hu = render_hu(patient, pts, np.array([2.0, 1.5, 1.5]), 0.0, rng)
+        for nd in patient.nodes:
+            if not nd.ece:
+                shell = np.abs(np.linalg.norm((pts - nd.center) @ nd.rotation / nd.semi_axes, axis=-1) - 1.12) < 0.05
+                planes.append(float(np.median(hu[shell])))
+    assert 4 <= sum(unenhanced) <= 16  # a share of planning CTs is unenhanced: veins at node HU
+    assert np.median(at_node_hu) >= 4  # muscles, glands (and unenhanced veins) at a node's HU
+    assert planes and np.median(planes) < -20  # the clean fat rim of an ECE- node is kept

@@ -105,6 +105,8 @@ def evaluate(model_path, datalists, out, progress: bool = True, log=_log.info) -
     threshold = float(payload.get("threshold", 0.5))
     result = evaluate_cases(pred, threshold)
     result["node_threshold"] = node_threshold
+    # mean Dice at every candidate node threshold: how this site's masks would change with another one
+    result["dice_at_node_threshold"] = M.dice_by_node_threshold(pred["dices_at"].sum(0), len(labelled))
     sites = sorted({it["site"] for it in labelled})
     if len(sites) > 1:
         result["per_site"] = {}
@@ -123,11 +125,14 @@ def evaluate(model_path, datalists, out, progress: bool = True, log=_log.info) -
 CALIBRATION_MIN_PER_CLASS = 10
 
 
-def calibrate(model_path, datalists, out, sensitivity: float | None = None, progress: bool = True,
-              log=_log.info) -> dict:
+def calibrate(model_path, datalists, out, sensitivity: float | None = None, node_threshold: bool = False,
+              progress: bool = True, log=_log.info) -> dict:
     """A hospital sets its own operating threshold from its own labelled cases and stores it in a copy of the
     model file (`infer` and `evaluate` read it). Youden's J by default; with `sensitivity`, the highest threshold
-    that keeps at least that sensitivity. Only counts and rates are stored, never a case id or score."""
+    that keeps at least that sensitivity. With node_threshold, also the output mask's node threshold: the
+    candidate with the best mean Dice against the site's own contours (opt-in: at the unseen hospital it moved
+    the test Dice by -0.004 ... +0.004, docs/BENCHMARKS.md). Only counts and rates are stored, never a case id or
+    score."""
     model, payload = load_model(model_path, kind="dual")
     plan = payload["plan"]
     labelled, _ = load_datalists(datalists)
@@ -154,9 +159,20 @@ def calibrate(model_path, datalists, out, sensitivity: float | None = None, prog
     record = {"method": method, "n_pos": n_pos, "n_neg": n_neg, "threshold_before": before,
               "threshold": threshold, "before": operating_point(before), "after": operating_point(threshold)}
     extra = {k: v for k, v in payload.items() if k not in ("format", "version", "kind", "plan", "model", "threshold")}
+    node_before = node_threshold_of(payload)
+    if node_threshold:
+        dice_at = M.dice_by_node_threshold(pred["dices_at"].sum(0), len(labelled))
+        extra["node_threshold"] = M.node_threshold_from(pred["dices_at"].sum(0))
+        record.update(node_threshold_before=node_before, node_threshold=extra["node_threshold"],
+                      dice_before=dice_at.get(f"{node_before:g}"),  # None if the model's is no candidate
+                      dice_after=dice_at[f"{extra['node_threshold']:g}"])
     extra["calibration"] = record
     save_checkpoint(out, "dual", plan, payload["model"], threshold=threshold, **extra)
     log(f"threshold {before:.3f} -> {threshold:.3f} ({method}, {n_pos} ECE+ / {n_neg} ECE-): sensitivity "
         f"{record['before']['sensitivity']:.2f} -> {record['after']['sensitivity']:.2f}, specificity "
         f"{record['before']['specificity']:.2f} -> {record['after']['specificity']:.2f}")
+    if node_threshold:
+        was = "n/a" if record["dice_before"] is None else f"{record['dice_before']:.3f}"
+        log(f"node threshold {node_before:g} -> {record['node_threshold']:g}: mean Dice on these cases "
+            f"{was} -> {record['dice_after']:.3f}")
     return record

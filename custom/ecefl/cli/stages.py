@@ -93,19 +93,25 @@ def _calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="set this site's own operating threshold from its labelled cases",
                        description="Scores the site's labelled cases with the model and writes a copy of the model "
                                    "file whose threshold is chosen on them (Youden's J, or the highest threshold "
-                                   f"keeping --sensitivity). Needs >= {CALIBRATION_MIN_PER_CLASS} cases of each "
-                                   "class. Only counts and rates are stored with it, no case id or score.")
+                                   "keeping --sensitivity); with --node-threshold also the output mask's node "
+                                   "threshold, the one with the best mean Dice against the site's contours. Needs "
+                                   f">= {CALIBRATION_MIN_PER_CLASS} cases of each class. Only counts and rates are "
+                                   "stored with it, no case id or score.")
     p.add_argument("--model", required=True, help="the dual-output model file (e.g. best_global_model.pt)")
     p.add_argument("--datalist", action="append", required=True, help="this site's datalist.json (repeatable)")
     p.add_argument("--out", required=True, help="the calibrated model file to write")
     p.add_argument("--sensitivity", type=float, default=None,
                    help="choose the highest threshold with at least this sensitivity (default: Youden's J)")
+    p.add_argument("--node-threshold", action="store_true",
+                   help="also choose the output mask's node threshold on this site's contours (default: keep the "
+                        "model's)")
     p.add_argument("--no-progress", action="store_true")
 
     @exit_codes
     def run(args) -> int:
         from ecefl.stages import calibrate
-        calibrate(args.model, args.datalist, args.out, sensitivity=args.sensitivity, progress=not args.no_progress)
+        calibrate(args.model, args.datalist, args.out, sensitivity=args.sensitivity,
+                  node_threshold=args.node_threshold, progress=not args.no_progress)
         print(f"wrote {args.out}")
         return 0
     p.set_defaults(func=run)
