@@ -159,10 +159,10 @@ def calibrate(model_path, datalists, out, sensitivity: float | None = None, node
     record = {"method": method, "n_pos": n_pos, "n_neg": n_neg, "threshold_before": before,
               "threshold": threshold, "before": operating_point(before), "after": operating_point(threshold)}
     extra = {k: v for k, v in payload.items() if k not in ("format", "version", "kind", "plan", "model", "threshold")}
-    node_before = node_threshold_of(payload)
     if node_threshold:
-        dice_at = M.dice_by_node_threshold(pred["dices_at"].sum(0), len(labelled))
-        extra["node_threshold"] = M.node_threshold_from(pred["dices_at"].sum(0))
+        node_before, dice_sum_at = node_threshold_of(payload), pred["dices_at"].sum(0)
+        dice_at = M.dice_by_node_threshold(dice_sum_at, len(labelled))
+        extra["node_threshold"] = M.node_threshold_from(dice_sum_at)
         record.update(node_threshold_before=node_before, node_threshold=extra["node_threshold"],
                       dice_before=dice_at.get(f"{node_before:g}"),  # None if the model's is no candidate
                       dice_after=dice_at[f"{extra['node_threshold']:g}"])

@@ -72,7 +72,7 @@ class Patient:
     has_primary: bool
     z_center: float  # patient z of the neck centre (table position differs per patient)
     texture_seed: int
-    anatomy: Anatomy | None = None
+    anatomy: Anatomy
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -105,15 +105,16 @@ def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None
             offset = _random_rotation(rng)[:, 0] * semi.max() * 0.9
             offset[2] *= 0.5
             nodes.append(_make_node(rng, center + offset, semi * rng.uniform(0.6, 0.8), True, False, group=i))
-    patient = Patient(body_axes=body, fat_thickness=rng.uniform(5, 11),
-                      neck_shift=(rng.uniform(-4, 4), rng.uniform(-4, 4)), nodes=nodes, ece=is_positive,
-                      has_primary=bool(rng.random() < 0.7), z_center=z_center,
-                      texture_seed=int(rng.integers(0, 2**31 - 1)))
-    patient.anatomy = _make_anatomy(np.random.default_rng([patient.texture_seed, 11]), patient)
-    return patient
+    fat_thickness = rng.uniform(5, 11)
+    neck_shift = (rng.uniform(-4, 4), rng.uniform(-4, 4))
+    has_primary = bool(rng.random() < 0.7)
+    texture_seed = int(rng.integers(0, 2**31 - 1))
+    anatomy = _make_anatomy(np.random.default_rng([texture_seed, 11]), nodes, neck_shift, z_center)
+    return Patient(body_axes=body, fat_thickness=fat_thickness, neck_shift=neck_shift, nodes=nodes, ece=is_positive,
+                   has_primary=has_primary, z_center=z_center, texture_seed=texture_seed, anatomy=anatomy)
 
 
-def _make_anatomy(rng: np.random.Generator, patient: Patient) -> Anatomy:
+def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_center: float) -> Anatomy:
     """The node mimics of one patient, kept clear of its nodes (a mimic touching a node would blur its contour)."""
     phase = rng.choice(["unenhanced", "venous", "arterial"], p=[0.35, 0.4, 0.25])
     blood = rng.uniform(35, 55)  # unenhanced blood: the HU of a node
@@ -121,12 +122,11 @@ def _make_anatomy(rng: np.random.Generator, patient: Patient) -> Anatomy:
     vein = {"unenhanced": blood, "venous": rng.uniform(130, 210), "arterial": rng.uniform(60, 130)}[phase]
     jugular = tuple((float(rng.uniform(4, 8)), float(rng.uniform(3.5, 6.5))) for _ in range(2))
     # mimics are drawn in the neck's frame (the neck is shifted in the body, the nodes are not)
-    node_xy = [(node.center[0] - patient.neck_shift[0], node.center[1] - patient.neck_shift[1])
-               for node in patient.nodes]
+    node_xy = [(node.center[0] - neck_shift[0], node.center[1] - neck_shift[1]) for node in nodes]
 
     def clear_of_nodes(centre_at, radius: float) -> bool:
         """centre_at(z) -> the mimic's (x, y) at patient height z; clear by 3 mm in-plane at each node's height."""
-        for node, (nx, ny) in zip(patient.nodes, node_xy):
+        for node, (nx, ny) in zip(nodes, node_xy):
             cx, cy = centre_at(node.center[2])
             if np.hypot(nx - cx, ny - cy) < node.max_extent() + radius + 3.0:
                 return False
@@ -134,36 +134,34 @@ def _make_anatomy(rng: np.random.Generator, patient: Patient) -> Anatomy:
 
     tubes = []
     for side in (-1.0, 1.0):
-        # scalene / levator muscles in the posterior triangle, an external jugular under the skin
-        kinds = [("muscle", 2), ("vein", 1)]
-        for kind, count in kinds:
-            for _ in range(count):
-                for _attempt in range(20):
-                    if kind == "muscle":
-                        x, y = side * rng.uniform(20, 42), rng.uniform(2, 24)
-                        rx, ry, hu = rng.uniform(3, 6), rng.uniform(4, 8), rng.uniform(42, 62)
-                    else:
-                        x, y = side * rng.uniform(38, 50), rng.uniform(-14, 4)
-                        rx = ry = rng.uniform(1.8, 3.5)
-                        hu = vein
-                    tx, ty = rng.uniform(-0.15, 0.15, size=2)
+        # two scalene / levator muscles in the posterior triangle, an external jugular under the skin
+        for kind in ("muscle", "muscle", "vein"):
+            for _attempt in range(20):
+                if kind == "muscle":
+                    x, y = side * rng.uniform(20, 42), rng.uniform(2, 24)
+                    rx, ry, hu = rng.uniform(3, 6), rng.uniform(4, 8), rng.uniform(42, 62)
+                else:
+                    x, y = side * rng.uniform(38, 50), rng.uniform(-14, 4)
+                    rx = ry = rng.uniform(1.8, 3.5)
+                    hu = vein
+                tx, ty = rng.uniform(-0.15, 0.15, size=2)
 
-                    def centre_at(z, x=x, y=y, tx=tx, ty=ty):
-                        return x + tx * (z - patient.z_center), y + ty * (z - patient.z_center)
+                def centre_at(z, x=x, y=y, tx=tx, ty=ty):
+                    return x + tx * (z - z_center), y + ty * (z - z_center)
 
-                    if clear_of_nodes(centre_at, max(rx, ry)):
-                        tubes.append((float(x), float(y), float(rx), float(ry), float(tx), float(ty), float(hu)))
-                        break
+                if clear_of_nodes(centre_at, max(rx, ry)):
+                    tubes.append((float(x), float(y), float(rx), float(ry), float(tx), float(ty), float(hu)))
+                    break
     glands = []
     for side in (-1.0, 1.0):
-        centre = np.array([side * rng.uniform(20, 30), rng.uniform(-36, -26), patient.z_center + rng.uniform(28, 45)])
+        centre = np.array([side * rng.uniform(20, 30), rng.uniform(-36, -26), z_center + rng.uniform(28, 45)])
         semi = np.array([rng.uniform(10, 15), rng.uniform(8, 12), rng.uniform(9, 13)])
         if all(np.linalg.norm([nx - centre[0], ny - centre[1], node.center[2] - centre[2]])
-               > node.max_extent() + semi.max() + 6.0 for node, (nx, ny) in zip(patient.nodes, node_xy)):
+               > node.max_extent() + semi.max() + 6.0 for node, (nx, ny) in zip(nodes, node_xy)):
             glands.append((centre, semi, float(rng.uniform(35, 75))))
     # the mandible above the highest node, the shoulders below the lowest (by 3 mm at least)
-    top = max(node.center[2] + node.max_extent() for node in patient.nodes) - patient.z_center
-    bottom = min(node.center[2] - node.max_extent() for node in patient.nodes) - patient.z_center
+    top = max(node.center[2] + node.max_extent() for node in nodes) - z_center
+    bottom = min(node.center[2] - node.max_extent() for node in nodes) - z_center
     return Anatomy(artery_hu=float(artery), vein_hu=float(vein), jugular_axes=jugular, tubes=tubes, glands=glands,
                    mandible_dz=float(max(rng.uniform(35, 55), top + 3.0)),
                    shoulder_dz=float(min(rng.uniform(-70, -35), bottom - 3.0)))
@@ -199,7 +197,7 @@ def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_
     anatomy = patient.anatomy
     taper = 1.0 + 0.0015 * dz  # the neck widens slightly towards the shoulders
     # below the shoulder line the body widens sideways into the shoulders (up to twice the neck's width)
-    widen = 1.0 + np.clip((anatomy.shoulder_dz - dz) / 30.0, 0.0, 1.0) if anatomy else 1.0
+    widen = 1.0 + np.clip((anatomy.shoulder_dz - dz) / 30.0, 0.0, 1.0)
     e_body = (x / (ax * taper * widen)) ** 2 + (y / (ay * taper)) ** 2
     inner = ((x / (ax * taper * widen - patient.fat_thickness)) ** 2
              + (y / (ay * taper - patient.fat_thickness)) ** 2)
@@ -213,15 +211,12 @@ def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_
     def disc(cx, cy, rx, ry):
         return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
 
-    artery_hu, vein_hu = (anatomy.artery_hu, anatomy.vein_hu) if anatomy else (290.0, 210.0)
     for k, side in enumerate((-1.0, 1.0)):
         hu[disc(side * 38, 0, 17, 21) & (inner <= 1.0)] = HU_FAT  # lateral neck fat where nodes sit
         hu[disc(side * 47, -17, 8, 19)] = 55.0  # sternocleidomastoid
-        hu[disc(side * 22, -6, 3.5, 3.5)] = artery_hu  # common/internal carotid
-        jx, jy = anatomy.jugular_axes[k] if anatomy else (5.5, 4.5)
-        hu[disc(side * 30, -1, jx, jy)] = vein_hu  # internal jugular vein
-    if anatomy:
-        _paint_mimics(anatomy, x, y, dz, z, e_body <= 1.0, inner <= 1.0, hu, disc)
+        hu[disc(side * 22, -6, 3.5, 3.5)] = anatomy.artery_hu  # common/internal carotid
+        hu[disc(side * 30, -1, *anatomy.jugular_axes[k])] = anatomy.vein_hu  # internal jugular vein
+    _paint_mimics(anatomy, x, y, dz, z, e_body <= 1.0, inner <= 1.0, hu, disc)
     hu[disc(0, 22, 14, 12)] = 330.0  # vertebral body (cancellous)
     hu[disc(0, 22, 14, 12) & ~disc(0, 22, 12, 10)] = 800.0  # cortex
     hu[disc(0, 38, 11, 10)] = 650.0  # posterior arch
