@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "custom"))
 
 
-def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool = False) -> dict:
+def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool = False,
+            batch_size: int | None = None) -> dict:
     import numpy as np
     import torch
     from monai.losses import DiceCELoss
@@ -28,7 +29,7 @@ def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool
     from ecefl.model import DualOutputSwinUNETR
     from ecefl.plan import get_plan
 
-    plan = get_plan(preset, cpu_bf16=cpu_bf16 or None)
+    plan = get_plan(preset, cpu_bf16=cpu_bf16 or None, batch_size=batch_size)
     dev = device()
     torch.manual_seed(0)
     model = DualOutputSwinUNETR(plan).to(dev)
@@ -75,11 +76,12 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (the plan's cpu_bf16)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
     args = p.parse_args(argv)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    print(json.dumps(measure(args.preset, args.steps, args.compile, args.cpu_bf16)), flush=True)
+    print(json.dumps(measure(args.preset, args.steps, args.compile, args.cpu_bf16, args.batch)), flush=True)
     return 0
 
 
