@@ -1,10 +1,10 @@
 """Throughput (voxels/s) and peak memory of one fine-tuning step (forward + backward + AdamW), any preset/device.
 
-    python benchmarks/step.py --preset cpu-small --steps 5 [--cpu-bf16] [--threads 1]
+    python benchmarks/step.py --preset cpu-small --steps 5 [--cpu-bf16] [--threads 1] [--batch 1]
     python benchmarks/step.py --preset gpu --steps 20 [--compile]       # on a GPU: bf16 autocast from the plan
 
-The step is the engine's: DualOutputSwinUNETR, MONAI DiceCE + BCE on the pooled logit, the plan's batch size and
-patch size, autocast when the plan asks for AMP on CUDA. Prints one JSON line.
+The step is the engine's: DualOutputSwinUNETR, MONAI DiceCE + BCE on the pooled logit, the plan's batch size (or
+`--batch`) and patch size, autocast when the plan asks for AMP on CUDA. Prints one JSON line.
 """
 from __future__ import annotations
 
