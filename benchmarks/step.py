@@ -1,6 +1,6 @@
 """Throughput (voxels/s) and peak memory of one fine-tuning step (forward + backward + AdamW), any preset/device.
 
-    python benchmarks/step.py --preset cpu-small --steps 5 [--cpu-bf16] [--threads 1] [--batch 1]
+    python benchmarks/step.py --preset cpu-small --steps 5 [--cpu-bf16] [--threads 1] [--batch 1] [--set F=V ...]
     python benchmarks/step.py --preset gpu --steps 20 [--compile]       # on a GPU: bf16 autocast from the plan
 
 The step is the engine's: DualOutputSwinUNETR, MONAI DiceCE + BCE on the pooled logit, the plan's batch size (or
@@ -20,16 +20,16 @@ sys.path.insert(0, str(REPO / "custom"))
 
 
 def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool = False,
-            batch_size: int | None = None) -> dict:
+            batch_size: int | None = None, overrides: dict | None = None) -> dict:
     import numpy as np
     import torch
     from monai.losses import DiceCELoss
 
     from ecefl.engine import _autocast, device
-    from ecefl.model import DualOutputSwinUNETR
+    from ecefl.model import DualOutputSwinUNETR, compute_layout
     from ecefl.plan import get_plan
 
-    plan = get_plan(preset, cpu_bf16=cpu_bf16 or None, batch_size=batch_size)
+    plan = get_plan(preset, cpu_bf16=cpu_bf16 or None, batch_size=batch_size, **(overrides or {}))
     dev = device()
     torch.manual_seed(0)
     model = DualOutputSwinUNETR(plan).to(dev)
@@ -42,26 +42,30 @@ def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for i in range(steps + 2):  # two warm-up steps (allocator, cuDNN autotune, compilation)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with _autocast(plan, dev):
-            seg, logit, _ = step_model(x, region_mask=y > 0)
-            loss = seg_loss(seg.float(), y) + cls_loss(logit.float().view(-1, 1), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+    # the engine's layout: channels-last weights while training when plan.channels_last
+    with compute_layout(model, plan):
+        for i in range(steps + 2):  # two warm-up steps (allocator, cuDNN autotune, compilation)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with _autocast(plan, dev):
+                seg, logit, _ = step_model(x, region_mask=y > 0)
+                loss = seg_loss(seg.float(), y) + cls_loss(logit.float().view(-1, 1), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
     voxels = plan.batch_size * int(np.prod(plan.patch_size))
     step_s = float(np.median(times))
     out = {"preset": preset, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+           "channels_last": plan.channels_last,
            "threads": torch.get_num_threads(), "amp_bf16": bool(plan.amp and dev.type == "cuda") or bool(plan.cpu_bf16 and dev.type == "cpu"),
            "compile": compile_model, "batch": plan.batch_size, "patch": list(plan.patch_size),
-           "feature_size": plan.feature_size, "params": sum(p.numel() for p in model.parameters()),
+           "feature_size": plan.feature_size, "overrides": {k: str(v) for k, v in (overrides or {}).items()},
+           "params": sum(p.numel() for p in model.parameters()),
            "steps": steps, "step_s_median": round(step_s, 4), "voxels_per_s": int(voxels / step_s),
            "peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if dev.type == "cuda":
@@ -77,11 +81,15 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (the plan's cpu_bf16)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="plan_set",
+                   help="any plan field, as `ecefl --set` (e.g. num_heads=[1,2,4,8]); repeatable")
     args = p.parse_args(argv)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    print(json.dumps(measure(args.preset, args.steps, args.compile, args.cpu_bf16, args.batch)), flush=True)
+    from ecefl.plan import parse_assignments
+    print(json.dumps(measure(args.preset, args.steps, args.compile, args.cpu_bf16, args.batch,
+                             parse_assignments(args.plan_set))), flush=True)
     return 0
 
 

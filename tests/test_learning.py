@@ -176,3 +176,45 @@ def test_standardised_readout_refit_does_not_depend_on_the_scale_of_a_feature():
     mean = (w[:, None] * X).sum(0) / w.sum()
     expected = (w[:, None] * (X - mean) ** 2).sum(0) / w.sum()
     np.testing.assert_allclose(R.feature_variances(terms["hess"])[:k], expected[:k], rtol=1e-9)
+
+
+
+def test_channels_last_layout_computes_what_the_standard_one_does_and_never_leaves_the_loop(preprocessed):
+    """plan.channels_last (the CPU presets: a ~0.8x step, docs/BENCHMARKS.md) is a compute layout only: the same
+    loss and gradients as the standard layout up to float rounding, the same whole-volume outputs, and every tensor
+    of the state dict (what checkpoints and federated messages carry) in the standard layout after training and
+    predicting."""
+    import copy
+
+    from ecefl.engine import FineTuner, predict_volume
+    from ecefl.model import compute_layout
+    plan = get_plan("test-tiny", channels_last=True, iterations_per_epoch=2)
+    torch.manual_seed(0)
+    standard = DualOutputSwinUNETR(plan.with_overrides(channels_last=False))
+    fast = copy.deepcopy(standard)
+    x = torch.rand(2, 1, *plan.patch_size)
+    y = torch.zeros_like(x)
+    y[..., 20:40, 20:40, 20:40] = 1
+
+    def loss_of(model):
+        seg, logit, _ = model(x, region_mask=y > 0)
+        loss = torch.nn.functional.cross_entropy(seg, y[:, 0].long()) + logit.sum()
+        loss.backward()
+        return float(loss)
+
+    loss_a = loss_of(standard)
+    with compute_layout(fast, plan):
+        assert fast.net.decoder1.conv_block.conv1.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        loss_b = loss_of(fast)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    for (name, p), q in zip(standard.named_parameters(), fast.parameters()):
+        if p.grad is not None:  # float rounding only (summation order): measured <= 7e-4 relative per tensor
+            assert float((p.grad - q.grad).norm()) <= 3e-3 * float(p.grad.norm()) + 1e-12, name
+    image = torch.rand(1, 1, 70, 64, 64)
+    out_a, p_a = predict_volume(standard, image, plan.with_overrides(channels_last=False))
+    out_b, p_b = predict_volume(fast, image, plan)
+    assert torch.allclose(out_a, out_b, atol=1e-3) and p_b == pytest.approx(p_a, abs=1e-4)
+    items, _ = load_datalist(preprocessed["hospital-a"] / "datalist.json")
+    FineTuner(plan, fast, items, progress=False).run_epochs(0, 1, 1)
+    assert all(v.is_contiguous() for v in fast.state_dict().values())
+    assert not all(torch.equal(v, standard.state_dict()[k]) for k, v in fast.state_dict().items())  # it trained

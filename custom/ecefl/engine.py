@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import metrics as M
 from .data import cached_loader, eval_transforms, mae_transforms, plain_dataset, train_transforms
-from .model import ENCODER_PREFIX, DualOutputSwinUNETR, MaskedPretrainer
+from .model import ENCODER_PREFIX, DualOutputSwinUNETR, MaskedPretrainer, compute_layout
 from .plan import Plan
 
 _log = logging.getLogger(__name__)
@@ -114,8 +114,12 @@ class _EpochLoop:
         raise NotImplementedError
 
     def run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
-        history = []
         self.model.train()
+        with compute_layout(self.model, self.plan):
+            return self._run_epochs(first_epoch, n_epochs, total_epochs)
+
+    def _run_epochs(self, first_epoch: int, n_epochs: int, total_epochs: int) -> list[dict]:
+        history = []
         for epoch in range(first_epoch, first_epoch + n_epochs):
             t0 = time.perf_counter()
             state = self.epoch_start(epoch, total_epochs)
@@ -282,7 +286,7 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
         return out
 
     inputs = image if region is None else torch.cat([image, region.float()], dim=1)
-    with _autocast(plan, dev):
+    with _autocast(plan, dev), compute_layout(model, model.plan):
         out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window_inference(
             v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size, overlap=plan.sw_overlap, mode="constant",
             progress=progress,

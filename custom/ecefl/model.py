@@ -52,6 +52,21 @@ def seeded_init(seed: int):
         yield
 
 
+@contextlib.contextmanager
+def compute_layout(model: nn.Module, plan: Plan):
+    """The model's 5D weights in channels-last-3d memory inside the block when plan.channels_last, and back in the
+    standard layout after it, so state dicts, checkpoints and federated messages never carry the compute layout.
+    Parameters keep their identity (an optimiser built on them stays valid)."""
+    if not plan.channels_last:
+        yield model
+        return
+    model.to(memory_format=torch.channels_last_3d)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 class _GradScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .data import plain_dataset, eval_transforms
 from .engine import device, flip_averaged, positive_weight
-from .model import DualOutputSwinUNETR
+from .model import DualOutputSwinUNETR, compute_layout
 from .plan import Plan
 
 _log = logging.getLogger(__name__)
@@ -70,13 +70,15 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
     model.eval().to(dev)
     ds = plain_dataset(items, eval_transforms(plan, with_label=False))
     rows = []
-    for i in tqdm(range(len(ds)), desc="read-out features", unit="case", leave=False, disable=not progress):
-        image = ds[i]["image"].unsqueeze(0).to(dev)
-        channels = flip_averaged(model.plan, image, lambda v: sliding_window_inference(
-            v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size,
-            predictor=lambda x: model.readout_channels(x).float(),
-            overlap=plan.sw_overlap, mode="constant"))
-        rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0].double().cpu().numpy())
+    with compute_layout(model, model.plan):
+        for i in tqdm(range(len(ds)), desc="read-out features", unit="case", leave=False, disable=not progress):
+            image = ds[i]["image"].unsqueeze(0).to(dev)
+            channels = flip_averaged(model.plan, image, lambda v: sliding_window_inference(
+                v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size,
+                predictor=lambda x: model.readout_channels(x).float(),
+                overlap=plan.sw_overlap, mode="constant"))
+            rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0]
+                        .double().cpu().numpy())
     return np.stack(rows) if rows else np.zeros((0, len(model.readout_parameters()) - 1))
 
 
