@@ -257,3 +257,25 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     np.testing.assert_allclose(final_theta, expected, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(refit["loss"], losses, rtol=1e-4)  # 1.2e-5 apart in one suite run
     assert np.abs(expected - theta0).max() > 1e-3, "the refit moved the read-out"
+
+
+def test_cyclic_workflow_passes_the_model_from_site_to_site(fl_sites, tmp_path):
+    """plan.fl_workflow "cyclic": the round's model visits the sites one after another (each trains alone, with
+    the machine's cores in the simulator), so the round lasts the sum of the sites' training times, not their
+    maximum as in FedAvg; the round's result is one trained model, validated at every site as usual."""
+    args = ["fl", "simulate", "--job", "ece_finetune", "--rounds", "1", "--local-epochs", "1", "--preset", "test-tiny",
+            "--workspace", str(tmp_path), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
+            "--set", "fl_workflow=cyclic", "--set", "iterations_per_epoch=3"]
+    for site, datalist in fl_sites.items():
+        args += ["--site", f"{site}={datalist}"]
+    assert ecefl_main(args) == 0
+    report = json.loads((tmp_path / "ece_finetune" / "pooled_metrics.json").read_text())
+    (record,) = report["rounds"]
+    seconds = record["site_train_seconds"]
+    assert set(seconds) == set(SITES) and record["n_sites"] == 2
+    assert record["seconds"] >= sum(seconds.values())  # one site after the other
+    assert report["final"]["pooled"]["n_cases"] == 4 and set(report["final"]["sites"]) == set(SITES)
+    final = load_checkpoint(tmp_path / "ece_finetune" / "global_model.pt")
+    initial = DualOutputSwinUNETR(final["plan"]).state_dict()  # the plan's seed draws the initial weights
+    assert final["plan"].fl_workflow == "cyclic"
+    assert sum(not torch.equal(final["model"][k], initial[k]) for k in initial) > len(initial) // 2

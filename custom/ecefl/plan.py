@@ -54,6 +54,9 @@ class Plan:
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
     augmentation: str = "intensity"
     cpu_bf16: bool = False  # bf16 autocast on CPUs with AVX512-BF16 (benchmarks/step.py measures it)
+    # the fine-tuning job's federated workflow: "fedavg" (every site trains the round's model at once, the server
+    # averages) or "cyclic" (cyclic weight transfer: the model visits the sites one after another; ecefl.fl.server)
+    fl_workflow: str = "fedavg"
     # conv weights in channels-last-3d memory while training and predicting: oneDNN's 3D convolutions (above all
     # their backward at full resolution) run 2-3x faster in that layout on this CPU, the whole step ~0.8x; the same
     # outputs up to float rounding. State dicts, checkpoints and messages keep the standard layout.
@@ -178,6 +181,8 @@ class Plan:
             raise ValueError("encoder_lr_multiplier and head_lr_multiplier must be > 0")
         if self.validate_every < 0:
             raise ValueError(f"validate_every must be >= 0 (0: the final model only), not {self.validate_every}")
+        if self.fl_workflow not in ("fedavg", "cyclic"):
+            raise ValueError(f"fl_workflow must be 'fedavg' or 'cyclic', not {self.fl_workflow!r}")
         if self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, not {self.sw_batch_size}")
         if self.readout_refit_iterations < 0 or self.readout_ridge < 0:

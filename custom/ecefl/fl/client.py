@@ -176,6 +176,18 @@ class SiteLearner:
 
     def _train_round(self, incoming) -> flare.FLModel:
         self.ensure_model(incoming.meta)
+        # cyclic workflow: this site trains alone, so where simulated sites share a machine it may use all of it
+        alone = int(os.environ.get("ECEFL_TORCH_THREADS_ALONE", "0"))
+        if alone > 0 and self.plan.fl_workflow == "cyclic" and self.args.job == FINETUNE:
+            shared = torch.get_num_threads()
+            torch.set_num_threads(alone)
+            try:
+                return self._train(incoming)
+            finally:
+                torch.set_num_threads(shared)
+        return self._train(incoming)
+
+    def _train(self, incoming) -> flare.FLModel:
         self.model.load_state_dict(to_state(incoming.params), strict=True)
         meta_out = {}
         start = incoming.start_round or 0

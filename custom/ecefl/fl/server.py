@@ -6,6 +6,8 @@ server rejects non-finite or wildly out-of-scale updates (naming site and round)
 local training cases, adds the sites' masked statistics (secure aggregation, ecefl.fl.secure_sum: the server
 only ever sees their sum) into pooled Dice/AUC/accuracy/sensitivity/specificity/F1, keeps the
 global model with the best pooled AUC, and after the last round runs a final validation of the final model.
+With plan.fl_workflow "cyclic" the fine-tuning round's model instead visits the sites one after another
+(cyclic weight transfer); validation, screening and pooled metrics stay the same.
 Artifacts in the server's run folder, under ecefl/: pooled_metrics.json, global_model.pt, best_global_model.pt.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import uuid
 
 import numpy as np
 
-from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 
 from ecefl import metrics as M
@@ -80,22 +82,32 @@ class PooledFedAvg(BaseFedAvg):
             t0 = time.time()
             model.current_round = self.current_round
             targets = self.sample_clients()
+            validates = self._validates(self.current_round)
             model.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind,
-                          VALIDATE: self._validates(self.current_round), SECURE_SPEC: self._secure_spec(targets)}
-            results = self._send_and_wait("train", model, targets)
+                          VALIDATE: validates, SECURE_SPEC: self._secure_spec(targets)}
+            if self._cyclic():
+                evaluated = self._send_and_wait("validate", model, targets) if validates else []
+                results, usable, passed_on = self._cyclic_pass(model, targets)
+            else:
+                results = self._send_and_wait("train", model, targets)
+                evaluated = results
             if self.abort_signal.triggered:
                 self._record_abort(results, targets)
                 return
-            usable = self._screen(results, model, targets)
+            if not self._cyclic():
+                usable = self._screen(results, model, targets)
             if len(usable) < self.min_sites:
                 self._finish_failed(f"round {self.current_round}: {len(usable)} usable site update(s), fewer "
                                     f"than min_sites={self.min_sites}; see the events in pooled_metrics.json")
                 return
-            record = self._round_record(self.current_round, usable, model, results)
+            record = self._round_record(self.current_round, usable, model, evaluated)
             record["seconds"] = round(time.time() - t0, 2)
             self.records.append(record)
             self._maybe_best(record, model)
-            aggregated = self.aggregate(usable)
+            if self._cyclic():
+                aggregated = FLModel(params=passed_on.params, params_type=ParamsType.FULL, meta={})
+            else:
+                aggregated = self.aggregate(usable)
             model = self.update_model(model, aggregated)
             self.save_model(model)
             self._write_checkpoint("global_model.pt", model.params)
@@ -125,6 +137,34 @@ class PooledFedAvg(BaseFedAvg):
             self._write_checkpoint("global_model.pt", model.params)
         self._write_report(finished=True)
         self.info("ecefl workflow finished")
+
+    def _cyclic(self) -> bool:
+        return self.job_kind == FINETUNE and self.plan.get("fl_workflow", "fedavg") == "cyclic"
+
+    def _cyclic_pass(self, model: FLModel, targets) -> tuple[list[FLModel], list[FLModel], FLModel]:
+        """plan.fl_workflow "cyclic" (cyclic weight transfer, Chang et al. 2018; NVIDIA FLARE's cyclic workflow):
+        the round's model visits the sites one after another, in name order, each training on the model the
+        previous one sent; a site that fails or whose update is rejected is passed over. Only one site trains at a
+        time, so each step gets the site's whole machine where sites share one (the simulator), and a round makes
+        the sum of the sites' steps of progress instead of FedAvg's average. Returns every result, the usable ones
+        and the model after the last site."""
+        from nvflare.app_common.utils.fl_model_utils import FLModelUtils
+        current = FLModel(params=dict(model.params), params_type=ParamsType.FULL,
+                          current_round=model.current_round, total_rounds=model.total_rounds,
+                          start_round=model.start_round)
+        results, usable = [], []
+        for site in sorted(targets):
+            current.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind, VALIDATE: False,
+                            SECURE_SPEC: None}
+            answer = self._send_and_wait("train", current, [site])
+            results += answer
+            if self.abort_signal.triggered:
+                break
+            accepted = self._screen(answer, current, [site])
+            if accepted:
+                usable += accepted
+                current = FLModelUtils.update_model(current, accepted[0])
+        return results, usable, current
 
     def _send_and_wait(self, task: str, model: FLModel, targets) -> list[FLModel]:
         """A round's task: ends when every site answered, or task_timeout seconds after min_sites answered (the

@@ -64,9 +64,11 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
     site_config.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in sites.items()}}, indent=1))
     # Simulated sites share this machine: each reads its own entry of this site-local file. The variables are
     # inherited by the simulator's site processes and restored afterwards.
-    saved = {k: os.environ.get(k) for k in ("ECEFL_SITE_CONFIG", "ECEFL_TORCH_THREADS")}
+    saved = {k: os.environ.get(k) for k in ("ECEFL_SITE_CONFIG", "ECEFL_TORCH_THREADS", "ECEFL_TORCH_THREADS_ALONE")}
     os.environ["ECEFL_SITE_CONFIG"] = str(site_config)
     os.environ.setdefault("ECEFL_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) // len(sites))))
+    # a task that one site runs while the others wait (cyclic training) may use every core
+    os.environ.setdefault("ECEFL_TORCH_THREADS_ALONE", str(os.cpu_count() or 2))
     try:
         return _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction,
                               min_count, quiet, progress, log, overrides, resume, cross_site, result_filters,
