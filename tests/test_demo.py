@@ -37,6 +37,9 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
     html = (report / "index.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html  # self-contained
     assert f"{pooled['final']['pooled']['auc']:.3f}" in html
+    # the demo's workflow (DEMO_DEFAULTS), in the plan it records and in the report's words
+    assert summary["config"]["plan"]["fl_workflow"] == "cyclic" and "by cyclic weight transfer" in html
+    assert load_checkpoint(out / "fl" / "ece_finetune" / "global_model.pt")["plan"].fl_workflow == "cyclic"
     mae_loss = json.loads((out / "fl" / "mae_pretrain" / "pooled_metrics.json").read_text())["rounds"][0]["train_loss"]
     assert f"MAE pretraining, 1 federated round(s): pooled masked-voxel L1 {mae_loss:.3f}" in html
     assert summary["evidence_cases"] and all(c["site"] in ("hospital-a", "hospital-b")

@@ -21,6 +21,10 @@ from .report import format_metrics_table, write_report
 VAL_FRACTION = 0.25
 # Measured wall time of the default demo on a 2-core CPU (docs/BENCHMARKS.md), said up front.
 EXPECTED_MINUTES = {"cpu-small": 20, "test-tiny": 5, "gpu": 10}
+# The demo's simulated hospitals share one machine: with cyclic weight transfer one site trains at a time with
+# every core, so a round makes the sum of the sites' steps of progress instead of FedAvg's average (unseen
+# hospital Dice +0.10 at the same demo time, docs/BENCHMARKS.md session 13). `--set fl_workflow=fedavg` for FedAvg.
+DEMO_DEFAULTS = {"fl_workflow": "cyclic"}
 
 
 def stage(title: str) -> None:
@@ -36,7 +40,9 @@ def stage(title: str) -> None:
 def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int = 40, unlabeled_per_site: int = 10,
              mae_rounds: int = 2, rounds: int = 8, local_epochs: int = 1, seed: int = 0, progress: bool = True,
              **overrides) -> dict:
-    """overrides: plan fields on top of the preset (`ecefl demo --set FIELD=VALUE`), for both jobs."""
+    """overrides: plan fields on top of the preset and DEMO_DEFAULTS (`ecefl demo --set FIELD=VALUE`), for both
+    jobs."""
+    overrides = {**DEMO_DEFAULTS, **overrides}
     from site_preprocess.config import SiteConfig
     from site_preprocess.pipeline import run_preprocess
     from site_preprocess.synth import synthesize

@@ -178,7 +178,7 @@ margin:8px 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:center;fon
 .kpi b{{font-size:22px;display:block}}small{{color:#666}}figure{{display:inline-block;margin:4px}}</style></head><body>
 <h1>Federated ECE detection — demo report</h1>
 <p>Dual-output SwinUNETR (nodal segmentation + ECE classification by mask-guided pooling), MAE-pretrained and
-fine-tuned with FedAvg across {len(data_summary)} synthetic hospitals in the NVIDIA FLARE simulator. Metrics are
+fine-tuned {_workflow_words(config)} across {len(data_summary)} synthetic hospitals in the NVIDIA FLARE simulator. Metrics are
 pooled at the server from additive site statistics: no per-patient score left a site. Synthetic data: numbers
 show the pipeline works, not clinical performance.</p>
 <div><span class="kpi">pooled AUC<b>{_fmt(pooled.get('auc'))}</b></span><span class="kpi">pooled Dice<b>
@@ -204,6 +204,12 @@ images never reach the server.</p>{overlay_html}
 </body></html>"""
     (out_dir / "index.html").write_text(page)
     return summary
+
+
+def _workflow_words(config: dict) -> str:
+    if ((config or {}).get("plan") or {}).get("fl_workflow") == "cyclic":
+        return "by cyclic weight transfer (each round the model trains at one hospital after the other)"
+    return "with FedAvg (each round every hospital trains the model, the server averages)"
 
 
 def _mae_html(mae: dict | None) -> str:
