@@ -274,6 +274,8 @@ def test_cyclic_workflow_passes_the_model_from_site_to_site(fl_sites, tmp_path):
     seconds = record["site_train_seconds"]
     assert set(seconds) == set(SITES) and record["n_sites"] == 2
     assert record["seconds"] >= sum(seconds.values())  # one site after the other
+    # the round's model itself (validate_every 1) was validated at every site before the pass, pooled as in FedAvg
+    assert record["pooled"]["n_cases"] == 4 and set(record["sites"]) == set(SITES)
     assert report["final"]["pooled"]["n_cases"] == 4 and set(report["final"]["sites"]) == set(SITES)
     final = load_checkpoint(tmp_path / "ece_finetune" / "global_model.pt")
     initial = DualOutputSwinUNETR(final["plan"]).state_dict()  # the plan's seed draws the initial weights
