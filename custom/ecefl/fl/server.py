@@ -82,19 +82,18 @@ class PooledFedAvg(BaseFedAvg):
             t0 = time.time()
             model.current_round = self.current_round
             targets = self.sample_clients()
-            validates = self._validates(self.current_round)
+            validates, cyclic = self._validates(self.current_round), self._cyclic()
             model.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind,
                           VALIDATE: validates, SECURE_SPEC: self._secure_spec(targets)}
-            if self._cyclic():
+            if cyclic:  # the round's model is validated first, at every site at once; then it visits them
                 evaluated = self._send_and_wait("validate", model, targets) if validates else []
                 results, usable, passed_on = self._cyclic_pass(model, targets)
-            else:
-                results = self._send_and_wait("train", model, targets)
-                evaluated = results
+            else:  # each site validates the round's model, then trains it
+                results = evaluated = self._send_and_wait("train", model, targets)
             if self.abort_signal.triggered:
                 self._record_abort(results, targets)
                 return
-            if not self._cyclic():
+            if not cyclic:
                 usable = self._screen(results, model, targets)
             if len(usable) < self.min_sites:
                 self._finish_failed(f"round {self.current_round}: {len(usable)} usable site update(s), fewer "
@@ -104,7 +103,7 @@ class PooledFedAvg(BaseFedAvg):
             record["seconds"] = round(time.time() - t0, 2)
             self.records.append(record)
             self._maybe_best(record, model)
-            if self._cyclic():
+            if cyclic:
                 aggregated = FLModel(params=passed_on.params, params_type=ParamsType.FULL, meta={})
             else:
                 aggregated = self.aggregate(usable)
