@@ -23,7 +23,8 @@ VAL_FRACTION = 0.25
 EXPECTED_MINUTES = {"cpu-small": 20, "test-tiny": 5, "gpu": 10}
 # The demo's simulated hospitals share one machine: with cyclic weight transfer one site trains at a time with
 # every core, so a round makes the sum of the sites' steps of progress instead of FedAvg's average (unseen
-# hospital Dice +0.10 at the same demo time, docs/BENCHMARKS.md session 13). `--set fl_workflow=fedavg` for FedAvg.
+# hospital Dice +0.09...+0.11 in 16.1 instead of 15.2 min, docs/BENCHMARKS.md session 13). `--set
+# fl_workflow=fedavg` for FedAvg.
 DEMO_DEFAULTS = {"fl_workflow": "cyclic"}
 
 
