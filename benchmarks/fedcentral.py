@@ -12,10 +12,11 @@ the other with all of this machine's threads (each arm gets the machine the demo
 - federated: the demo's model as it is.
 Every model is scored with `ecefl evaluate`'s code on the same unseen patients. Choose `--epochs` (central) and
 `--single-epochs` so that each arm's training seconds match the demo's fine-tuning seconds (both are in the
-output). On this 2-core CPU a cpu-small epoch (15 steps) takes ~28 s with both threads, and the read-out refit and
-final validation add ~215 s for 90 + 30 cases and ~70 s for one hospital's 30 + 10: 22 and 27 epochs matched a
-demo fine-tuning of ~850 s, 19 and 24 epochs one of ~650 s (the machine's speed varies between hours by ~25 %:
-check the seconds in the output, docs/BENCHMARKS.md session (10)).
+output). On this 2-core CPU a cpu-small epoch (18 steps in channels-last memory since session (13); 15 before)
+takes ~22 s with both threads (~28 s for 15 before), and the read-out refit and final validation add ~215 s for
+90 + 30 cases and ~70 s for one hospital's 30 + 10: 25 central epochs took 758 s against the cyclic demo's 817 s
+(session 13); 22 and 27 epochs of 15 steps matched a demo fine-tuning of ~850 s (the machine's speed varies
+between hours by ~25 %: check the seconds in the output, docs/BENCHMARKS.md sessions (10), (13)).
 
 Summary: AUC and Dice with case-bootstrap CIs per arm; federated / central ratios (target: >= 0.95 for both);
 federated − each arm with paired case-bootstrap CIs (benchmarks/paired.py); whether the federated model is at least
