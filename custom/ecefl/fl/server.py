@@ -83,8 +83,7 @@ class PooledFedAvg(BaseFedAvg):
             model.current_round = self.current_round
             targets = self.sample_clients()
             validates, cyclic = self._validates(self.current_round), self._cyclic()
-            model.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind,
-                          VALIDATE: validates, SECURE_SPEC: self._secure_spec(targets)}
+            model.meta = self._task_meta(self._secure_spec(targets), {VALIDATE: validates})
             if cyclic:  # the round's model is validated first, at every site at once; then it visits them
                 evaluated = self._send_and_wait("validate", model, targets) if validates else []
                 results, usable, passed_on = self._cyclic_pass(model, targets)
@@ -120,8 +119,7 @@ class PooledFedAvg(BaseFedAvg):
             self._write_report()
         if self.final_validation:
             targets = self.sample_clients()
-            model.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind,
-                          SECURE_SPEC: self._secure_spec(targets), FINAL: True}
+            model.meta = self._task_meta(self._secure_spec(targets), {FINAL: True})
             results = self._send_and_wait("validate", model, targets)
             self._name_missing(results, targets)
             usable = [r for r in results if (r.meta or {}).get(SITE_SUMMARY) is not None]
@@ -136,6 +134,11 @@ class PooledFedAvg(BaseFedAvg):
             self._write_checkpoint("global_model.pt", model.params)
         self._write_report(finished=True)
         self.info("ecefl workflow finished")
+
+    def _task_meta(self, secure_spec: dict | None, flags: dict) -> dict:
+        """What every training/validation task carries: the plan, the operating threshold, the job and the
+        secure-sum spec, plus the task's protocol flags (VALIDATE, FINAL)."""
+        return {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind, SECURE_SPEC: secure_spec, **flags}
 
     def _cyclic(self) -> bool:
         return self.job_kind == FINETUNE and self.plan.get("fl_workflow", "fedavg") == "cyclic"
@@ -153,8 +156,7 @@ class PooledFedAvg(BaseFedAvg):
                           start_round=model.start_round)
         results, usable = [], []
         for site in sorted(targets):
-            current.meta = {PLAN: self.plan, THRESHOLD: self.threshold, JOB: self.job_kind, VALIDATE: False,
-                            SECURE_SPEC: None}
+            current.meta = self._task_meta(None, {VALIDATE: False})
             answer = self._send_and_wait("train", current, [site])
             results += answer
             if self.abort_signal.triggered:
