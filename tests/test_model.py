@@ -229,6 +229,39 @@ def test_windows_in_batches_give_the_outputs_of_one_window_at_a_time():
     assert one[:, :2].std() > 0.01 and one[:, 4:].abs().sum() > 0  # non-trivial logits and soft-region evidence
 
 
+
+def test_gaussian_blending_changes_only_where_windows_overlap_and_keeps_the_readout_exact(tmp_path):
+    """plan.sw_blend: "gaussian" weights each window's centre over its border where windows overlap; a voxel that
+    one window alone covers keeps that window's output; the read-out refit's features under the same blending give
+    the case logit exactly (ecefl.readout); an unknown blending is refused."""
+    import nibabel as nib
+    import numpy as np
+    from ecefl import readout as R
+    from ecefl.data import eval_transforms, plain_dataset
+    from ecefl.engine import predict_volume
+    torch.manual_seed(5)
+    plan = get_plan("test-tiny")
+    # 64 x 64 x 100 voxels at overlap 0: windows at z 0-63 and 36-99, so z 36-63 is covered twice
+    hu = np.random.default_rng(5).uniform(-200, 250, (64, 64, 100)).astype(np.float32)
+    nib.save(nib.Nifti1Image(hu, np.diag([*plan.spacing, 1.0])), tmp_path / "ct.nii.gz")
+    items = [{"image": str(tmp_path / "ct.nii.gz")}]
+    image = plain_dataset(items, eval_transforms(plan, with_label=False))[0]["image"].unsqueeze(0)
+    assert image.shape[-1] == 100
+    reference = DualOutputSwinUNETR(plan).eval()
+    plain, _ = predict_volume(reference, image, plan)
+    model = DualOutputSwinUNETR(plan.with_overrides(sw_blend="gaussian")).eval()
+    model.load_state_dict(reference.state_dict())  # the same weights; only the blending differs
+    blended, prob = predict_volume(model, image, model.plan)
+    once = torch.ones(100, dtype=torch.bool)
+    once[36:64] = False
+    assert torch.allclose(blended[..., once], plain[..., once], atol=1e-5)
+    assert (blended[..., ~once] - plain[..., ~once]).abs().max() > 1e-3
+    features = R.case_features(model, items, model.plan)
+    theta = model.readout_parameters().double().numpy()
+    assert float((R.design(features) @ theta)[0]) == pytest.approx(float(np.log(prob / (1 - prob))), abs=1e-4)
+    with pytest.raises(ValueError, match="sw_blend"):
+        plan.with_overrides(sw_blend="median").validate()
+
 def test_node_mask_is_the_argmax_at_one_half_and_the_softmax_above_any_threshold():
     torch.manual_seed(0)
     out = torch.randn(2, 6, 5, 6, 7)

@@ -46,7 +46,7 @@ def inference_config(plan, node_threshold: float = 0.5) -> dict:
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size),
-                    "sw_batch_size": plan.sw_batch_size, "overlap": plan.sw_overlap, "mode": "constant"},
+                    "sw_batch_size": plan.sw_batch_size, "overlap": plan.sw_overlap, "mode": plan.sw_blend},
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Lambda", "func": f"$lambda d: {{**d, 'pred': ({mask}).float()}}"},
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",

@@ -288,7 +288,7 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     inputs = image if region is None else torch.cat([image, region.float()], dim=1)
     with _autocast(plan, dev), compute_layout(model, model.plan):
         out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window_inference(
-            v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size, overlap=plan.sw_overlap, mode="constant",
+            v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size, overlap=plan.sw_overlap, mode=plan.sw_blend,
             progress=progress,
             predictor=predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5))))
     prob = torch.sigmoid(model.pool(out)).item()

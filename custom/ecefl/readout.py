@@ -76,7 +76,7 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
             channels = flip_averaged(model.plan, image, lambda v: sliding_window_inference(
                 v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size,
                 predictor=lambda x: model.readout_channels(x).float(),
-                overlap=plan.sw_overlap, mode="constant"))
+                overlap=plan.sw_overlap, mode=plan.sw_blend))
             rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0]
                         .double().cpu().numpy())
     return np.stack(rows) if rows else np.zeros((0, len(model.readout_parameters()) - 1))
