@@ -166,17 +166,10 @@ def test_flip_averaging_treats_a_mirrored_neck_as_its_mirror_and_keeps_the_reado
     """plan.tta_flip: the whole-volume outputs of a left-right mirrored CT are the mirror of the CT's outputs (left
     and right nodes are read alike: same probability, mirrored mask); without it they are not; and the read-out
     refit's features of the case under the same averaging still give its logit exactly (ecefl.readout)."""
-    import nibabel as nib
-    import numpy as np
-    from ecefl import readout as R
-    from ecefl.data import eval_transforms, plain_dataset
     from ecefl.engine import predict_volume
     torch.manual_seed(2)
     plan = get_plan("test-tiny")
-    hu = np.random.default_rng(2).uniform(-200, 250, (64, 64, 64)).astype(np.float32)
-    nib.save(nib.Nifti1Image(hu, np.diag([*plan.spacing, 1.0])), tmp_path / "ct.nii.gz")
-    items = [{"image": str(tmp_path / "ct.nii.gz")}]
-    image = plain_dataset(items, eval_transforms(plan, with_label=False))[0]["image"].unsqueeze(0)
+    items, image = _random_ct(tmp_path, plan, (64, 64, 64), seed=2)
     mirror = torch.flip(image, dims=[2])
     for tta in (False, True):
         model = DualOutputSwinUNETR(plan.with_overrides(tta_flip=tta)).eval()
@@ -184,6 +177,24 @@ def test_flip_averaging_treats_a_mirrored_neck_as_its_mirror_and_keeps_the_reado
         out_m, prob_m = predict_volume(model, mirror, model.plan)
         equivariant = torch.allclose(torch.flip(out_m, dims=[2]), out, atol=1e-5)
         assert equivariant == tta and (abs(prob - prob_m) < 1e-6) == tta
+    _assert_readout_gives_the_logit(model, items, prob)
+
+
+def _random_ct(tmp_path, plan, shape, seed):
+    """A CT of uniform random HU on the plan's grid: its datalist items and its preprocessed image (1, 1, ...)."""
+    import nibabel as nib
+    import numpy as np
+    from ecefl.data import eval_transforms, plain_dataset
+    hu = np.random.default_rng(seed).uniform(-200, 250, shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(hu, np.diag([*plan.spacing, 1.0])), tmp_path / "ct.nii.gz")
+    items = [{"image": str(tmp_path / "ct.nii.gz")}]
+    return items, plain_dataset(items, eval_transforms(plan, with_label=False))[0]["image"].unsqueeze(0)
+
+
+def _assert_readout_gives_the_logit(model, items, prob):
+    """The read-out refit's features of the case (ecefl.readout) give its logit exactly, under the model's plan."""
+    import numpy as np
+    from ecefl import readout as R
     features = R.case_features(model, items, model.plan)
     theta = model.readout_parameters().double().numpy()
     assert float((R.design(features) @ theta)[0]) == pytest.approx(float(np.log(prob / (1 - prob))), abs=1e-4)
@@ -234,18 +245,11 @@ def test_gaussian_blending_changes_only_where_windows_overlap_and_keeps_the_read
     """plan.sw_blend: "gaussian" weights each window's centre over its border where windows overlap; a voxel that
     one window alone covers keeps that window's output; the read-out refit's features under the same blending give
     the case logit exactly (ecefl.readout); an unknown blending is refused."""
-    import nibabel as nib
-    import numpy as np
-    from ecefl import readout as R
-    from ecefl.data import eval_transforms, plain_dataset
     from ecefl.engine import predict_volume
     torch.manual_seed(5)
     plan = get_plan("test-tiny")
     # 64 x 64 x 100 voxels at overlap 0: windows at z 0-63 and 36-99, so z 36-63 is covered twice
-    hu = np.random.default_rng(5).uniform(-200, 250, (64, 64, 100)).astype(np.float32)
-    nib.save(nib.Nifti1Image(hu, np.diag([*plan.spacing, 1.0])), tmp_path / "ct.nii.gz")
-    items = [{"image": str(tmp_path / "ct.nii.gz")}]
-    image = plain_dataset(items, eval_transforms(plan, with_label=False))[0]["image"].unsqueeze(0)
+    items, image = _random_ct(tmp_path, plan, (64, 64, 100), seed=5)
     assert image.shape[-1] == 100
     reference = DualOutputSwinUNETR(plan).eval()
     plain, _ = predict_volume(reference, image, plan)
@@ -256,9 +260,7 @@ def test_gaussian_blending_changes_only_where_windows_overlap_and_keeps_the_read
     once[36:64] = False
     assert torch.allclose(blended[..., once], plain[..., once], atol=1e-5)
     assert (blended[..., ~once] - plain[..., ~once]).abs().max() > 1e-3
-    features = R.case_features(model, items, model.plan)
-    theta = model.readout_parameters().double().numpy()
-    assert float((R.design(features) @ theta)[0]) == pytest.approx(float(np.log(prob / (1 - prob))), abs=1e-4)
+    _assert_readout_gives_the_logit(model, items, prob)
     with pytest.raises(ValueError, match="sw_blend"):
         plan.with_overrides(sw_blend="median").validate()
 
