@@ -240,7 +240,6 @@ def test_windows_in_batches_give_the_outputs_of_one_window_at_a_time():
     assert one[:, :2].std() > 0.01 and one[:, 4:].abs().sum() > 0  # non-trivial logits and soft-region evidence
 
 
-
 def test_gaussian_blending_changes_only_where_windows_overlap_and_keeps_the_readout_exact(tmp_path):
     """plan.sw_blend: "gaussian" weights each window's centre over its border where windows overlap; a voxel that
     one window alone covers keeps that window's output; the read-out refit's features under the same blending give
