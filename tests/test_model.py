@@ -263,6 +263,7 @@ def test_gaussian_blending_changes_only_where_windows_overlap_and_keeps_the_read
     with pytest.raises(ValueError, match="sw_blend"):
         plan.with_overrides(sw_blend="median").validate()
 
+
 def test_node_mask_is_the_argmax_at_one_half_and_the_softmax_above_any_threshold():
     torch.manual_seed(0)
     out = torch.randn(2, 6, 5, 6, 7)

@@ -287,12 +287,18 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
 
     inputs = image if region is None else torch.cat([image, region.float()], dim=1)
     with _autocast(plan, dev), compute_layout(model, model.plan):
-        out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window_inference(
-            v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size, overlap=plan.sw_overlap, mode=plan.sw_blend,
-            progress=progress,
-            predictor=predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5))))
+        out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window(
+            plan, v, predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5)), progress))
     prob = torch.sigmoid(model.pool(out)).item()
     return out.cpu(), float(prob)
+
+
+def sliding_window(plan: Plan, volume: torch.Tensor, predictor, progress: bool = False) -> torch.Tensor:
+    """predictor's outputs over the whole volume, window by window as the plan says (patch size, windows per pass,
+    overlap, blending): the one sliding window of validation, evaluation, inference and the read-out refit."""
+    return sliding_window_inference(volume, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size,
+                                    predictor=predictor, overlap=plan.sw_overlap, mode=plan.sw_blend,
+                                    progress=progress)
 
 
 LEFT_RIGHT = 2  # the first spatial axis of (B, C, x, y, z) on the plan's RAS grid

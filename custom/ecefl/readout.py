@@ -14,11 +14,10 @@ import logging
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from tqdm import tqdm
 
 from .data import plain_dataset, eval_transforms
-from .engine import device, flip_averaged, positive_weight
+from .engine import device, flip_averaged, positive_weight, sliding_window
 from .model import DualOutputSwinUNETR, compute_layout
 from .plan import Plan
 
@@ -73,10 +72,8 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
     with compute_layout(model, model.plan):
         for i in tqdm(range(len(ds)), desc="read-out features", unit="case", leave=False, disable=not progress):
             image = ds[i]["image"].unsqueeze(0).to(dev)
-            channels = flip_averaged(model.plan, image, lambda v: sliding_window_inference(
-                v, roi_size=plan.patch_size, sw_batch_size=plan.sw_batch_size,
-                predictor=lambda x: model.readout_channels(x).float(),
-                overlap=plan.sw_overlap, mode=plan.sw_blend))
+            channels = flip_averaged(model.plan, image, lambda v: sliding_window(
+                plan, v, lambda x: model.readout_channels(x).float()))
             rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0]
                         .double().cpu().numpy())
     return np.stack(rows) if rows else np.zeros((0, len(model.readout_parameters()) - 1))
