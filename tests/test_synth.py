@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pydicom
+from scipy import ndimage
 
 from site_preprocess.synth import synthesize
 
@@ -49,7 +50,6 @@ def test_sites_differ_like_hospitals(synth_root):
 def test_ece_positive_nodes_show_perinodal_stranding(synth_root, preprocessed):
     """Fat around ECE+ nodes is denser (stranding) than around ECE- nodes, on average over the cases."""
     import nibabel as nib
-    from scipy import ndimage
     rims = {0: [], 1: []}
     for out in preprocessed.values():
         for item in json.loads((out / "datalist.json").read_text())["training"]:
@@ -93,3 +93,36 @@ def test_the_neck_holds_node_mimics_that_leave_the_nodes_and_their_fat_plane_alo
     assert 4 <= sum(unenhanced) <= 16  # a share of planning CTs is unenhanced: veins at node HU
     assert np.median(at_node_hu) >= 4  # muscles, glands (and unenhanced veins) at a node's HU
     assert planes and np.median(planes) < -20  # the clean fat rim of an ECE- node is kept
+
+
+def test_the_scan_reaches_into_the_thoracic_inlet_with_lung_apices_below_every_node():
+    """Planning CTs reach below the neck: some scans are placed lower (every node still 5 mm inside), and below
+    the shoulders the lung apices appear, as air inside the body beside the spine, never at a node's height."""
+    from site_preprocess.synth.generate import scan_start
+    from site_preprocess.synth.phantom import make_patient, render_hu
+    extent, dz, lowered, lung_slices = 110.0, 2.0, [], 0
+    for n in range(24):
+        rng = np.random.default_rng([9, 1, n])
+        patient = make_patient(rng, ece=bool(n % 2))
+        n_slices = int(extent / dz) + 1
+        z0 = scan_start(patient, n_slices, dz)
+        assert scan_start(patient, n_slices, dz) == z0  # deterministic per patient
+        top, bottom = z0 + extent, z0
+        for nd in patient.nodes:
+            assert bottom + 5.0 <= nd.center[2] - nd.max_extent() and nd.center[2] + nd.max_extent() <= top - 5.0 + 1e-6
+        lowered.append(patient.z_center - extent / 2 - z0)
+        lowest_node = min(nd.center[2] - nd.max_extent() for nd in patient.nodes)
+        apex = patient.z_center + patient.anatomy.lung_apex_dz
+        assert apex <= lowest_node - 6.0 + 1e-6
+        sx, sy = patient.neck_shift
+        zs = np.arange(z0, top + 1e-6, 4.0)
+        g = np.arange(-90, 90, 2.0)
+        gz, gy, gx = np.meshgrid(zs, g, g, indexing="ij")
+        hu = render_hu(patient, np.stack([gx, gy, gz], axis=-1), np.array([4.0, 2.0, 2.0]), 0.0, rng)
+        body = ndimage.binary_fill_holes(hu > -500, structure=np.ones((1, 3, 3)))
+        airway = (np.abs(gx - sx) < 12) & (np.abs(gy - sy + 24) < 10)
+        lung = (hu < -700) & body & ~airway
+        assert not lung[zs > apex].any()
+        lung_slices += int(lung.any(axis=(1, 2)).sum())
+    assert np.mean(lowered) > 5.0 and min(lowered) >= 0.0
+    assert lung_slices > 24  # the apices are in view in a share of the scans

@@ -87,6 +87,16 @@ def _phi(profile: SiteProfile, site_index: int, n: int, rng: np.random.Generator
     }
 
 
+def scan_start(patient: Patient, n_slices: int, dz: float) -> float:
+    """z of the lowest slice: the scan centred on the neck, or reaching lower into the thoracic inlet (as planning
+    CTs do), never so low that a node comes within 5 mm of its top. Drawn apart from the patient's other draws, so a
+    seed keeps its nodes and noise."""
+    top = max(nd.center[2] + nd.max_extent() for nd in patient.nodes) - patient.z_center
+    room = max((n_slices - 1) * dz / 2 - top - 5.0, 0.0)
+    lower = np.random.default_rng([patient.texture_seed, 13]).uniform(0, room)
+    return patient.z_center - (n_slices - 1) * dz / 2 - lower
+
+
 def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: int, ece: int | None,
                    seed: int) -> dict:
     rng = np.random.default_rng([seed, site_index, n])
@@ -97,7 +107,7 @@ def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: i
     n_slices = int(round(profile.z_extent_mm / dz)) + 1
     x0 = -profile.cols * dc / 2 + rng.uniform(-3, 3)
     y0 = -profile.rows * dr / 2 + rng.uniform(-3, 3)
-    z0 = patient.z_center - (n_slices - 1) * dz / 2 + rng.uniform(-1, 1)
+    z0 = scan_start(patient, n_slices, dz) + rng.uniform(-1, 1)
     zs = z0 + dz * np.arange(n_slices)
     xs = x0 + dc * np.arange(profile.cols)
     ys = y0 + dr * np.arange(profile.rows)

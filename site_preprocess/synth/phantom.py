@@ -10,8 +10,10 @@ sometimes matted nodes; ECE-negative nodes are smooth ovals with a preserved fat
 
 The neck around the nodes holds the structures a node is mistaken for on real CT (see `Anatomy`): vessels whose
 HU follows the contrast phase (unenhanced planning CTs show veins at node HU), small muscles running along the
-neck, submandibular glands and the mandible above, shoulders and clavicles below. They are drawn from the
-patient's own seed, apart from the nodes, so the nodes, labels and contours do not depend on them.
+neck, submandibular glands and the mandible above, shoulders, clavicles and the lung apices of the thoracic inlet
+below (planning CTs reach into the upper chest; a network that never saw it marks its fat and muscle as nodes).
+They are drawn from the patient's own seed, apart from the nodes, so the nodes, labels and contours do not depend
+on them.
 """
 from __future__ import annotations
 
@@ -60,6 +62,8 @@ class Anatomy:
     glands: list[tuple[np.ndarray, np.ndarray, float]]  # submandibular glands: centre (LPS mm), semi-axes, HU
     mandible_dz: float  # the mandible's arc above this height (relative to the neck centre)
     shoulder_dz: float  # shoulders and clavicles below this height
+    lung_apex_dz: float  # the lung apices' domes below this height
+    lungs: list[tuple[float, float, float, float]]  # per side: centre x, y (neck frame) and full semi-axes x, y
 
 
 @dataclass
@@ -162,9 +166,13 @@ def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_cen
     # the mandible above the highest node, the shoulders below the lowest (by 3 mm at least)
     top = max(node.center[2] + node.max_extent() for node in nodes) - z_center
     bottom = min(node.center[2] - node.max_extent() for node in nodes) - z_center
+    shoulder_dz = float(min(rng.uniform(-70, -35), bottom - 3.0))
+    # the apices rise up to ~2 cm above the clavicles, beside the spine, and stay below the lowest node
+    lungs = [(float(side * rng.uniform(36, 46)), float(rng.uniform(6, 18)), float(rng.uniform(20, 28)),
+              float(rng.uniform(18, 26))) for side in (-1.0, 1.0)]
     return Anatomy(artery_hu=float(artery), vein_hu=float(vein), jugular_axes=jugular, tubes=tubes, glands=glands,
-                   mandible_dz=float(max(rng.uniform(35, 55), top + 3.0)),
-                   shoulder_dz=float(min(rng.uniform(-70, -35), bottom - 3.0)))
+                   mandible_dz=float(max(rng.uniform(35, 55), top + 3.0)), shoulder_dz=shoulder_dz,
+                   lung_apex_dz=float(min(shoulder_dz + rng.uniform(-10, 18), bottom - 6.0)), lungs=lungs)
 
 
 def _make_node(rng: np.random.Generator, center, semi, ece: bool, subtle: bool, group: int) -> Node:
@@ -261,6 +269,13 @@ def _paint_mimics(anatomy: Anatomy, x, y, dz, z, body, inside, hu, disc) -> None
         hu[below & inside & disc(side * 70, 8, 10, 14) & ~disc(side * 70, 8, 7, 11)] = HU_FAT
         clavicle = below & (dz > anatomy.shoulder_dz - 12) & (side * x > 12) & (side * x < 75) & (np.abs(y + 12) < 5)
         hu[clavicle & inside] = 750.0
+    # lung apices: domes that widen downwards (a paraboloid, full width 3 cm below the apex), aerated parenchyma
+    depth = np.maximum(anatomy.lung_apex_dz - dz, 0.0)
+    scale = np.sqrt(np.minimum(depth / 30.0, 1.0))
+    for cx, cy, rx, ry in anatomy.lungs:
+        lung = (depth > 0) & inside & (((x - cx) / np.maximum(rx * scale, 1e-3)) ** 2
+                                       + ((y - cy) / np.maximum(ry * scale, 1e-3)) ** 2 <= 1.0)
+        hu[lung] = -840.0
 
 
 def _paint_node(node: Node, pts: np.ndarray, hu: np.ndarray, rng: np.random.Generator) -> None:
