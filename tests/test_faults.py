@@ -153,3 +153,45 @@ def test_one_sites_bad_data_does_not_end_the_job(fl_sites_three, tmp_path, monke
     assert all(torch.isfinite(v).all() for v in state.values())
     site_log = next((ws / "ece_finetune" / "nvflare").rglob("hospital-c/log.txt")).read_text()
     assert f"case {nan_case} left out: its image has 48 non-finite voxel(s)" in site_log
+
+
+@pytest.fixture(scope="module")
+def fl_sites_bad_validation(tmp_path_factory):
+    """Three sites of 4 labelled cases; one of hospital-c's validation cases (split at 50 %, seed 0) has a label
+    that no longer matches its CT (cropped after preprocessing): its validation fails, its training does not."""
+    import nibabel as nib
+    import numpy as np
+    from ecefl.data import load_datalist, stratified_split
+    sites = preprocessed_sites(tmp_path_factory.mktemp("bad-val"), 3, 4, 0, seed=29)
+    labelled, _ = load_datalist(sites["hospital-c"], site="hospital-c")
+    _, val = stratified_split(labelled, 0.5, 0)
+    lab = nib.load(val[0]["label"])
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj)[:, :, :-6], lab.affine), val[0]["label"])
+    return sites, val[0]["case_id"]
+
+
+def test_a_site_whose_validation_fails_is_named_and_still_trains(fl_sites_bad_validation, tmp_path, monkeypatch):
+    """Cyclic rounds validate in their own task: a site whose validation fails reports it instead of ending its
+    script; the server names it, pools the other sites' statistics (the secure sum decodes without it), and the
+    site trains in the pass and takes part in the final validation as well."""
+    sites, bad_case = fl_sites_bad_validation
+    cfg = tmp_path / "site_config.json"
+    cfg.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in sites.items()}}))
+    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
+    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
+    ws = tmp_path / "ws"
+    plan = get_plan("test-tiny", fl_workflow="cyclic", iterations_per_epoch=2)
+    _run_job("ece_finetune", plan, sites, ws, rounds=1, local_epochs=1, min_sites=2, seed=0, val_fraction=0.5,
+             min_count=0, quiet=True, progress=False, log=lambda *_: None)
+    report = json.loads((ws / "ece_finetune" / "pooled_metrics.json").read_text())
+    assert report["finished"], report["events"]
+    failed = [e for e in report["events"] if e["event"] == "failed"]
+    assert [e["site"] for e in failed] == ["hospital-c", "hospital-c"], report["events"]  # round 0, final
+    assert all("validation failed: ValueError" in e["reason"] and bad_case not in e["reason"] for e in failed)
+    (record,) = [r for r in report["rounds"] if r["round"] != "final"]
+    assert set(record["site_train_seconds"]) == set(sites) and record["n_sites"] == 3  # it still trained
+    for pooled in (record, report["final"]):
+        assert set(pooled["sites"]) == {"hospital-a", "hospital-b"}
+        assert pooled["pooled"]["n_cases"] == 4  # the two others' validation cases, through the secure sum
+    site_log = next((ws / "ece_finetune" / "nvflare").rglob("hospital-c/log.txt")).read_text()
+    assert f"case {bad_case}: its label" in site_log and "re-run `ecefl preprocess`" in site_log

@@ -326,6 +326,10 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
         out, prob = predict_volume(model, sample["image"].unsqueeze(0), plan)
         pred = DualOutputSwinUNETR.node_mask(out, node_threshold)[0]
         target = sample["label"][0] > 0
+        if target.shape != pred.shape:
+            raise ValueError(f"case {items[i]['case_id']}: its label {tuple(target.shape)} and its CT "
+                             f"{tuple(pred.shape)} differ on the plan's grid (a damaged or replaced preprocessed "
+                             "file); re-run `ecefl preprocess` for this case or remove it from the datalist")
         target_np = target.numpy()
         tp, fp, fn = M.voxel_counts(pred.numpy(), target_np)
         probs.append(prob)

@@ -211,6 +211,18 @@ class SiteLearner:
         return flare.FLModel(params=self.local_state, metrics={"train_loss": loss}, meta=meta_out)
 
     def validate(self, incoming) -> flare.FLModel:
+        """The validation task (cyclic rounds, the final validation, cross-site evaluation). One that fails here
+        (a validation case damaged while the job runs) is reported to the server, which names the site and pools
+        the others' statistics; the site stays in the job and trains in the next pass."""
+        try:
+            return self._validate(incoming)
+        except (FloatingPointError, RuntimeError, ValueError, OSError) as exc:
+            self.warn(f"validation in round {incoming.current_round} failed at this site: {type(exc).__name__}: "
+                      f"{exc}")
+            return flare.FLModel(metrics={}, meta={FAILED: f"validation failed: {type(exc).__name__}: details in "
+                                                           "the site's log"})
+
+    def _validate(self, incoming) -> flare.FLModel:
         self.ensure_model(incoming.meta or {})
         if self.args.job != FINETUNE:
             return flare.FLModel(metrics={}, meta={})

@@ -85,7 +85,7 @@ class PooledFedAvg(BaseFedAvg):
             validates, cyclic = self._validates(self.current_round), self._cyclic()
             model.meta = self._task_meta(self._secure_spec(targets), {VALIDATE: validates})
             if cyclic:  # the round's model is validated first, at every site at once; then it visits them
-                evaluated = self._send_and_wait("validate", model, targets) if validates else []
+                evaluated = self._validation(model, targets) if validates else []
                 results, usable, passed_on = self._cyclic_pass(model, targets)
             else:  # each site validates the round's model, then trains it
                 results = evaluated = self._send_and_wait("train", model, targets)
@@ -120,8 +120,7 @@ class PooledFedAvg(BaseFedAvg):
         if self.final_validation:
             targets = self.sample_clients()
             model.meta = self._task_meta(self._secure_spec(targets), {FINAL: True})
-            results = self._send_and_wait("validate", model, targets)
-            self._name_missing(results, targets)
+            results = self._validation(model, targets)
             usable = [r for r in results if (r.meta or {}).get(SITE_SUMMARY) is not None]
             if len(usable) < self.min_sites:
                 self._finish_failed(f"final validation: {len(usable)} site(s) answered, fewer than "
@@ -166,6 +165,17 @@ class PooledFedAvg(BaseFedAvg):
                 usable += accepted
                 current = FLModelUtils.update_model(current, accepted[0])
         return results, usable, current
+
+    def _validation(self, model: FLModel, targets) -> list[FLModel]:
+        """A validation task at every target; names the sites that sent nothing or whose validation failed (their
+        statistics are then left out of the pool, whose secure sum the others' masks still decode)."""
+        results = self._send_and_wait("validate", model, targets)
+        self._name_missing(results, targets)
+        for r in results:
+            failed = (r.meta or {}).get(FAILED)
+            if failed:
+                self._event("failed", _client(r), f"{failed}; its statistics are not pooled this time")
+        return results
 
     def _send_and_wait(self, task: str, model: FLModel, targets) -> list[FLModel]:
         """A round's task: ends when every site answered, or task_timeout seconds after min_sites answered (the
