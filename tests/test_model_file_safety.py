@@ -74,3 +74,19 @@ def test_a_node_threshold_that_is_no_probability_is_refused_with_a_message():
     for bad in (1.0, 0.0, -3, "0.8", None, True):
         with pytest.raises(CheckpointError, match="node_threshold"):
             node_threshold_of({"node_threshold": bad})
+
+
+def test_a_model_file_whose_plan_is_invalid_is_refused_naming_the_field(files):
+    """The plan travels in the model file: it is validated on loading as a preset is, so a bad value is named
+    before any CT is read."""
+    good = torch.load(files["genuine"], map_location="cpu", weights_only=True)
+    for field, value in (("sw_blend", "bogus"), ("patch_size", [60, 60, 60]), ("spacing", "2 mm")):
+        bad = dict(good, plan={**good["plan"], field: value})
+        path = files["root"] / f"bad_{field}.pt"
+        torch.save(bad, path)
+        with pytest.raises(CheckpointError, match=f"{path}.*plan this ecefl cannot use.*"
+                                                  f"{'sw_blend' if field == 'sw_blend' else ''}"):
+            load_checkpoint(path, kind="dual")
+    torch.save(good["plan"], files["root"] / "plan_only.pt")  # not a checkpoint at all: refused as before
+    with pytest.raises(CheckpointError, match="not an ecefl checkpoint"):
+        load_checkpoint(files["root"] / "plan_only.pt")

@@ -59,7 +59,11 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
                               f"but {what.get(kind, repr(kind))} is needed here"
                               + ("; give ece_finetune's global_model.pt or best_global_model.pt" if kind == "dual"
                                  else ""))
-    payload["plan"] = Plan.from_dict(payload["plan"])
+    try:  # checked as a preset is: a bad value is named here, not deep inside the first sliding window
+        payload["plan"] = Plan.from_dict(payload["plan"]).validate()
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"model file {path} holds a plan this ecefl cannot use ({exc}); use a model file "
+                              "written by ecefl") from exc
     return payload
 
 

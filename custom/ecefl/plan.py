@@ -164,6 +164,8 @@ class Plan:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
     def validate(self) -> "Plan":
+        if len(self.spacing) != 3 or not all(isinstance(s, (int, float)) and s > 0 for s in self.spacing):
+            raise ValueError(f"spacing must be three voxel sizes in mm, all > 0, not {self.spacing!r}")
         if any(p % 32 for p in self.patch_size) or min(self.patch_size) < 64:
             raise ValueError(f"patch_size {self.patch_size} must be divisible by 32 and at least 64")
         if self.feature_size % 12:
