@@ -251,16 +251,20 @@ def test_infer_errors_are_clear(model_file, patient, tmp_path, capsys):
 
 def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, preprocessed, tmp_path):
     """The exported bundle, run by MONAI's bundle runner in a fresh process, segments like `ecefl infer`, both at
-    the model file's node threshold (here above 0.5, so the mask is not the argmax)."""
+    the model file's node threshold (here above 0.5, so the mask is not the argmax), HU gate and mirror averaging."""
     import csv
     import subprocess
     import sys
     plain = model_file
     model_file = tmp_path / "model_t.pt"
     payload = load_checkpoint(plain, kind="dual")
-    # with the presets' HU gate: the bundle's mask must keep to the same soft tissue as `ecefl infer`'s
-    save_checkpoint(model_file, "dual", payload["plan"].with_overrides(node_hu_range=(-150.0, 200.0)),
+    # with the presets' HU gate and mirror averaging: the bundle's mask must keep to the same soft tissue as
+    # `ecefl infer`'s, from the same averaged outputs
+    save_checkpoint(model_file, "dual", payload["plan"].with_overrides(node_hu_range=(-150.0, 200.0), tta_flip=True),
                     payload["model"], threshold=payload["threshold"], node_threshold=0.502)
+    flipped = tmp_path / "model_flip.pt"  # the same network, mirror-averaged, ungated, at 0.5
+    save_checkpoint(flipped, "dual", payload["plan"].with_overrides(tta_flip=True), payload["model"],
+                    threshold=payload["threshold"])
     bundle = tmp_path / "bundle"
     assert ecefl_main(["export-bundle", "--model", str(model_file), "--out", str(bundle)]) == 0
     for rel in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
@@ -283,8 +287,11 @@ def test_monai_bundle_runs_without_ecefl_and_matches_infer(model_file, patient, 
     assert bundle_mask.shape == infer_mask.shape
     assert dice(bundle_mask, infer_mask) >= 0.98
     # the threshold took effect: fewer nodal voxels than the argmax (0.5) of the same network, and only those
-    assert ecefl_main(["infer", "--model", str(plain), "--dicom", str(patient), "--out", str(tmp_path / "inf5")]) == 0
+    assert ecefl_main(["infer", "--model", str(flipped), "--dicom", str(patient), "--out", str(tmp_path / "inf5")]) == 0
     argmax_mask = np.asarray(nib.load(tmp_path / "inf5" / "nodes_pred.nii.gz").dataobj).astype(bool)
+    assert ecefl_main(["infer", "--model", str(plain), "--dicom", str(patient), "--out", str(tmp_path / "inf1")]) == 0
+    single_pass = np.asarray(nib.load(tmp_path / "inf1" / "nodes_pred.nii.gz").dataobj).astype(bool)
+    assert dice(single_pass, argmax_mask) < 0.95  # the mirror averaging changes this network's mask
     assert 0 < infer_mask.sum() < argmax_mask.sum() and not (infer_mask & ~argmax_mask).any()
     assert json.loads((tmp_path / "inf" / "result.json").read_text())["node_threshold"] == 0.502
     # the HU gate took effect in both: the ungated network's nodes reach bone, fat and air, the gated ones do not

@@ -165,7 +165,8 @@ def test_case_logit_is_linear_in_the_readout_features(plan, reference, hu_featur
 def test_flip_averaging_treats_a_mirrored_neck_as_its_mirror_and_keeps_the_readout_exact(tmp_path):
     """plan.tta_flip: the whole-volume outputs of a left-right mirrored CT are the mirror of the CT's outputs (left
     and right nodes are read alike: same probability, mirrored mask); without it they are not; and the read-out
-    refit's features of the case under the same averaging still give its logit exactly (ecefl.readout)."""
+    refit's features of the case under the same averaging still give its logit exactly (ecefl.readout), or, with
+    readout_tta_flip off, the logit of the single pass."""
     from ecefl.engine import predict_volume
     torch.manual_seed(2)
     plan = get_plan("test-tiny")
@@ -178,6 +179,14 @@ def test_flip_averaging_treats_a_mirrored_neck_as_its_mirror_and_keeps_the_reado
         equivariant = torch.allclose(torch.flip(out_m, dims=[2]), out, atol=1e-5)
         assert equivariant == tta and (abs(prob - prob_m) < 1e-6) == tta
     _assert_readout_gives_the_logit(model, items, prob)
+    # readout_tta_flip off (cpu-small): the refit reads single passes, i.e. exactly the outputs without the mirror
+    single_pass = DualOutputSwinUNETR(plan).eval()
+    single_pass.load_state_dict(model.state_dict())
+    _, prob_single = predict_volume(single_pass, image, plan)
+    assert abs(prob_single - prob) > 1e-6  # the mirror changes this case's probability
+    refit_on_single = DualOutputSwinUNETR(plan.with_overrides(tta_flip=True, readout_tta_flip=False)).eval()
+    refit_on_single.load_state_dict(model.state_dict())
+    _assert_readout_gives_the_logit(refit_on_single, items, prob_single)
 
 
 def _random_ct(tmp_path, plan, shape, seed):

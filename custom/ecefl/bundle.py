@@ -54,11 +54,14 @@ def inference_config(plan, node_threshold: float = 0.5) -> dict:
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "nodes",
              "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False},
         ]},
+        # plan.tta_flip: the outputs averaged with the mirror of the left-right mirrored CT's, as `ecefl infer`
+        "predict": ("$lambda x: (@inferer(x, @network) + torch.flip(@inferer(torch.flip(x, dims=[2]), @network), "
+                    "dims=[2])) / 2") if plan.tta_flip else "$lambda x: @inferer(x, @network)",
         "initialize": ["$torch.set_grad_enabled(False)",
                        "$@network.load_state_dict(torch.load(@bundle_root + '/models/model.pt', "
                        "map_location=@device, weights_only=True))", "$@network.eval()"],
         # plain expressions (no ignite engine): predict each image, invert to its grid and save
-        "run": ["$[@postprocessing({**d, 'pred': @inferer(d['image'][None].to(@device), @network)[0].cpu()}) "
+        "run": ["$[@postprocessing({**d, 'pred': @predict(d['image'][None].to(@device))[0].cpu()}) "
                 "for d in @dataset]"],
     }
 
@@ -100,11 +103,12 @@ def export_bundle(model_path, out) -> Path:
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
     gate_text = (f", only at CT values within {list(plan.node_hu_range)} HU: soft tissue" if plan.node_hu_range
                  else "")
+    flip_text = " averaged with those of the left-right mirrored CT" if plan.tta_flip else ""
     (out / "docs" / "README.md").write_text(f"""# ECE-FL nodal region segmentation bundle
 
 MONAI SwinUNETR (feature_size {plan.feature_size}, depths {list(plan.depths)}) from an ECE-FL global model.
 Input: CT NIfTI in HU (any orientation/spacing); it is reoriented to RAS, resampled to {list(plan.spacing)} mm,
-windowed {list(plan.hu_window)} HU -> [0, 1], segmented with {list(plan.patch_size)} sliding windows (nodes: node
+windowed {list(plan.hu_window)} HU -> [0, 1], segmented with {list(plan.patch_size)} sliding windows{flip_text} (nodes: node
 probability > {node_threshold_of(ckpt):g}{gate_text}), and the mask is written in the input's grid as
 `<name>_nodes.nii.gz`.
 

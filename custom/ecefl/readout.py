@@ -11,6 +11,7 @@ features; here solved rather than stepped).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -64,15 +65,17 @@ def unpack_terms(vector: np.ndarray, k: int) -> dict:
 
 @torch.no_grad()
 def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = False) -> np.ndarray:
-    """(n, fs + 1) pooled read-out features of each case over its whole volume (sliding window, as inference)."""
+    """(n, fs + 1) pooled read-out features of each case over its whole volume (sliding window, as inference;
+    averaged with the mirrored CT's when the plan's tta_flip and readout_tta_flip both say so)."""
     dev = device()
     model.eval().to(dev)
     ds = plain_dataset(items, eval_transforms(plan, with_label=False))
     rows = []
+    flip = replace(model.plan, tta_flip=model.plan.tta_flip and model.plan.readout_tta_flip)
     with compute_layout(model, model.plan):
         for i in tqdm(range(len(ds)), desc="read-out features", unit="case", leave=False, disable=not progress):
             image = ds[i]["image"].unsqueeze(0).to(dev)
-            channels = flip_averaged(model.plan, image, lambda v: sliding_window(
+            channels = flip_averaged(flip, image, lambda v: sliding_window(
                 plan, v, lambda x: model.readout_channels(x).float()))
             rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0]
                         .double().cpu().numpy())
