@@ -240,8 +240,9 @@ _LEARNING = dict(neg_crop_fraction=0.33, dice_foreground_batch=True, lr_schedule
                  sw_blend="gaussian",
                  # outputs averaged with those of the left-right mirrored CT: on demo G0's body at the unseen
                  # mimics hospital (120 patients), AUC +0.051 [+0.008, +0.097] with the refit on averaged
-                 # features, +0.037 [-0.005, +0.082] with the refit on single passes; Dice +0.004 [+0.001, +0.006]
-                 # (docs/BENCHMARKS.md, session (15)). Doubles validation and inference
+                 # features, +0.037 [-0.005, +0.082] with the refit on single passes; Dice +0.004 [+0.001, +0.006].
+                 # On a second body (L0, refit on single passes) AUC -0.000 [-0.035, +0.031], Dice +0.003
+                 # [-0.001, +0.007] (docs/BENCHMARKS.md, session (15)). Doubles validation and inference
                  tta_flip=True)
 
 PRESETS: dict[str, Plan] = {
