@@ -131,10 +131,7 @@ def test_one_sites_bad_data_does_not_end_the_job(fl_sites_three, tmp_path, monke
     """A NaN CT is left out by name at its site; a site whose round then fails is left out of that round
     under min_sites (named in the events) and the job finishes with a finite global model."""
     sites, nan_case = fl_sites_three
-    cfg = tmp_path / "site_config.json"
-    cfg.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in sites.items()}}))
-    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
-    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
+    _configure_sites(sites, tmp_path, monkeypatch)
     ws = tmp_path / "ws"
     out = _run_job("ece_finetune", get_plan("test-tiny"), sites, ws, rounds=2, local_epochs=1, min_sites=2, seed=0,
                    val_fraction=0.5, min_count=0, quiet=True, progress=False, log=lambda *_: None)
@@ -153,6 +150,14 @@ def test_one_sites_bad_data_does_not_end_the_job(fl_sites_three, tmp_path, monke
     assert all(torch.isfinite(v).all() for v in state.values())
     site_log = next((ws / "ece_finetune" / "nvflare").rglob("hospital-c/log.txt")).read_text()
     assert f"case {nan_case} left out: its image has 48 non-finite voxel(s)" in site_log
+
+
+def _configure_sites(sites: dict, tmp_path, monkeypatch) -> None:
+    """The simulated sites' data locations (site config) and one torch thread per site."""
+    cfg = tmp_path / "site_config.json"
+    cfg.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in sites.items()}}))
+    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
+    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
 
 
 @pytest.fixture(scope="module")
@@ -175,10 +180,7 @@ def test_a_site_whose_validation_fails_is_named_and_still_trains(fl_sites_bad_va
     script; the server names it, pools the other sites' statistics (the secure sum decodes without it), and the
     site trains in the pass and takes part in the final validation as well."""
     sites, bad_case = fl_sites_bad_validation
-    cfg = tmp_path / "site_config.json"
-    cfg.write_text(json.dumps({"sites": {n: {"datalist": str(p)} for n, p in sites.items()}}))
-    monkeypatch.setenv("ECEFL_SITE_CONFIG", str(cfg))
-    monkeypatch.setenv("ECEFL_TORCH_THREADS", "1")
+    _configure_sites(sites, tmp_path, monkeypatch)
     ws = tmp_path / "ws"
     plan = get_plan("test-tiny", fl_workflow="cyclic", iterations_per_epoch=2)
     _run_job("ece_finetune", plan, sites, ws, rounds=1, local_epochs=1, min_sites=2, seed=0, val_fraction=0.5,
