@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import load_checkpoint, node_threshold_of
 from .data import preprocessing_spec
+from .engine import LEFT_RIGHT
 
 
 def inference_config(plan, node_threshold: float = 0.5) -> dict:
@@ -55,8 +56,8 @@ def inference_config(plan, node_threshold: float = 0.5) -> dict:
              "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False},
         ]},
         # plan.tta_flip: the outputs averaged with the mirror of the left-right mirrored CT's, as `ecefl infer`
-        "predict": ("$lambda x: (@inferer(x, @network) + torch.flip(@inferer(torch.flip(x, dims=[2]), @network), "
-                    "dims=[2])) / 2") if plan.tta_flip else "$lambda x: @inferer(x, @network)",
+        "predict": (f"$lambda x: (@inferer(x, @network) + torch.flip(@inferer(torch.flip(x, dims=[{LEFT_RIGHT}]), "
+                    f"@network), dims=[{LEFT_RIGHT}])) / 2") if plan.tta_flip else "$lambda x: @inferer(x, @network)",
         "initialize": ["$torch.set_grad_enabled(False)",
                        "$@network.load_state_dict(torch.load(@bundle_root + '/models/model.pt', "
                        "map_location=@device, weights_only=True))", "$@network.eval()"],
