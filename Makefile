@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# Two workers, one test file each at a time (a file's fixtures stay in one process; the POC tests use their own
+# ports): most federated and POC tests wait on NVFlare's processes, so two files share the 2 cores well
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 demo: setup
 	$(BIN)/ecefl demo --out workspace/demo

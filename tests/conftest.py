@@ -8,6 +8,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# `make test` runs the files on 2 pytest-xdist workers (most of the federated and POC tests wait on NVFlare's
+# processes and timeouts): each worker then computes in-process on one thread, so two never share a core
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+    torch.set_num_threads(1)
+
+# the longest files first (measured with --durations; each 2-12 min), so that the two workers finish together
+# instead of one running the POC drills alone at the end
+LONGEST_FIRST = ("test_poc_faults.py", "test_faults.py", "test_federated.py", "test_calibrate.py", "test_demo.py",
+                 "test_poc.py", "test_infer.py", "test_centralised.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: file order kept otherwise
 REALDATA = REPO.parent / "shared" / "realdata"
 
 

@@ -185,6 +185,9 @@ def poc3(tmp_path_factory, poc_data):
     # a finished job whose site hung waits this long for that site's outcome (ecefl's POC default 60 s)
     patch = pytest.MonkeyPatch()
     patch.setenv("NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT", "15")
+    # a site the heartbeat declared dead has its pending tasks ended after this grace (NVFlare's default 60 s,
+    # room for a node that reconnects): the killed-site drills need no such room
+    patch.setenv("NVFLARE_DEAD_CLIENT_GRACE_PERIOD", "5")
     root = tmp_path_factory.mktemp("pocfaults")
     ws = root / "poc"
     datalists = [a for site, dl in poc_data.items() for a in ("--datalist", f"{site}={dl}")]
