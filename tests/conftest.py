@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
 
 # `make test` runs the files on 2 pytest-xdist workers (most of the federated and POC tests wait on NVFlare's
 # processes and timeouts): each worker then computes in-process on one thread, so two never share a core
@@ -24,7 +25,6 @@ LONGEST_FIRST = ("test_poc_faults.py", "test_faults.py", "test_federated.py", "t
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: file order kept otherwise
-REALDATA = REPO.parent / "shared" / "realdata"
 
 
 def wait_for(predicate, timeout: float, what: str):
