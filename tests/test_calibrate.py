@@ -57,8 +57,8 @@ def test_youden_threshold_stored_and_rates_recorded(site):
 
 
 def test_sensitivity_target_keeps_the_node_threshold_without_the_flag(site):
-    """--sensitivity: the lowest threshold that reaches it on the site's cases; without --node-threshold the model
-    file's own node threshold stays (one calibration run checks both: each predicts all 22 necks)."""
+    """--sensitivity: a threshold that reaches it on the site's cases; without --node-threshold the model file's own
+    node threshold stays (one calibration run checks both: each run predicts all 22 necks)."""
     payload = load_checkpoint(site["model"], kind="dual")
     kept = site["root"] / "node07.pt"
     save_checkpoint(kept, "dual", payload["plan"], payload["model"], threshold=0.999, node_threshold=0.7)
