@@ -164,9 +164,10 @@ def bench_overhead(out: Path, epochs: int, rounds: int = 3) -> dict:
 def bench_bytes() -> dict:
     """Payload per site per round for the cpu-small and gpu presets, and NVFlare's quantizer round-trip error."""
     import torch
-    try:  # NVFlare's message quantization filters import bitsandbytes (not a dependency of this project)
-        from nvflare.app_opt.pt.quantization.dequantizer import ModelDequantizer
-        from nvflare.app_opt.pt.quantization.quantizer import ModelQuantizer
+    try:  # NVFlare's message quantization filters import bitsandbytes (the gpu extra); the job's own subclasses
+        # (ecefl/fl/quantization.py) hand the int64 index buffers through, which NVFlare's plain filter rejects
+        from ecefl.fl.quantization import StateDictDequantizer as ModelDequantizer
+        from ecefl.fl.quantization import StateDictQuantizer as ModelQuantizer
     except ImportError as exc:
         ModelQuantizer = ModelDequantizer = None
         missing = f"NVFlare quantization filters unavailable here ({exc})"
@@ -200,7 +201,7 @@ def bench_bytes() -> dict:
             try:
                 q = ModelQuantizer(quantization_type=qtype).process_dxo(dxo, Shareable(), FLContext())
                 back = ModelDequantizer().process_dxo(q, Shareable(), FLContext()).data
-            except Exception as exc:  # blockwise8/float4 use bitsandbytes on CUDA
+            except Exception as exc:  # NVFlare runs blockwise8 / float4 on CUDA only
                 row[f"{qtype}_bytes"] = f"not on this machine ({type(exc).__name__}: {str(exc)[:80]})"
                 continue
             sent = _quantized_bytes(q)

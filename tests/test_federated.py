@@ -281,3 +281,38 @@ def test_cyclic_workflow_passes_the_model_from_site_to_site(fl_sites, tmp_path):
     initial = DualOutputSwinUNETR(final["plan"]).state_dict()  # the plan's seed draws the initial weights
     assert final["plan"].fl_workflow == "cyclic"
     assert sum(not torch.equal(final["model"][k], initial[k]) for k in initial) > len(initial) // 2
+
+
+def test_quantized_messages_carry_fp16_weights_and_hand_the_index_buffers_through(fl_sites, tmp_path):
+    """--quantize float16: NVFlare's ModelQuantizer / ModelDequantizer on every model message. The plain filters
+    reject SwinUNETR's int64 relative_position_index buffers; ours hand them through. In the cyclic workflow the
+    final global model is the last site's upload as the server received it, so every float weight it holds went
+    through fp16 (equal to its own fp16 rounding) while the index buffers arrive bit for bit."""
+    args = ["fl", "simulate", "--job", "ece_finetune", "--rounds", "1", "--local-epochs", "1", "--preset", "test-tiny",
+            "--workspace", str(tmp_path), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
+            "--set", "fl_workflow=cyclic", "--set", "iterations_per_epoch=2", "--quantize", "float16"]
+    for site, datalist in fl_sites.items():
+        args += ["--site", f"{site}={datalist}"]
+    assert ecefl_main(args) == 0
+    final = load_checkpoint(tmp_path / "ece_finetune" / "global_model.pt")
+    initial = DualOutputSwinUNETR(final["plan"]).state_dict()
+    floats = [k for k, v in initial.items() if v.is_floating_point()]
+    indices = [k for k, v in initial.items() if not v.is_floating_point()]
+    assert len(indices) == 4 and all(torch.equal(final["model"][k], initial[k]) for k in indices)
+    assert all(torch.equal(final["model"][k], final["model"][k].half().float()) for k in floats)
+    assert sum(not torch.equal(final["model"][k], initial[k]) for k in floats) > len(floats) // 2  # trained
+    # the initial weights themselves are not fp16 values: the rounding happened on the way
+    assert not all(torch.equal(initial[k], initial[k].half().float()) for k in floats)
+    report = json.loads((tmp_path / "ece_finetune" / "pooled_metrics.json").read_text())
+    assert report["final"]["pooled"]["n_cases"] == 4
+
+
+def test_quantization_that_needs_cuda_is_refused_before_the_simulator_starts(fl_sites, tmp_path, capsys):
+    args = ["fl", "simulate", "--job", "ece_finetune", "--rounds", "1", "--preset", "test-tiny", "--workspace",
+            str(tmp_path), "--quiet", "--no-progress", "--quantize", "blockwise8"]
+    for site, datalist in fl_sites.items():
+        args += ["--site", f"{site}={datalist}"]
+    assert ecefl_main(args) != 0
+    message = capsys.readouterr().err
+    assert "blockwise8" in message and "CUDA" in message and "float16" in message
+    assert not (tmp_path / "ece_finetune").exists()

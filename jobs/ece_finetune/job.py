@@ -31,7 +31,8 @@ def main(argv=None) -> None:
     recipe = build_recipe("ece_finetune", plan, rounds=args.rounds, local_epochs=args.local_epochs,
                           min_sites=args.min_sites, seed=args.seed, initial_ckpt=initial_ckpt, resume=resume,
                           heartbeat_timeout=args.heartbeat_timeout, privacy_scope=args.privacy_scope,
-                          cross_site=args.cross_site_eval, task_timeout=args.task_timeout)
+                          cross_site=args.cross_site_eval, task_timeout=args.task_timeout,
+                          quantization=args.quantize)
     run = recipe.execute(execution_env(args, parser))  # SimEnv / PocEnv / ProdEnv, or the export
     print(f"job ece_finetune: {run.get_job_id() if hasattr(run, 'get_job_id') else run}")
 

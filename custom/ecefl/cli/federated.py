@@ -45,7 +45,7 @@ def _fl(sub) -> None:
                  min_sites=args.min_sites, seed=args.seed, init=args.init, val_fraction=args.val_fraction,
                  min_count=args.min_count, quiet=args.quiet, progress=not args.no_progress,
                  resume=args.resume, privacy=args.privacy, privacy_scope=args.privacy_scope,
-                 cross_site=args.cross_site_eval, task_timeout=args.task_timeout,
+                 cross_site=args.cross_site_eval, task_timeout=args.task_timeout, quantization=args.quantize,
                  **overrides_from(args),
                  **({"validate_every": args.validate_every} if args.validate_every is not None else {}))
         print_pooled(args.workspace)
@@ -148,7 +148,8 @@ def export_job(args, n_sites: int | None = None, workdir=None):
     recipe = build_recipe(args.job, plan, rounds=args.rounds, local_epochs=args.local_epochs,
                           min_sites=args.min_sites or n_sites, seed=args.seed, initial_ckpt=initial,
                           heartbeat_timeout=args.heartbeat_timeout, resume=resume, privacy_scope=args.privacy_scope,
-                          cross_site=args.cross_site_eval, task_timeout=args.task_timeout)
+                          cross_site=args.cross_site_eval, task_timeout=args.task_timeout,
+                          quantization=args.quantize)
     out = workdir / "submitted" / f"{args.job}-{stamp}"
     recipe.export(str(out))
     return out / args.job

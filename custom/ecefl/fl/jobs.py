@@ -23,6 +23,7 @@ from .server import PooledFedAvg
 # custom/ (holding the ecefl package) is copied into each app's custom folder: the code travels with the job
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "client.py"
+from .job_options import check_quantization
 from .job_options import DEFAULT_TASK_TIMEOUT  # a CPU round takes minutes, a gpu one on a slow link tens of minutes
 
 _log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
                  heartbeat_timeout: int | None = None, cross_site: bool = False, tracking: bool = True,
                  name: str | None = None, site_scripts: dict[str, str | None] | None = None,
                  resume: dict | None = None, privacy_scope: str | None = None,
-                 result_filters: list | None = None, task_timeout: int = DEFAULT_TASK_TIMEOUT) -> EceFedAvgRecipe:
+                 result_filters: list | None = None, task_timeout: int = DEFAULT_TASK_TIMEOUT,
+                 quantization: str | None = None) -> EceFedAvgRecipe:
     """site_scripts: {site: client script or None for the standard one}; when given it must name every site
     (NVFlare then builds one client app per listed site).
     rounds: the job's total rounds; with resume ({"start_round", "threshold", ...} from resume_point) the job
@@ -66,6 +68,8 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
     has no site privacy.json; see privacy_filters); updates then travel as weight differences too.
     task_timeout: once min_sites have answered a round, seconds to wait for the other sites before the round
     goes on without them (named in the events); 0 waits for every site.
+    quantization: NVFlare's message quantization (ecefl/fl/quantization.py) of every model that travels, server to
+    site and site to server, applied after the result filters; None sends fp32.
     cross_site: NVFlare's cross-site evaluation after training, off by default: it ships each site's
     un-aggregated local model to every other site (a model-inversion risk); the sites always validate the
     global model every validate_every rounds and at the end."""
@@ -75,6 +79,7 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         raise ValueError("cross-site evaluation sends each site's full local model, which the weight-difference "
                          "privacy filters of a privacy scope do not act on; run it without --privacy-scope, or "
                          "evaluate the global model only (the default)")
+    check_quantization(quantization)
     if rounds < 1 or local_epochs < 1 or min_sites < 1:
         raise ValueError("rounds, local epochs and min_sites must be >= 1")
     args = f"--job {kind} --local-epochs {local_epochs} --val-fraction {val_fraction} --seed {seed} " \
@@ -97,6 +102,14 @@ def build_recipe(kind: str, plan: Plan, rounds: int, local_epochs: int = 1, min_
         **({"params_transfer_type": TransferType.DIFF} if privacy_scope or result_filters else {}))
     for result_filter in result_filters or []:  # every result a site sends, not only its training update
         recipe.add_client_output_filter(result_filter, tasks=list(SITE_TASKS))
+    if quantization:  # NVFlare's filters: the sender quantizes, the receiver restores fp32
+        from .quantization import StateDictDequantizer, StateDictQuantizer
+        from .protocol import REFIT_TASK
+        every = [*SITE_TASKS, REFIT_TASK]  # every task that carries a model (NVFlare matches task names exactly)
+        recipe.add_server_output_filter(StateDictQuantizer(quantization_type=quantization), tasks=every)
+        recipe.add_client_input_filter(StateDictDequantizer(), tasks=every)
+        recipe.add_client_output_filter(StateDictQuantizer(quantization_type=quantization), tasks=every)
+        recipe.add_server_input_filter(StateDictDequantizer(), tasks=every)
     if privacy_scope:
         from nvflare.apis.job_def import JobMetaKey
         from nvflare.recipe.utils import set_recipe_meta

@@ -17,6 +17,7 @@ from pathlib import Path
 from ecefl.job_kinds import FINETUNE, MAE
 from ecefl.plan import Plan, get_plan
 
+from .job_options import check_quantization
 from .jobs import DEFAULT_TASK_TIMEOUT, build_recipe, job_start
 
 _log = logging.getLogger(__name__)
@@ -49,9 +50,10 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
              min_sites: int | None = None, seed: int = 0, init: str | None = None, val_fraction: float = 0.25,
              min_count: int = 0, quiet: bool = False, progress: bool = True, log=_log.info, resume: str | None = None,
              cross_site: bool = False, privacy: str | None = None, privacy_scope: str | None = None,
-             task_timeout: int = DEFAULT_TASK_TIMEOUT, **overrides) -> dict:
+             task_timeout: int = DEFAULT_TASK_TIMEOUT, quantization: str | None = None, **overrides) -> dict:
     """privacy/privacy_scope: every simulated site applies that scope of a site privacy policy (privacy.json)
     to its fine-tuning and pretraining updates, as a hospital with that policy would."""
+    check_quantization(quantization, here_too=True)
     result_filters = None
     if privacy or privacy_scope:
         if not (privacy and privacy_scope):
@@ -72,7 +74,7 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
     try:
         return _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction,
                               min_count, quiet, progress, log, overrides, resume, cross_site, result_filters,
-                              task_timeout)
+                              task_timeout, quantization)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -83,13 +85,14 @@ def simulate(sites: dict[str, Path], job: str, rounds: int, local_epochs: int, p
 
 def _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed, init, val_fraction, min_count,
                    quiet, progress, log, overrides, resume=None, cross_site=False, result_filters=None,
-                   task_timeout=DEFAULT_TASK_TIMEOUT) -> dict:
+                   task_timeout=DEFAULT_TASK_TIMEOUT, quantization=None) -> dict:
     plan = get_plan(preset, seed=seed, **overrides)
     min_sites = min_sites or len(sites)
     outputs = {}
     common = dict(rounds=rounds, local_epochs=local_epochs, min_sites=min_sites, seed=seed,
                   val_fraction=val_fraction, min_count=min_count, quiet=quiet, progress=progress, log=log,
-                  cross_site=cross_site, result_filters=result_filters, task_timeout=task_timeout)
+                  cross_site=cross_site, result_filters=result_filters, task_timeout=task_timeout,
+                  quantization=quantization)
     if resume and (job == "all" or init):
         raise ValueError("--resume continues one job (--job mae_pretrain or ece_finetune) and excludes --init")
     if job in (MAE, "all"):
@@ -105,7 +108,8 @@ def _simulate_jobs(sites, job, rounds, local_epochs, preset, ws, min_sites, seed
 def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: int, local_epochs: int,
              min_sites: int, seed: int, val_fraction: float, min_count: int, quiet: bool, progress: bool, log,
              initial_ckpt: str | None = None, resume: dict | None = None, cross_site: bool = False,
-             result_filters: list | None = None, task_timeout: int = DEFAULT_TASK_TIMEOUT) -> dict:
+             result_filters: list | None = None, task_timeout: int = DEFAULT_TASK_TIMEOUT,
+             quantization: str | None = None) -> dict:
     from nvflare.recipe import SimEnv
     job_dir = ws / kind
     sim_root = job_dir / "nvflare"
@@ -114,7 +118,7 @@ def _run_job(kind: str, plan: Plan, sites: dict[str, Path], ws: Path, rounds: in
     recipe = build_recipe(kind, plan, rounds=rounds, local_epochs=local_epochs, min_sites=min_sites,
                           val_fraction=val_fraction, seed=seed, min_count=min_count, initial_ckpt=initial_ckpt,
                           resume=resume, cross_site=cross_site, result_filters=result_filters,
-                          task_timeout=task_timeout)
+                          task_timeout=task_timeout, quantization=quantization)
     env = SimEnv(clients=list(sites), num_threads=len(sites), workspace_root=str(sim_root),
                  log_config="WARNING" if quiet else None)
     server_dir = sim_root / kind / "server" / "simulate_job"
