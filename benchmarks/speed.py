@@ -200,11 +200,11 @@ def bench_bytes() -> dict:
             dxo = DXO(data_kind=DataKind.WEIGHTS, data={k: v.copy() for k, v in update.items()})
             try:
                 q = ModelQuantizer(quantization_type=qtype).process_dxo(dxo, Shareable(), FLContext())
+                sent = _quantized_bytes(q)  # before the dequantizer, which restores the same DXO in place
                 back = ModelDequantizer().process_dxo(q, Shareable(), FLContext()).data
             except Exception as exc:  # NVFlare runs blockwise8 / float4 on CUDA only
                 row[f"{qtype}_bytes"] = f"not on this machine ({type(exc).__name__}: {str(exc)[:80]})"
                 continue
-            sent = _quantized_bytes(q)
             err = max(float(np.max(np.abs(np.asarray(back[k], np.float64) - update[k]))) for k in update
                       if update[k].dtype.kind == "f")
             row[f"{qtype}_bytes"] = sent
