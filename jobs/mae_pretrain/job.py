@@ -30,8 +30,7 @@ def main(argv=None) -> None:
     recipe = build_recipe("mae_pretrain", plan, rounds=args.rounds, local_epochs=args.local_epochs,
                           min_sites=args.min_sites, seed=args.seed, initial_ckpt=initial_ckpt, resume=resume,
                           heartbeat_timeout=args.heartbeat_timeout, privacy_scope=args.privacy_scope,
-                          task_timeout=args.task_timeout,
-                          quantization=args.quantize)
+                          task_timeout=args.task_timeout, quantization=args.quantize)
     run = recipe.execute(execution_env(args, parser))  # SimEnv / PocEnv / ProdEnv, or the export
     print(f"job mae_pretrain: {run.get_job_id() if hasattr(run, 'get_job_id') else run}")
 

@@ -23,8 +23,8 @@ from .server import PooledFedAvg
 # custom/ (holding the ecefl package) is copied into each app's custom folder: the code travels with the job
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "client.py"
-from .job_options import check_quantization
-from .job_options import DEFAULT_TASK_TIMEOUT  # a CPU round takes minutes, a gpu one on a slow link tens of minutes
+# DEFAULT_TASK_TIMEOUT: a CPU round takes minutes, a gpu one on a slow link tens of minutes
+from .job_options import DEFAULT_TASK_TIMEOUT, check_quantization
 
 _log = logging.getLogger(__name__)
 # what a site answers: training (update + statistics of the received global model), validation of the global
