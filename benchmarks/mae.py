@@ -22,6 +22,9 @@ scored on a hospital that no pretraining, training or tuning saw (issue #13).
 6. `--inits maeslow`: the centralised MAE encoder fine-tuned with the encoder at a quarter of the body's learning
    rate (plan encoder_lr_multiplier; MAE fine-tuning recipes keep pretrained layers slower); paired against the
    MAE arm (the same start at one rate) and scratch.
+7. `--inits maeunet`: a second centralised pretraining, the same recipe with the whole SwinUNETR decoder
+   reconstructing the masked voxels (plan mae_reconstruct "unet"), so fine-tuning starts encoder and decoder from
+   it; paired against the MAE arm (encoder only, reconstructed from the deep stages) and scratch.
 
 Results: OUT/mae.json, OUT/mae.md, OUT/mae_curves.png (pasted into docs/BENCHMARKS.md with the command). Arms run
 `--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes.
@@ -90,12 +93,15 @@ def prepare_unseen(out: Path, cfg: dict) -> Path:
     return split_datalist(datalist, cfg["unseen_calibration"])[1]
 
 
-INITS = ("scratch", "mae", "fedmae", "maeslow")
+INITS = ("scratch", "mae", "fedmae", "maeslow", "maeunet")
 # each pretraining's encoder file
-ENCODER = {"mae": "mae/checkpoint.pt", "fedmae": "fedmae/mae_pretrain/global_model.pt"}
+ENCODER = {"mae": "mae/checkpoint.pt", "fedmae": "fedmae/mae_pretrain/global_model.pt",
+           "maeunet": "maeunet/checkpoint.pt"}
+# what a centralised pretraining changes in the shipped recipe
+PRETRAIN_PLAN = {"maeunet": {"mae_reconstruct": "unet"}}
 # where each start's encoder comes from (scratch: nowhere), and what its fine-tuning changes in the plan:
 # maeslow = the MAE encoder fine-tuned at a quarter of the body's learning rate (MAE recipes' layer-wise decay)
-PRETRAINING = {"mae": "mae", "fedmae": "fedmae", "maeslow": "mae"}
+PRETRAINING = {"mae": "mae", "fedmae": "fedmae", "maeslow": "mae", "maeunet": "maeunet"}
 START_PLAN = {"maeslow": {"encoder_lr_multiplier": 0.25}}
 
 
@@ -129,9 +135,10 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
     t0 = time.perf_counter()
     if task == ("fedmae",):
         return _pretrain_federated(cfg, lists, out, plan)
-    if task == ("mae",):
-        res = pretrain(lists, cfg["preset"], cfg["mae_epochs"], out / "mae", seed=0, **quiet,
-                       **{**plan, "iterations_per_epoch": cfg["mae_iterations"]})
+    if len(task) == 1:  # a centralised pretraining
+        epochs = cfg.get(f"{task[0]}_epochs") or cfg["mae_epochs"]
+        res = pretrain(lists, cfg["preset"], epochs, out / task[0], seed=0, **quiet,
+                       **{**plan, **PRETRAIN_PLAN.get(task[0], {}), "iterations_per_epoch": cfg["mae_iterations"]})
         return {"losses": [e["loss"] for e in res["epochs"]], "steps_per_epoch": res["epochs"][0]["steps"],
                 "n_images": res["n_images"], "seconds": res["seconds"]}
     seed, init, fraction = task
@@ -255,12 +262,14 @@ def flattening(losses: list[float]) -> dict:
 
 COMPARISONS = {"mae_vs_scratch": ("mae", "scratch"), "fedmae_vs_mae": ("fedmae", "mae"),
                "fedmae_vs_scratch": ("fedmae", "scratch"), "maeslow_vs_mae": ("maeslow", "mae"),
-               "maeslow_vs_scratch": ("maeslow", "scratch")}
+               "maeslow_vs_scratch": ("maeslow", "scratch"), "maeunet_vs_mae": ("maeunet", "mae"),
+               "maeunet_vs_scratch": ("maeunet", "scratch")}
 
 
 def summarise(results: dict, cfg: dict) -> dict:
     return {"pretraining": flattening(results["mae"]["losses"]) if results.get("mae") else None,
             "federated_pretraining": flattening(results["fedmae"]["losses"]) if results.get("fedmae") else None,
+            "unet_pretraining": flattening(results["maeunet"]["losses"]) if results.get("maeunet") else None,
             **{name: compare(results, cfg, *pair) for name, pair in COMPARISONS.items()}}
 
 
@@ -305,7 +314,8 @@ def markdown(results: dict, summary: dict) -> str:
     lines = [f"Command: `{results['command']}` — {results['date']}, {results['machine']}, wall "
              f"{results['wall_seconds'] / 60:.1f} min.", ""]
     for key, flat_key, label in (("mae", "pretraining", "MAE pretraining (centralised)"),
-                                 ("fedmae", "federated_pretraining", "MAE pretraining (federated, NVFlare simulator)")):
+                                 ("fedmae", "federated_pretraining", "MAE pretraining (federated, NVFlare simulator)"),
+                                 ("maeunet", "unet_pretraining", "MAE pretraining (centralised, whole U-Net decoder)")):
         if results.get(key):
             lines += [_pretraining_line(label, results[key], summary[flat_key], cfg), ""]
     lines.append(f"Fine-tuning: {cfg['epochs']} epochs per arm; unseen hospital: {results['unseen_cases']} patients.")
@@ -340,13 +350,14 @@ def curves_plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("mae", "centralised"), ("fedmae", "federated (per site)")):
+    for key, label in (("mae", "centralised"), ("fedmae", "federated (per site)"), ("maeunet", "whole U-Net")):
         if results.get(key):
             pre = results[key]
             axes[0].plot(np.arange(1, len(pre["losses"]) + 1) * pre["steps_per_epoch"], pre["losses"], label=label)
     axes[0].set(title="MAE pretraining: masked-voxel L1", xlabel="optimiser steps", ylabel="L1 (HU window units)")
     axes[0].legend(fontsize=7)
-    colours = {"mae": "tab:green", "scratch": "tab:red", "fedmae": "tab:blue", "maeslow": "tab:olive"}
+    colours = {"mae": "tab:green", "scratch": "tab:red", "fedmae": "tab:blue", "maeslow": "tab:olive",
+               "maeunet": "tab:purple"}
     for name, arm in sorted(results["arms"].items()):
         init, fraction = name.split("/")[1].split("_")
         steps = np.arange(1, len(arm["seg_loss"]) + 1) * arm["steps_per_epoch"]
@@ -380,15 +391,19 @@ def main(argv=None) -> int:
     p.add_argument("--fractions", type=int, nargs="+", default=None, help="label percentages (default: the mode's)")
     p.add_argument("--inits", nargs="+", choices=INITS, default=["scratch", "mae"],
                    help="which starts to run (fedmae: the pretraining federated in NVFlare's simulator; maeslow: "
-                        "the MAE encoder fine-tuned at a quarter of the body's learning rate)")
+                        "the MAE encoder fine-tuned at a quarter of the body's learning rate; maeunet: the whole "
+                        "SwinUNETR decoder reconstructs and is transferred)")
     p.add_argument("--mae-epochs", type=int, default=None)
+    p.add_argument("--maeunet-epochs", type=int, default=None,
+                   help="epochs of the whole-U-Net pretraining (default: --mae-epochs); a step costs ~5x the "
+                        "encoder-only one, so the same wall time is about a fifth of the epochs")
     p.add_argument("--workers", type=int, default=None, help="arms at a time, each in its own process")
     p.add_argument("--deadline-min", type=float, default=None,
                    help="start nothing new after this many minutes; the summary covers what finished")
     args = p.parse_args(argv)
     cfg = dict(MODES[args.mode], mode=args.mode)
     cfg.update({k: v for k, v in (("seeds", args.seeds), ("fractions", args.fractions),
-                                  ("mae_epochs", args.mae_epochs)) if v})
+                                  ("mae_epochs", args.mae_epochs), ("maeunet_epochs", args.maeunet_epochs)) if v})
     workers = args.workers or cfg["workers"]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,11 @@ def test_classification_is_grounded_in_the_pooling_region(plan):
     assert evidence[region].abs().sum().item() > 0
 
 
-def test_mae_masked_voxels_reach_no_path(plan):
+@pytest.mark.parametrize("reconstruct", ["deep", "unet"])
+def test_mae_masked_voxels_reach_no_path(plan, reconstruct):
+    """Neither reconstruction (the deep stages' head, or the whole U-Net with its full-resolution skip blocks) sees
+    a masked voxel."""
+    plan = plan.with_overrides(mae_reconstruct=reconstruct)
     mae = MaskedPretrainer(plan).eval()
     x = torch.rand(1, 1, *plan.patch_size)
     mask = mae.random_mask(x, generator=torch.Generator().manual_seed(0))
@@ -101,6 +105,24 @@ def test_encoder_transfer_is_verified_key_by_key(plan):
     other = MaskedPretrainer(plan.with_overrides(feature_size=24))
     with pytest.raises(ValueError, match="another shape"):
         load_encoder(DualOutputSwinUNETR(plan), other.state_dict(), "fs24.pt")
+
+
+def test_a_whole_unet_pretraining_transfers_encoder_and_decoder_but_not_the_segmentation_output(plan):
+    mae = MaskedPretrainer(plan.with_overrides(mae_reconstruct="unet"))
+    fresh = DualOutputSwinUNETR(plan).state_dict()
+    dual = DualOutputSwinUNETR(plan)
+    said = []
+    n = load_encoder(dual, mae.state_dict(), "mae_unet.pt", log=said.append)
+    after, source = dual.state_dict(), mae.state_dict()
+    decoder = [k for k in after if k.startswith("net.decoder1.")]
+    assert n > len(encoder_keys(after)) and decoder
+    assert said == [f"initialized {n}/{n} encoder and decoder tensors from mae_unet.pt"]
+    assert all(torch.equal(after[k], source[k]) for k in encoder_keys(after) + decoder)
+    assert not any(k.startswith("net.out.") for k in source)  # its output is the reconstruction head
+    assert all(torch.equal(after[k], fresh[k]) for k in after if k.startswith("net.out."))  # node prior kept
+    broken = {k: v for k, v in source.items() if not k.startswith("net.decoder2.")}
+    with pytest.raises(ValueError, match="missing"):
+        load_encoder(DualOutputSwinUNETR(plan), broken, "broken.pt")
 
 
 def test_evidence_reference_cancels_what_shifts_every_voxels_evidence():

@@ -9,7 +9,8 @@ inference over a whole neck gives the same pooling as one big patch.
 
 MaskedPretrainer: the same SwinUNETR (same parameter names, so the encoder transfers key by key), random 3D
 cubes masked: the masked voxels are blanked in the input and their patch tokens replaced by a learned mask token,
-a light head reconstructs the voxels from the two deepest encoder stages, loss on masked voxels only.
+a light head reconstructs the voxels from the two deepest encoder stages (plan mae_reconstruct "deep") or the whole
+SwinUNETR decoder does ("unet", transferred with the encoder), loss on masked voxels only.
 """
 from __future__ import annotations
 
@@ -280,16 +281,24 @@ class MaskedPretrainer(nn.Module):
         with seeded_init(plan.seed):
             self.plan = plan
             fs = plan.feature_size
-            # Only the Swin encoder of a SwinUNETR, under the same attribute path, so its keys match the
-            # fine-tuning model's "net.swinViT.*" and no unused decoder weights are sent around in FL rounds.
             full = _swin(plan)
-            self.net = nn.Module()
-            self.net.swinViT = full.swinViT
+            if plan.mae_reconstruct == "unet":
+                # The whole SwinUNETR under the same names, its segmentation output replaced by a 1-channel
+                # reconstruction head: encoder, skip blocks and decoder all learn from the masked voxels.
+                self.net = full
+                self.net.out = nn.Identity()
+                self.stride = 1
+                self.head = nn.Conv3d(fs, 1, kernel_size=1)
+            else:
+                # Only the Swin encoder of a SwinUNETR, under the same attribute path, so its keys match the
+                # fine-tuning model's "net.swinViT.*" and no unused decoder weights are sent around in FL rounds.
+                self.net = nn.Module()
+                self.net.swinViT = full.swinViT
+                self.stride = 16  # reconstruct from stage 3 (1/16) and the upsampled stage 4 (1/32)
+                self.head = nn.Conv3d(8 * fs + 16 * fs, self.stride ** 3, kernel_size=1)
             self.normalize = full.normalize
             self.mask_token = nn.Parameter(torch.zeros(1, fs, 1, 1, 1))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
-            self.stride = 16  # reconstruct from stage 3 (1/16) and the upsampled stage 4 (1/32)
-            self.head = nn.Conv3d(8 * fs + 16 * fs, self.stride ** 3, kernel_size=1)
             self._token_mask = None
             self.net.swinViT.patch_embed.register_forward_hook(self._mask_tokens)
 
@@ -321,11 +330,14 @@ class MaskedPretrainer(nn.Module):
         patch = self.net.swinViT.patch_embed.patch_size[0]
         self._token_mask = mask[:, :, ::patch, ::patch, ::patch]
         try:
-            hidden = self.net.swinViT(x_blank, self.normalize)
+            if self.plan.mae_reconstruct == "unet":  # the skip blocks read x_blank too: nothing masked leaks
+                pred = self.head(self.net(x_blank))
+            else:
+                hidden = self.net.swinViT(x_blank, self.normalize)
+                deep = F.interpolate(hidden[4], scale_factor=2, mode="nearest")
+                pred = self.head(torch.cat([hidden[3], deep], dim=1))
         finally:
             self._token_mask = None
-        deep = F.interpolate(hidden[4], scale_factor=2, mode="nearest")
-        pred = self.head(torch.cat([hidden[3], deep], dim=1))
         s = self.stride
         recon = rearrange(pred, "b (p1 p2 p3) d h w -> b 1 (d p1) (h p2) (w p3)", p1=s, p2=s, p3=s)
         loss = ((recon - x).abs() * mask).sum() / mask.sum().clamp_min(1.0)
@@ -336,14 +348,22 @@ def encoder_keys(state: dict) -> list[str]:
     return [k for k in state if k.startswith(ENCODER_PREFIX)]
 
 
+def pretrained_keys(target: dict, source_state: dict) -> list[str]:
+    """The fine-tuning model's tensors a pretraining provides: the Swin encoder, and with a whole-U-Net
+    pretraining (mae_reconstruct "unet") every SwinUNETR tensor but the segmentation output as well."""
+    if not any(k.startswith("net.") and not k.startswith(ENCODER_PREFIX) for k in source_state):
+        return encoder_keys(target)
+    return [k for k in target if k.startswith("net.") and not k.startswith("net.out.")]
+
+
 def load_encoder(model: nn.Module, source_state: dict, source_name: str, log=_log.info) -> int:
-    """Copy every encoder tensor key by key; fail naming what is missing or mis-shaped (never strict=False)."""
+    """Copy every pretrained tensor key by key; fail naming what is missing or mis-shaped (never strict=False)."""
     target = model.state_dict()
-    keys = encoder_keys(target)
+    keys = pretrained_keys(target, source_state)
     missing = [k for k in keys if k not in source_state]
     mismatched = [k for k in keys if k in source_state and tuple(source_state[k].shape) != tuple(target[k].shape)]
     if missing or mismatched:
-        raise ValueError(f"cannot initialise the encoder from {source_name}: {len(missing)} expected encoder "
+        raise ValueError(f"cannot initialise the model from {source_name}: {len(missing)} expected pretrained "
                          f"tensors missing (e.g. {missing[:3]}), {len(mismatched)} with another shape "
                          f"(e.g. {mismatched[:3]}); was it pretrained with another preset/feature_size?")
     for k in keys:
@@ -352,6 +372,7 @@ def load_encoder(model: nn.Module, source_state: dict, source_name: str, log=_lo
     after = model.state_dict()
     loaded = sum(1 for k in keys if torch.equal(after[k], source_state[k].to(after[k].dtype)))
     if loaded != len(keys):
-        raise RuntimeError(f"only {loaded}/{len(keys)} encoder tensors took the pretrained values")
-    log(f"initialized {loaded}/{len(keys)} encoder tensors from {source_name}")
+        raise RuntimeError(f"only {loaded}/{len(keys)} pretrained tensors took the pretrained values")
+    what = "encoder" if len(keys) == len(encoder_keys(target)) else "encoder and decoder"
+    log(f"initialized {loaded}/{len(keys)} {what} tensors from {source_name}")
     return loaded

@@ -127,6 +127,10 @@ class Plan:
     balanced_sampling: bool = False
     mae_mask_ratio: float = 0.6
     mae_cube: int = 16  # voxels; divides the patch size and is a multiple of the patch embedding (2)
+    # what reconstructs the masked voxels: "deep" = a light head on the two deepest encoder stages (SimMIM; only the
+    # Swin encoder is pretrained and transferred); "unet" = the whole SwinUNETR decoder with its skip connections,
+    # so encoder and decoder are pretrained and fine-tuning starts both from it (the segmentation output stays new)
+    mae_reconstruct: str = "deep"
     score_bins: int = 1000  # fixed [0,1] bins of the additive score histograms
     sw_overlap: float = 0.25  # sliding-window overlap at evaluation/inference
     # how overlapping windows are blended: "constant" (plain mean) or "gaussian" (each window's centre counts more
@@ -192,6 +196,8 @@ class Plan:
             raise ValueError(f"validate_every must be >= 0 (0: the final model only), not {self.validate_every}")
         if self.fl_workflow not in ("fedavg", "cyclic"):
             raise ValueError(f"fl_workflow must be 'fedavg' or 'cyclic', not {self.fl_workflow!r}")
+        if self.mae_reconstruct not in ("deep", "unet"):
+            raise ValueError(f"mae_reconstruct must be 'deep' or 'unet', not {self.mae_reconstruct!r}")
         if self.sw_blend not in ("constant", "gaussian"):
             raise ValueError(f"sw_blend must be 'constant' or 'gaussian', not {self.sw_blend!r}")
         if self.sw_batch_size < 1:
