@@ -17,14 +17,16 @@ scored on a hospital that no pretraining, training or tuning saw (issue #13).
    case-bootstrap 95 % intervals over the same unseen patients; the convergence speed-up = steps scratch took to
    reach its final training segmentation loss (DiceCE, mean over an epoch) / steps the MAE arm took to reach it.
 5. `--inits fedmae` (a second call over the same OUT): the same pretraining federated in NVFlare's simulator
-   (FedAvg over the three training hospitals, the same total optimiser steps: each site takes a third), then its
-   fine-tuning arms; the summary adds federated MAE − centralised MAE, paired as above.
+   (FedAvg over the three training hospitals, the same total optimiser steps: each site takes a third; see
+   federated_schedule), then its fine-tuning arms; the summary adds federated MAE − centralised MAE, paired as above.
 6. `--inits maeslow`: the centralised MAE encoder fine-tuned with the encoder at a quarter of the body's learning
    rate (plan encoder_lr_multiplier; MAE fine-tuning recipes keep pretrained layers slower); paired against the
    MAE arm (the same start at one rate) and scratch.
 7. `--inits maeunet`: a second centralised pretraining, the same recipe with the whole SwinUNETR decoder
    reconstructing the masked voxels (plan mae_reconstruct "unet"), so fine-tuning starts encoder and decoder from
    it; paired against the MAE arm (encoder only, reconstructed from the deep stages) and scratch.
+8. `--inits fedmaeunet`: that whole-U-Net pretraining federated as in 5 (--maeunet-epochs sets both); paired
+   against the centralised one and scratch.
 
 Results: OUT/mae.json, OUT/mae.md, OUT/mae_curves.png (pasted into docs/BENCHMARKS.md with the command). Arms run
 `--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes.
@@ -93,15 +95,18 @@ def prepare_unseen(out: Path, cfg: dict) -> Path:
     return split_datalist(datalist, cfg["unseen_calibration"])[1]
 
 
-INITS = ("scratch", "mae", "fedmae", "maeslow", "maeunet")
+INITS = ("scratch", "mae", "fedmae", "maeslow", "maeunet", "fedmaeunet")
 # each pretraining's encoder file
 ENCODER = {"mae": "mae/checkpoint.pt", "fedmae": "fedmae/mae_pretrain/global_model.pt",
-           "maeunet": "maeunet/checkpoint.pt"}
-# what a centralised pretraining changes in the shipped recipe
-PRETRAIN_PLAN = {"maeunet": {"mae_reconstruct": "unet"}}
+           "maeunet": "maeunet/checkpoint.pt", "fedmaeunet": "fedmaeunet/mae_pretrain/global_model.pt"}
+FEDERATED = ("fedmae", "fedmaeunet")
+# what a pretraining changes in the shipped recipe
+PRETRAIN_PLAN = {"maeunet": {"mae_reconstruct": "unet"}, "fedmaeunet": {"mae_reconstruct": "unet"}}
+# which --*-epochs sets a pretraining's length (the federated one copies its centralised twin's)
+EPOCHS_KEY = {"maeunet": "maeunet_epochs", "fedmaeunet": "maeunet_epochs"}
 # where each start's encoder comes from (scratch: nowhere), and what its fine-tuning changes in the plan:
 # maeslow = the MAE encoder fine-tuned at a quarter of the body's learning rate (MAE recipes' layer-wise decay)
-PRETRAINING = {"mae": "mae", "fedmae": "fedmae", "maeslow": "mae", "maeunet": "maeunet"}
+PRETRAINING = {"mae": "mae", "fedmae": "fedmae", "maeslow": "mae", "maeunet": "maeunet", "fedmaeunet": "fedmaeunet"}
 START_PLAN = {"maeslow": {"encoder_lr_multiplier": 0.25}}
 
 
@@ -109,18 +114,30 @@ def arm_name(init: str, fraction: int) -> str:
     return f"{init}_{fraction}"
 
 
-def _pretrain_federated(cfg: dict, lists: list[str], out: Path, plan: dict) -> dict:
-    """FedAvg MAE over the three training hospitals in NVFlare's simulator: rounds x mae_iterations steps per site,
-    a third of the centralised pretraining's steps each, so both take the same number of optimiser steps."""
+def federated_schedule(epochs: int, steps_per_epoch: int, n_sites: int) -> tuple[int, int]:
+    """(rounds, steps per site per round) of a federated pretraining whose sites together take about the centralised
+    one's epochs x steps_per_epoch optimiser steps: a whole epoch per site per round (epochs / n_sites rounds, the
+    fewest messages) unless rounding that misses the total by more than 5 %; then one round per epoch, each site
+    taking its share of the epoch's steps."""
+    rounds = max(1, round(epochs / n_sites))
+    if abs(rounds * n_sites - epochs) <= 0.05 * epochs or steps_per_epoch < n_sites:
+        return rounds, steps_per_epoch
+    return epochs, round(steps_per_epoch / n_sites)
+
+
+def _pretrain_federated(name: str, cfg: dict, lists: list[str], out: Path, plan: dict) -> dict:
+    """FedAvg MAE over the training hospitals in NVFlare's simulator (the product's mae_pretrain job), with the same
+    total optimiser steps as its centralised twin (federated_schedule)."""
     from ecefl.fl.simulate import simulate
     from ecefl.job_kinds import MAE
-    rounds = max(1, round(cfg["mae_epochs"] / len(lists)))
     sites = {Path(p).parent.name: Path(p) for p in lists}
+    rounds, steps = federated_schedule(cfg.get(EPOCHS_KEY.get(name, "")) or cfg["mae_epochs"], cfg["mae_iterations"],
+                                       len(sites))
     t0 = time.perf_counter()
-    simulate(sites, MAE, rounds, 1, cfg["preset"], out / "fedmae", seed=0, quiet=True, progress=False,
-             log=lambda *_: None, **{**plan, "iterations_per_epoch": cfg["mae_iterations"]})
-    pooled = json.loads((out / "fedmae" / MAE / "pooled_metrics.json").read_text())
-    return {"losses": [r["train_loss"] for r in pooled["rounds"]], "steps_per_epoch": cfg["mae_iterations"],
+    simulate(sites, MAE, rounds, 1, cfg["preset"], out / name, seed=0, quiet=True, progress=False,
+             log=lambda *_: None, **{**plan, **PRETRAIN_PLAN.get(name, {}), "iterations_per_epoch": steps})
+    pooled = json.loads((out / name / MAE / "pooled_metrics.json").read_text())
+    return {"losses": [r["train_loss"] for r in pooled["rounds"]], "steps_per_epoch": steps,
             "sites": len(sites), "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -133,10 +150,10 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
     out = Path(out)
     plan = {**COMMON, **cfg["overrides"], **START_PLAN.get(task[1] if len(task) == 3 else "", {})}
     t0 = time.perf_counter()
-    if task == ("fedmae",):
-        return _pretrain_federated(cfg, lists, out, plan)
+    if len(task) == 1 and task[0] in FEDERATED:
+        return _pretrain_federated(task[0], cfg, lists, out, plan)
     if len(task) == 1:  # a centralised pretraining
-        epochs = cfg.get(f"{task[0]}_epochs") or cfg["mae_epochs"]
+        epochs = cfg.get(EPOCHS_KEY.get(task[0], "")) or cfg["mae_epochs"]
         res = pretrain(lists, cfg["preset"], epochs, out / task[0], seed=0, **quiet,
                        **{**plan, **PRETRAIN_PLAN.get(task[0], {}), "iterations_per_epoch": cfg["mae_iterations"]})
         return {"losses": [e["loss"] for e in res["epochs"]], "steps_per_epoch": res["epochs"][0]["steps"],
@@ -263,13 +280,16 @@ def flattening(losses: list[float]) -> dict:
 COMPARISONS = {"mae_vs_scratch": ("mae", "scratch"), "fedmae_vs_mae": ("fedmae", "mae"),
                "fedmae_vs_scratch": ("fedmae", "scratch"), "maeslow_vs_mae": ("maeslow", "mae"),
                "maeslow_vs_scratch": ("maeslow", "scratch"), "maeunet_vs_mae": ("maeunet", "mae"),
-               "maeunet_vs_scratch": ("maeunet", "scratch")}
+               "maeunet_vs_scratch": ("maeunet", "scratch"), "fedmaeunet_vs_maeunet": ("fedmaeunet", "maeunet"),
+               "fedmaeunet_vs_scratch": ("fedmaeunet", "scratch")}
 
 
 def summarise(results: dict, cfg: dict) -> dict:
     return {"pretraining": flattening(results["mae"]["losses"]) if results.get("mae") else None,
             "federated_pretraining": flattening(results["fedmae"]["losses"]) if results.get("fedmae") else None,
             "unet_pretraining": flattening(results["maeunet"]["losses"]) if results.get("maeunet") else None,
+            "federated_unet_pretraining": (flattening(results["fedmaeunet"]["losses"]) if results.get("fedmaeunet")
+                                           else None),
             **{name: compare(results, cfg, *pair) for name, pair in COMPARISONS.items()}}
 
 
@@ -315,7 +335,9 @@ def markdown(results: dict, summary: dict) -> str:
              f"{results['wall_seconds'] / 60:.1f} min.", ""]
     for key, flat_key, label in (("mae", "pretraining", "MAE pretraining (centralised)"),
                                  ("fedmae", "federated_pretraining", "MAE pretraining (federated, NVFlare simulator)"),
-                                 ("maeunet", "unet_pretraining", "MAE pretraining (centralised, whole U-Net decoder)")):
+                                 ("maeunet", "unet_pretraining", "MAE pretraining (centralised, whole U-Net decoder)"),
+                                 ("fedmaeunet", "federated_unet_pretraining",
+                                  "MAE pretraining (federated, whole U-Net decoder)")):
         if results.get(key):
             lines += [_pretraining_line(label, results[key], summary[flat_key], cfg), ""]
     lines.append(f"Fine-tuning: {cfg['epochs']} epochs per arm; unseen hospital: {results['unseen_cases']} patients.")
@@ -350,14 +372,15 @@ def curves_plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("mae", "centralised"), ("fedmae", "federated (per site)"), ("maeunet", "whole U-Net")):
+    for key, label in (("mae", "centralised"), ("fedmae", "federated (per site)"), ("maeunet", "whole U-Net"),
+                       ("fedmaeunet", "whole U-Net, federated (per site)")):
         if results.get(key):
             pre = results[key]
             axes[0].plot(np.arange(1, len(pre["losses"]) + 1) * pre["steps_per_epoch"], pre["losses"], label=label)
     axes[0].set(title="MAE pretraining: masked-voxel L1", xlabel="optimiser steps", ylabel="L1 (HU window units)")
     axes[0].legend(fontsize=7)
     colours = {"mae": "tab:green", "scratch": "tab:red", "fedmae": "tab:blue", "maeslow": "tab:olive",
-               "maeunet": "tab:purple"}
+               "maeunet": "tab:purple", "fedmaeunet": "tab:pink"}
     for name, arm in sorted(results["arms"].items()):
         init, fraction = name.split("/")[1].split("_")
         steps = np.arange(1, len(arm["seg_loss"]) + 1) * arm["steps_per_epoch"]
@@ -392,7 +415,7 @@ def main(argv=None) -> int:
     p.add_argument("--inits", nargs="+", choices=INITS, default=["scratch", "mae"],
                    help="which starts to run (fedmae: the pretraining federated in NVFlare's simulator; maeslow: "
                         "the MAE encoder fine-tuned at a quarter of the body's learning rate; maeunet: the whole "
-                        "SwinUNETR decoder reconstructs and is transferred)")
+                        "SwinUNETR decoder reconstructs and is transferred; fedmaeunet: that one federated)")
     p.add_argument("--mae-epochs", type=int, default=None)
     p.add_argument("--maeunet-epochs", type=int, default=None,
                    help="epochs of the whole-U-Net pretraining (default: --mae-epochs); a step costs ~5x the "

@@ -55,3 +55,14 @@ def test_flattening_tells_a_plateau_from_a_loss_still_falling():
     assert not falling["flattened"] and falling["last_quarter_drop"] == pytest.approx(0.072 / 0.281, abs=0.002)
     assert plateau["first"] == pytest.approx(0.5) and plateau["last"] == pytest.approx(0.2, abs=0.002)
     assert mae.flattening([0.5, 0.4, 0.39])["flattened"] is None  # too short to tell
+
+
+def test_the_federated_pretraining_takes_the_centralised_step_count_in_few_rounds():
+    # 36 epochs over 3 sites: 12 rounds of a whole epoch per site = 2,160 steps, the centralised count
+    assert mae.federated_schedule(36, 60, 3) == (12, 60)
+    # 100 epochs: 33 whole-epoch rounds miss 6,000 by 1 %, within 5 %: the fewest messages win
+    assert mae.federated_schedule(100, 60, 3) == (33, 60)
+    # 7 epochs: 2 rounds would take 360 of 420 steps; one round per epoch with a third of its steps takes 420
+    rounds, steps = mae.federated_schedule(7, 60, 3)
+    assert (rounds, steps) == (7, 20) and rounds * steps * 3 == 7 * 60
+    assert mae.federated_schedule(2, 2, 3) == (1, 2)  # tiny: fewer steps than sites, one round
