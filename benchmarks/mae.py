@@ -228,7 +228,8 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                         f"({res['seconds'] / 60:.1f} min)")
                     # pairs in (seed, fraction) order, so a deadline leaves the fewest unpaired arms
                     ready[:] = sorted(ready + [t for t in waiting if PRETRAINING.get(t[1]) == task[0]],
-                                      key=lambda t: (t[0], t[2], INITS.index(t[1])))
+                                      key=lambda t: (0,) if len(t) == 1  # pretrainings still queued first
+                                      else (1, t[0], t[2], INITS.index(t[1])))
                     continue
                 results["arms"][name] = res
                 log(f"{name}: unseen AUC {res['auc']:.3f}, Dice {res['dice']:.3f} ({res['seconds']:.0f}s)")
