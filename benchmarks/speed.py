@@ -7,8 +7,8 @@ Parts (all by default):
               nodal ROI), each mask's Dice against an independent centre-inside rasteriser (tests/oracles.py)
   overhead    one fine-tuning round through the NVFlare simulator client vs the same epochs in the centralised
               loop: framework overhead per round as a fraction of local training time
-  bytes       bytes per site per round: fp32 weights vs NVFlare's fp16 / blockwise8 quantization vs fp32 weight
-              differences (and their compressibility), with the largest weight error each introduces
+  bytes       bytes per site per round: fp32 weights vs NVFlare's fp16 / adaquant / blockwise8 / 4-bit quantization
+              vs fp32 weight differences (and their compressibility), with the largest weight error each introduces
   rss         peak RSS of the server and of each site process over N rounds of a tiny job: growth first->last
   throughput  voxels/s and peak RSS of a training step at the cpu-small preset (this machine)
 
@@ -196,7 +196,7 @@ def bench_bytes() -> dict:
                                              for k in update if update[k].dtype.kind == "f")
         if ModelQuantizer is None:
             row["nvflare_quantization"] = missing
-        for qtype in (("float16", "adaquant", "blockwise8") if ModelQuantizer else ()):
+        for qtype in (("float16", "adaquant", "blockwise8", "float4", "normfloat4") if ModelQuantizer else ()):
             dxo = DXO(data_kind=DataKind.WEIGHTS, data={k: v.copy() for k, v in update.items()})
             try:
                 q = ModelQuantizer(quantization_type=qtype).process_dxo(dxo, Shareable(), FLContext())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def prepare_site(out: Path, patients: int, seed: int, profile_index: int) -> Pat
     if datalist.is_file():
         return datalist
     site_dir = synthesize(out / "dicom", sites=profile_index + 1, cases_per_site=patients, unlabeled_per_site=0,
-                          seed=seed, progress=False, only=[profile_index], workers=2)[0]
+                          seed=seed, progress=False, only=[profile_index],
+                          workers=os.cpu_count() or 2)[0]
     cfg = SiteConfig(secret_file=str(out / "site.key"))
     code = run_preprocess(site_dir / "dicom", site_dir / "labels.csv", out / "site", cfg, progress=False)
     if code not in (0, 3):

@@ -37,6 +37,21 @@ def test_pretrain_outputs(runs):
     assert ckpt["kind"] == "mae" and ckpt["plan"]["feature_size"] == 12
 
 
+def test_a_pretraining_budget_stops_after_the_epoch_that_passes_it(preprocessed, tmp_path):
+    """The time budget (benchmarks/mae.py sizes its GPU pretraining by it) ends the run after the first epoch
+    past it, and the checkpoint and history are those of the epochs run; without it every epoch runs."""
+    from ecefl.stages import pretrain
+    lists = [preprocessed["hospital-a"] / "datalist.json"]
+    kwargs = dict(progress=False, iterations_per_epoch=1)
+    short = pretrain(lists, "test-tiny", 3, tmp_path / "short", budget_seconds=0.0, **kwargs)
+    assert [e["epoch"] for e in short["epochs"]] == [1]
+    assert torch.load(tmp_path / "short" / "checkpoint.pt", weights_only=True)["kind"] == "mae"
+    full = pretrain(lists, "test-tiny", 2, tmp_path / "full", budget_seconds=1e6, **kwargs)
+    assert [e["epoch"] for e in full["epochs"]] == [1, 2]
+    # the same seed and data: the first epoch is the same whichever way the run ends
+    assert full["epochs"][0]["loss"] == pytest.approx(short["epochs"][0]["loss"], rel=1e-5)
+
+
 def test_train_outputs_in_range(runs):
     metrics = json.loads((runs / "ft" / "metrics.json").read_text())
     val = metrics["val"]

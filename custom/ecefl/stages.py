@@ -32,7 +32,9 @@ def init_encoder(model: DualOutputSwinUNETR, init_path, log=_log.info) -> Plan:
 
 
 def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: bool = True, log=_log.info,
-             **overrides) -> dict:
+             budget_seconds: float | None = None, **overrides) -> dict:
+    """budget_seconds: stop after the first epoch that ends past this much training time (image caching excluded).
+    MAE pretraining runs at a constant learning rate, so stopping early equals having asked for fewer epochs."""
     out = Path(out)
     plan = get_plan(preset, seed=seed, **overrides)
     labelled, unlabelled = load_datalists(datalists)
@@ -41,7 +43,15 @@ def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: 
     model = MaskedPretrainer(plan)
     log(f"MAE pretraining on {len(items)} CT images ({len(unlabelled)} unlabelled), preset {plan.preset}")
     t0 = time.perf_counter()
-    history = Pretrainer(plan, model, items, progress=progress, log=log).run_epochs(0, epochs, epochs)
+    pretrainer = Pretrainer(plan, model, items, progress=progress, log=log)
+    if budget_seconds is None:
+        history = pretrainer.run_epochs(0, epochs, epochs)
+    else:
+        history, t_loop = [], time.perf_counter()
+        while len(history) < epochs and (not history or time.perf_counter() - t_loop < budget_seconds):
+            history += pretrainer.run_epochs(len(history), 1, epochs)
+        if len(history) < epochs:
+            log(f"MAE pretraining stopped by its {budget_seconds:.0f} s budget after {len(history)} of {epochs} epochs")
     save_checkpoint(out / "checkpoint.pt", "mae", plan, model.state_dict(), history=history)
     result = {"epochs": history, "n_images": len(items), "plan": plan.to_dict(),
               "seconds": round(time.perf_counter() - t0, 1)}
