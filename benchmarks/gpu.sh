@@ -65,7 +65,10 @@ fi
 setsid "$PY" "${CMD[@]}" --deadline-min "$(awk "BEGIN{print $DEADLINE_SECONDS / 60}")" \
   > "$OUT_DIR/${BENCH}_log.txt" 2>&1 &
 QPID=$!
-( for _ in $(seq "$BENCH_SECONDS"); do kill -0 "$QPID" 2>/dev/null || exit 0; sleep 1; done
+# every 15 s the results so far go to OUT_DIR (mae.py rewrites them after each finished task): a run stopped from
+# outside (the device's time limit) still returns what finished
+( for i in $(seq "$BENCH_SECONDS"); do kill -0 "$QPID" 2>/dev/null || exit 0; sleep 1
+    if [ $((i % 15)) = 0 ]; then for f in "${RESULTS[@]}"; do cp "$Q/$f" "$OUT_DIR/" 2>/dev/null; done; fi; done
   kill -9 -- -"$QPID" 2>/dev/null ) &
 wait "$QPID"
 kill -9 -- -"$QPID" 2>/dev/null; wait; sleep 2

@@ -38,6 +38,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -102,19 +103,38 @@ def prepare_unseen(out: Path, cfg: dict) -> Path:
     return split_datalist(datalist, cfg["unseen_calibration"])[1]
 
 
+@dataclass(frozen=True)
+class Pretraining:
+    summary_key: str  # its flattening in the summary
+    label: str  # in mae.md
+    curve: str  # in the curves' legend
+    twin: str | None = None  # a federated pretraining: its centralised twin, whose recipe and length it takes
+    plan: dict = field(default_factory=dict)  # what it changes in the shipped recipe
+    epochs_key: str = "mae_epochs"  # which --*-epochs sets its length
+
+    def encoder(self, name: str) -> str:  # its encoder file in OUT
+        return f"{name}/mae_pretrain/global_model.pt" if self.twin else f"{name}/checkpoint.pt"
+
+
+_UNET = dict(plan={"mae_reconstruct": "unet"}, epochs_key="maeunet_epochs")
+PRETRAININGS = {
+    "mae": Pretraining("pretraining", "MAE pretraining (centralised)", "centralised"),
+    "fedmae": Pretraining("federated_pretraining", "MAE pretraining (federated, NVFlare simulator)",
+                          "federated (per site)", twin="mae"),
+    "maeunet": Pretraining("unet_pretraining", "MAE pretraining (centralised, whole U-Net decoder)", "whole U-Net",
+                           **_UNET),
+    "fedmaeunet": Pretraining("federated_unet_pretraining", "MAE pretraining (federated, whole U-Net decoder)",
+                              "whole U-Net, federated (per site)", twin="maeunet", **_UNET),
+}
 INITS = ("scratch", "mae", "fedmae", "maeslow", "maeunet", "fedmaeunet")
-# each pretraining's encoder file
-ENCODER = {"mae": "mae/checkpoint.pt", "fedmae": "fedmae/mae_pretrain/global_model.pt",
-           "maeunet": "maeunet/checkpoint.pt", "fedmaeunet": "fedmaeunet/mae_pretrain/global_model.pt"}
-FEDERATED = ("fedmae", "fedmaeunet")
-# what a pretraining changes in the shipped recipe
-PRETRAIN_PLAN = {"maeunet": {"mae_reconstruct": "unet"}, "fedmaeunet": {"mae_reconstruct": "unet"}}
-# which --*-epochs sets a pretraining's length (the federated one copies its centralised twin's)
-EPOCHS_KEY = {"maeunet": "maeunet_epochs", "fedmaeunet": "maeunet_epochs"}
 # where each start's encoder comes from (scratch: nowhere), and what its fine-tuning changes in the plan:
 # maeslow = the MAE encoder fine-tuned at a quarter of the body's learning rate (MAE recipes' layer-wise decay)
-PRETRAINING = {"mae": "mae", "fedmae": "fedmae", "maeslow": "mae", "maeunet": "maeunet", "fedmaeunet": "fedmaeunet"}
+PRETRAINING = {**{name: name for name in PRETRAININGS}, "maeslow": "mae"}
 START_PLAN = {"maeslow": {"encoder_lr_multiplier": 0.25}}
+
+
+def pretraining_epochs(name: str, cfg: dict) -> int:
+    return cfg.get(PRETRAININGS[name].epochs_key) or cfg["mae_epochs"]
 
 
 def arm_name(init: str, fraction: int) -> str:
@@ -138,11 +158,10 @@ def _pretrain_federated(name: str, cfg: dict, lists: list[str], out: Path, plan:
     from ecefl.fl.simulate import simulate
     from ecefl.job_kinds import MAE
     sites = {Path(p).parent.name: Path(p) for p in lists}
-    rounds, steps = federated_schedule(cfg.get(EPOCHS_KEY.get(name, "")) or cfg["mae_epochs"], cfg["mae_iterations"],
-                                       len(sites))
+    rounds, steps = federated_schedule(pretraining_epochs(name, cfg), cfg["mae_iterations"], len(sites))
     t0 = time.perf_counter()
     simulate(sites, MAE, rounds, 1, cfg["preset"], out / name, seed=0, quiet=True, progress=False,
-             log=lambda *_: None, **{**plan, **PRETRAIN_PLAN.get(name, {}), "iterations_per_epoch": steps})
+             log=lambda *_: None, **{**plan, **PRETRAININGS[name].plan, "iterations_per_epoch": steps})
     pooled = json.loads((out / name / MAE / "pooled_metrics.json").read_text())
     return {"losses": [r["train_loss"] for r in pooled["rounds"]], "steps_per_epoch": steps,
             "sites": len(sites), "seconds": round(time.perf_counter() - t0, 1)}
@@ -157,19 +176,22 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
     out = Path(out)
     plan = {**COMMON, **cfg["overrides"], **START_PLAN.get(task[1] if len(task) == 3 else "", {})}
     t0 = time.perf_counter()
-    if len(task) == 1 and task[0] in FEDERATED:
+    if len(task) == 1 and PRETRAININGS[task[0]].twin:
         return _pretrain_federated(task[0], cfg, lists, out, plan)
     if len(task) == 1:  # a centralised pretraining
-        epochs = cfg.get(EPOCHS_KEY.get(task[0], "")) or cfg["mae_epochs"]
-        res = pretrain(lists, cfg["preset"], epochs, out / task[0], seed=0, **quiet,
+        epochs = pretraining_epochs(task[0], cfg)
+        # its loss per epoch in the log as it goes: a run stopped from outside still leaves the curve
+        res = pretrain(lists, cfg["preset"], epochs, out / task[0], seed=0, progress=False,
+                       log=lambda m: print(f"{task[0]}: {m}", flush=True),
                        budget_seconds=cfg.get("pretrain_seconds"),
-                       **{**plan, **PRETRAIN_PLAN.get(task[0], {}), "iterations_per_epoch": cfg["mae_iterations"]})
+                       **{**plan, **PRETRAININGS[task[0]].plan, "iterations_per_epoch": cfg["mae_iterations"]})
         return {"losses": [e["loss"] for e in res["epochs"]], "steps_per_epoch": res["epochs"][0]["steps"],
                 "n_images": res["n_images"], "seconds": res["seconds"]}
     seed, init, fraction = task
     arm = out / f"seed{seed}" / arm_name(init, fraction)
+    pre = PRETRAINING.get(init)
     trained = train(lists, cfg["preset"], cfg["epochs"], arm,
-                    init=str(out / ENCODER[PRETRAINING[init]]) if init in PRETRAINING else None,
+                    init=str(out / PRETRAININGS[pre].encoder(pre)) if pre else None,
                     label_fraction=fraction / 100, val_fraction=0.0, seed=seed, **quiet, **plan)
     held = evaluate(arm / "model.pt", [test], arm / "unseen", **quiet)
     from paired import read
@@ -185,13 +207,14 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
 
 
 def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, deadline: float | None,
-            inits=("scratch", "mae"), log=print) -> dict:
+            inits=("scratch", "mae"), log=print, on_result=None) -> dict:
     """Each pretraining first with the scratch arms beside it; a pretrained start's arms once its encoder is there.
-    Every finished arm and pretraining in OUT is read back, whichever call ran it."""
+    Every finished arm and pretraining in OUT is read back, whichever call ran it. on_result(results): after each
+    finished task."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     import multiprocessing
     results = {"arms": {}, "failed": {}}
-    for pre in ENCODER:
+    for pre in PRETRAININGS:
         if (out / pre / "result.json").is_file():
             results[pre] = json.loads((out / pre / "result.json").read_text())
     todo = []
@@ -203,7 +226,7 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                     results["arms"][f"{seed}/{arm_name(init, fraction)}"] = json.loads(done.read_text())
                 elif init in inits:
                     todo.append((seed, init, fraction))
-    pretrainings = [(pre,) for pre in ENCODER if pre not in results
+    pretrainings = [(pre,) for pre in PRETRAININGS if pre not in results
                     and any(PRETRAINING.get(i) == pre for i in inits)]
     waiting = [t for t in todo if (PRETRAINING.get(t[1]),) in pretrainings]
     ready = pretrainings + [t for t in todo if t not in waiting]
@@ -241,6 +264,8 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                     continue
                 results["arms"][name] = res
                 log(f"{name}: unseen AUC {res['auc']:.3f}, Dice {res['dice']:.3f} ({res['seconds']:.0f}s)")
+            if on_result:
+                on_result(results)
             submit_ready()
     if ready:
         log(f"deadline reached; not run: {', '.join(str(t) for t in ready)}")
@@ -294,11 +319,8 @@ COMPARISONS = {"mae_vs_scratch": ("mae", "scratch"), "fedmae_vs_mae": ("fedmae",
 
 
 def summarise(results: dict, cfg: dict) -> dict:
-    return {"pretraining": flattening(results["mae"]["losses"]) if results.get("mae") else None,
-            "federated_pretraining": flattening(results["fedmae"]["losses"]) if results.get("fedmae") else None,
-            "unet_pretraining": flattening(results["maeunet"]["losses"]) if results.get("maeunet") else None,
-            "federated_unet_pretraining": (flattening(results["fedmaeunet"]["losses"]) if results.get("fedmaeunet")
-                                           else None),
+    return {**{pre.summary_key: flattening(results[name]["losses"]) if results.get(name) else None
+               for name, pre in PRETRAININGS.items()},
             **{name: compare(results, cfg, *pair) for name, pair in COMPARISONS.items()}}
 
 
@@ -342,13 +364,9 @@ def markdown(results: dict, summary: dict) -> str:
     cfg = results["config"]
     lines = [f"Command: `{results['command']}` — {results['date']}, {results['machine']}, wall "
              f"{results['wall_seconds'] / 60:.1f} min.", ""]
-    for key, flat_key, label in (("mae", "pretraining", "MAE pretraining (centralised)"),
-                                 ("fedmae", "federated_pretraining", "MAE pretraining (federated, NVFlare simulator)"),
-                                 ("maeunet", "unet_pretraining", "MAE pretraining (centralised, whole U-Net decoder)"),
-                                 ("fedmaeunet", "federated_unet_pretraining",
-                                  "MAE pretraining (federated, whole U-Net decoder)")):
+    for key, pre in PRETRAININGS.items():
         if results.get(key):
-            lines += [_pretraining_line(label, results[key], summary[flat_key], cfg), ""]
+            lines += [_pretraining_line(pre.label, results[key], summary[pre.summary_key], cfg), ""]
     lines.append(f"Fine-tuning: {cfg['epochs']} epochs per arm; unseen hospital: {results['unseen_cases']} patients.")
     sign = (lambda v: "–" if v is None else f"{v:+.3f}")
     for name, (start, baseline) in COMPARISONS.items():
@@ -381,11 +399,11 @@ def curves_plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("mae", "centralised"), ("fedmae", "federated (per site)"), ("maeunet", "whole U-Net"),
-                       ("fedmaeunet", "whole U-Net, federated (per site)")):
+    for key, meta in PRETRAININGS.items():
         if results.get(key):
             pre = results[key]
-            axes[0].plot(np.arange(1, len(pre["losses"]) + 1) * pre["steps_per_epoch"], pre["losses"], label=label)
+            axes[0].plot(np.arange(1, len(pre["losses"]) + 1) * pre["steps_per_epoch"], pre["losses"],
+                         label=meta.curve)
     axes[0].set(title="MAE pretraining: masked-voxel L1", xlabel="optimiser steps", ylabel="L1 (HU window units)")
     axes[0].legend(fontsize=7)
     colours = {"mae": "tab:green", "scratch": "tab:red", "fedmae": "tab:blue", "maeslow": "tab:olive",
@@ -404,14 +422,15 @@ def curves_plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(results: dict, out: Path) -> dict:
+def write_outputs(results: dict, out: Path, show: bool = True) -> dict:
     summary = summarise(results, results["config"])
     results["summary"] = summary
     (out / "mae.json").write_text(json.dumps(results, indent=1))
     md = markdown(results, summary)
     (out / "mae.md").write_text(md)
     curves_plot(results, out / "mae_curves.png")
-    print(md)
+    if show:
+        print(md)
     return summary
 
 
@@ -457,15 +476,20 @@ def main(argv=None) -> int:
     unseen_cases = len(load_datalist(test)[0])
     print(f"data ready in {time.perf_counter() - t0:.0f}s: {unseen_cases} unseen test patients; {workers} "
           f"process(es) at a time", flush=True)
-    results = run_all(cfg, lists, test, out, workers, deadline, inits=args.inits, log=lambda m: print(m, flush=True))
     import platform
     import torch
-    results.update(config=cfg, unseen_cases=unseen_cases, date=time.strftime("%Y-%m-%d"),
-                   command="python benchmarks/mae.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                   machine=f"{platform.machine()} {os.cpu_count()} CPUs"
-                   + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"),
-                   wall_seconds=round(time.time() - float(started.read_text()), 1))
-    write_outputs(results, out)
+    meta = dict(config=cfg, unseen_cases=unseen_cases, date=time.strftime("%Y-%m-%d"),
+                command="python benchmarks/mae.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                machine=f"{platform.machine()} {os.cpu_count()} CPUs"
+                + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
+
+    def outputs(res: dict, show: bool = False) -> None:  # rewritten after every finished task
+        res.update(meta, wall_seconds=round(time.time() - float(started.read_text()), 1))
+        write_outputs(res, out, show)
+
+    results = run_all(cfg, lists, test, out, workers, deadline, inits=args.inits, log=lambda m: print(m, flush=True),
+                      on_result=outputs)
+    outputs(results, show=True)
     return 1 if results["failed"] else 0
 
 
