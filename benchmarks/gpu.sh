@@ -27,7 +27,8 @@ OUT_DIR="${1:-${OUT:-workspace/bench_gpu}}"
 WORK="${WORK_DIR:-/tmp/ecefl_gpu_bench}"
 BUDGET="${BUDGET:-540}"; BENCH="${BENCH:-mae}"; BENCH_SECONDS="${BENCH_SECONDS:-${QUALITY_SECONDS:-420}}"
 COMPILE_SECONDS="${COMPILE_SECONDS:-120}"; STEP_PRESETS="${STEP_PRESETS-cpu-small gpu}"; MAE_MODE="${MAE_MODE:-gpu}"
-REQUIRE_GPU="${REQUIRE_GPU:-1}"; BYTES="${BYTES:-1}"; MAE_INITS="${MAE_INITS:-scratch maeunet}"; MAE_ARGS="${MAE_ARGS:-}"
+REQUIRE_GPU="${REQUIRE_GPU:-1}"; BYTES="${BYTES:-1}"
+MAE_INITS="${MAE_INITS:-scratch maeunet}"; MAE_ARGS="${MAE_ARGS:-}"
 DEADLINE_SECONDS="${DEADLINE_SECONDS:-$((BENCH_SECONDS - 150))}"  # no arm starts after it
 mkdir -p "$OUT_DIR" "$WORK"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
@@ -86,8 +87,9 @@ else
   echo "== torch.compile step skipped: $((BUDGET - SECONDS)) s left of the $BUDGET s budget"
 fi
 if [ -n "${BYTES_PID:-}" ]; then
-  wait "$BYTES_PID" 2>/dev/null; cp "$WORK/bytes/speed.json" "$OUT_DIR/" 2>/dev/null && grep -o '"[a-z0-9]*_ratio": [0-9.]*' "$OUT_DIR/speed.json" \
-    || tail -5 "$OUT_DIR/bytes_log.txt"
+  wait "$BYTES_PID" 2>/dev/null
+  cp "$WORK/bytes/speed.json" "$OUT_DIR/" 2>/dev/null \
+    && grep -o '"[a-z0-9]*_ratio": [0-9.]*' "$OUT_DIR/speed.json" || tail -5 "$OUT_DIR/bytes_log.txt"
 fi
 [ -s "$RAW" ] && "$PY" - "$RAW" "$OUT_DIR/gpu_table.md" <<'PY'
 import json, sys, datetime
