@@ -27,6 +27,9 @@ scored on a hospital that no pretraining, training or tuning saw (issue #13).
    it; paired against the MAE arm (encoder only, reconstructed from the deep stages) and scratch.
 8. `--inits fedmaeunet`: that whole-U-Net pretraining federated as in 5 (--maeunet-epochs sets both); paired
    against the centralised one and scratch.
+9. `--inits <start>refit` (scratchrefit, maeunetrefit, ...): the <start> arm's trained model with its case read-out
+   refitted on the same training cases, as `ecefl train` and the demo do after fine-tuning (the other arms leave
+   the refit off); it waits for that arm, or reads it back. Paired against the arm itself and across starts.
 
 Results: OUT/mae.json, OUT/mae.md, OUT/mae_curves.png (pasted into docs/BENCHMARKS.md with the command). Arms run
 `--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes.
@@ -127,10 +130,17 @@ PRETRAININGS = {
                               "whole U-Net, federated (per site)", twin="maeunet", **_UNET),
 }
 INITS = ("scratch", "mae", "fedmae", "maeslow", "maeunet", "fedmaeunet")
+REFIT = "refit"  # <start>refit: the <start> arm's model with its read-out refitted (step 9 above)
+ARM_INITS = INITS + tuple(init + REFIT for init in INITS)
 # where each start's encoder comes from (scratch: nowhere), and what its fine-tuning changes in the plan:
 # maeslow = the MAE encoder fine-tuned at a quarter of the body's learning rate (MAE recipes' layer-wise decay)
 PRETRAINING = {**{name: name for name in PRETRAININGS}, "maeslow": "mae"}
 START_PLAN = {"maeslow": {"encoder_lr_multiplier": 0.25}}
+
+
+def refitted_start(init: str) -> str | None:
+    """The start whose trained arm a refit arm re-fits (None for an arm that trains)."""
+    return init[:-len(REFIT)] if init.endswith(REFIT) else None
 
 
 def pretraining_epochs(name: str, cfg: dict) -> int:
@@ -171,7 +181,7 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
     """The pretraining (task ("mae",)) or one arm (task (seed, init, fraction)), in its own process."""
     import torch
     torch.set_num_threads(threads)
-    from ecefl.stages import evaluate, pretrain, train
+    from ecefl.stages import pretrain, train
     quiet = dict(progress=False, log=lambda *_: None)
     out = Path(out)
     plan = {**COMMON, **cfg["overrides"], **START_PLAN.get(task[1] if len(task) == 3 else "", {})}
@@ -189,21 +199,62 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
                 "n_images": res["n_images"], "seconds": res["seconds"]}
     seed, init, fraction = task
     arm = out / f"seed{seed}" / arm_name(init, fraction)
+    if refitted_start(init):
+        return _refit_arm(task, cfg, lists, test, out)
     pre = PRETRAINING.get(init)
     trained = train(lists, cfg["preset"], cfg["epochs"], arm,
                     init=str(out / PRETRAININGS[pre].encoder(pre)) if pre else None,
                     label_fraction=fraction / 100, val_fraction=0.0, seed=seed, **quiet, **plan)
-    held = evaluate(arm / "model.pt", [test], arm / "unseen", **quiet)
+    return _scored(arm, test, {"n_train": trained["split"]["train"],
+                               "seg_loss": [e["seg_loss"] for e in trained["epochs"]],
+                               "steps_per_epoch": trained["epochs"][0]["steps"], "train_seconds": trained["seconds"]},
+                   t0)
+
+
+def _scored(arm: Path, test: str, record: dict, t0: float) -> dict:
+    """Score the arm's model.pt on the unseen hospital with `ecefl evaluate`'s code; write and return its result."""
+    from ecefl.stages import evaluate
+    held = evaluate(arm / "model.pt", [test], arm / "unseen", progress=False, log=lambda *_: None)
     from paired import read
     rows = list(read(str(arm / "unseen" / "predictions.csv")).values())
-    result = {"auc": held["auc"], "dice": held["dice"], "ci": held.get("ci"), "n_train": trained["split"]["train"],
-              "seg_loss": [e["seg_loss"] for e in trained["epochs"]],
-              "steps_per_epoch": trained["epochs"][0]["steps"], "train_seconds": trained["seconds"],
+    result = {"auc": held["auc"], "dice": held["dice"], "ci": held.get("ci"), **record,
               "seconds": round(time.perf_counter() - t0, 1),
               "cases": {"case_id": [r["case_id"] for r in rows], "probability": [float(r["probability"]) for r in rows],
                         "ece": [int(r["ece"]) for r in rows], "dice": [float(r["dice"]) for r in rows]}}
     (arm / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _refit_arm(task: tuple, cfg: dict, lists: list[str], test: str, out: Path) -> dict:
+    """A trained arm's model with the product's read-out refit (`readout.refit_model`: the Newton iterations of
+    `ecefl train`, the preset's iterations and ridge) on the arm's own training cases. The fine-tuning does not
+    depend on the refit that follows it, so this is the arm as it would have trained with the refit on."""
+    from ecefl.checkpoint import load_model, save_checkpoint
+    from ecefl.plan import get_plan
+    from ecefl.readout import refit_model
+    from ecefl.stages import training_split
+    seed, init, fraction = task
+    t0 = time.perf_counter()
+    base_dir = out / f"seed{seed}" / arm_name(refitted_start(init), fraction)
+    if not (base_dir / "result.json").is_file():
+        raise FileNotFoundError(f"{base_dir}: that arm has not finished; run it first "
+                                f"(--inits {refitted_start(init)} {init})")
+    base = json.loads((base_dir / "result.json").read_text())
+    model, payload = load_model(base_dir / "model.pt", kind="dual")
+    # the preset's refit; test-tiny has none, so the learning presets' count
+    iterations = get_plan(cfg["preset"]).readout_refit_iterations or get_plan("cpu-small").readout_refit_iterations
+    plan = payload["plan"].with_overrides(readout_refit_iterations=iterations)
+    train_items, _ = training_split(lists, fraction / 100, 0.0, seed)
+    if len(train_items) != base["n_train"]:
+        raise RuntimeError(f"{base_dir}: {len(train_items)} training cases now, {base['n_train']} when it trained")
+    record = refit_model(model, train_items, plan, log=lambda *_: None)
+    arm = out / f"seed{seed}" / arm_name(init, fraction)
+    save_checkpoint(arm / "model.pt", "dual", plan, model.state_dict(), threshold=payload.get("threshold", 0.5),
+                    node_threshold=payload.get("node_threshold", 0.5),
+                    trained={**payload.get("trained", {}), "readout_refit": True})
+    return _scored(arm, test, {**{k: base[k] for k in ("n_train", "seg_loss", "steps_per_epoch", "train_seconds")},
+                               "refit_loss": [record["loss"][0], record["loss"][-1]],
+                               "refit_seconds": round(time.perf_counter() - t0, 1)}, t0)
 
 
 def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, deadline: float | None,
@@ -220,7 +271,7 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
     todo = []
     for seed in cfg["seeds"]:
         for fraction in cfg["fractions"]:
-            for init in INITS:
+            for init in ARM_INITS:
                 done = out / f"seed{seed}" / arm_name(init, fraction) / "result.json"
                 if done.is_file():
                     results["arms"][f"{seed}/{arm_name(init, fraction)}"] = json.loads(done.read_text())
@@ -228,7 +279,8 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                     todo.append((seed, init, fraction))
     pretrainings = [(pre,) for pre in PRETRAININGS if pre not in results
                     and any(PRETRAINING.get(i) == pre for i in inits)]
-    waiting = [t for t in todo if (PRETRAINING.get(t[1]),) in pretrainings]
+    # a pretrained start waits for its pretraining, a refit arm for the arm it refits
+    waiting = [t for t in todo if (PRETRAINING.get(t[1]),) in pretrainings or _refitted_task(t) in todo]
     ready = pretrainings + [t for t in todo if t not in waiting]
     threads = max(1, (os.cpu_count() or 2) // workers)
     args = (cfg, [str(p) for p in lists], str(test), str(out), threads)
@@ -239,6 +291,13 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
             while ready and len(running) < workers and (deadline is None or time.time() < deadline):
                 task = ready.pop(0)
                 running[pool.submit(run_task, task, *args)] = task
+
+        def release(tasks):
+            for t in tasks:
+                waiting.remove(t)
+            # pairs in (seed, fraction) order, so a deadline leaves the fewest unpaired arms
+            ready[:] = sorted(ready + tasks, key=lambda t: (0,) if len(t) == 1  # pretrainings still queued first
+                              else (1, t[0], t[2], ARM_INITS.index(t[1])))
 
         submit_ready()
         while running:
@@ -258,18 +317,24 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                     log(f"{name} done: L1 {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f} "
                         f"({res['seconds'] / 60:.1f} min)")
                     # pairs in (seed, fraction) order, so a deadline leaves the fewest unpaired arms
-                    ready[:] = sorted(ready + [t for t in waiting if PRETRAINING.get(t[1]) == task[0]],
-                                      key=lambda t: (0,) if len(t) == 1  # pretrainings still queued first
-                                      else (1, t[0], t[2], INITS.index(t[1])))
+                    release([t for t in waiting if PRETRAINING.get(t[1]) == task[0]])
                     continue
                 results["arms"][name] = res
+                release([t for t in waiting if _refitted_task(t) == task])
                 log(f"{name}: unseen AUC {res['auc']:.3f}, Dice {res['dice']:.3f} ({res['seconds']:.0f}s)")
             if on_result:
                 on_result(results)
             submit_ready()
     if ready:
         log(f"deadline reached; not run: {', '.join(str(t) for t in ready)}")
+    if waiting:
+        log(f"not run, what they wait for failed: {', '.join(str(t) for t in waiting)}")
     return results
+
+
+def _refitted_task(task: tuple) -> tuple | None:
+    start = len(task) == 3 and refitted_start(task[1])
+    return (task[0], start, task[2]) if start else None
 
 
 def paired_differences(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -315,7 +380,10 @@ COMPARISONS = {"mae_vs_scratch": ("mae", "scratch"), "fedmae_vs_mae": ("fedmae",
                "fedmae_vs_scratch": ("fedmae", "scratch"), "maeslow_vs_mae": ("maeslow", "mae"),
                "maeslow_vs_scratch": ("maeslow", "scratch"), "maeunet_vs_mae": ("maeunet", "mae"),
                "maeunet_vs_scratch": ("maeunet", "scratch"), "fedmaeunet_vs_maeunet": ("fedmaeunet", "maeunet"),
-               "fedmaeunet_vs_scratch": ("fedmaeunet", "scratch")}
+               "fedmaeunet_vs_scratch": ("fedmaeunet", "scratch"),
+               "scratchrefit_vs_scratch": ("scratchrefit", "scratch"),
+               "maeunetrefit_vs_maeunet": ("maeunetrefit", "maeunet"),
+               "maeunetrefit_vs_scratchrefit": ("maeunetrefit", "scratchrefit")}
 
 
 def summarise(results: dict, cfg: dict) -> dict:
@@ -410,6 +478,8 @@ def curves_plot(results: dict, path: Path) -> None:
                "maeunet": "tab:purple", "fedmaeunet": "tab:pink"}
     for name, arm in sorted(results["arms"].items()):
         init, fraction = name.split("/")[1].split("_")
+        if refitted_start(init):  # the same fine-tuning as the arm it refits
+            continue
         steps = np.arange(1, len(arm["seg_loss"]) + 1) * arm["steps_per_epoch"]
         style = {"10": ":", "25": "--"}.get(fraction, "-")
         axes[1].plot(steps, arm["seg_loss"], style, color=colours[init], alpha=0.7,
@@ -440,10 +510,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="workspace/bench_mae")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--fractions", type=int, nargs="+", default=None, help="label percentages (default: the mode's)")
-    p.add_argument("--inits", nargs="+", choices=INITS, default=["scratch", "mae"],
+    p.add_argument("--inits", nargs="+", choices=ARM_INITS, default=["scratch", "mae"],
                    help="which starts to run (fedmae: the pretraining federated in NVFlare's simulator; maeslow: "
                         "the MAE encoder fine-tuned at a quarter of the body's learning rate; maeunet: the whole "
-                        "SwinUNETR decoder reconstructs and is transferred; fedmaeunet: that one federated)")
+                        "SwinUNETR decoder reconstructs and is transferred; fedmaeunet: that one federated; "
+                        "<start>refit: that start's arm with the read-out refitted)")
     p.add_argument("--mae-epochs", type=int, default=None)
     p.add_argument("--maeunet-epochs", type=int, default=None,
                    help="epochs of the whole-U-Net pretraining (default: --mae-epochs); a step costs ~5x the "

@@ -1,11 +1,12 @@
-"""The MAE benchmark's statistics (benchmarks/mae.py): paired differences against scikit-learn and numpy, the
-convergence step count and the flattening criterion of the pretraining loss."""
+"""The MAE benchmark (benchmarks/mae.py): paired differences against scikit-learn and numpy, the convergence step
+count, the flattening criterion of the pretraining loss, and the refit arms."""
 from __future__ import annotations
 
 import sys
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from conftest import REPO
@@ -66,3 +67,39 @@ def test_the_federated_pretraining_takes_the_centralised_step_count_in_few_round
     rounds, steps = mae.federated_schedule(7, 60, 3)
     assert (rounds, steps) == (7, 20) and rounds * steps * 3 == 7 * 60
     assert mae.federated_schedule(2, 2, 3) == (1, 2)  # tiny: fewer steps than sites, one round
+
+
+def test_a_refit_arm_waits_for_its_arm_and_equals_training_with_the_refit_on(preprocessed, tmp_path):
+    """`--inits scratch scratchrefit`: the refit arm runs after the arm it refits, and its model is the one that
+    fine-tuning with the read-out refit on gives (the refit follows the training and does not change it); both are
+    scored on the same unseen patients."""
+    from ecefl.checkpoint import load_model
+    from ecefl.plan import get_plan
+    from ecefl.readout import READOUT_KEYS
+    from ecefl.stages import train
+    lists = [preprocessed[s] / "datalist.json" for s in ("hospital-a", "hospital-b", "hospital-c")]
+    test = preprocessed["hospital-d"] / "datalist.json"
+    cfg = dict(mae.MODES["tiny"], mode="tiny", fractions=[100])
+    logged = []
+    # listed refit first: the order of --inits must not matter
+    results = mae.run_all(cfg, lists, test, tmp_path / "bench", 1, None, inits=("scratchrefit", "scratch"),
+                          log=logged.append)
+    assert not results["failed"] and sorted(results["arms"]) == ["0/scratch_100", "0/scratchrefit_100"]
+    assert [m.split(":")[0] for m in logged] == ["0/scratch_100", "0/scratchrefit_100"]
+    arm, refit = results["arms"]["0/scratch_100"], results["arms"]["0/scratchrefit_100"]
+    assert refit["cases"]["case_id"] == arm["cases"]["case_id"] and refit["n_train"] == arm["n_train"] == 9
+    assert refit["seg_loss"] == arm["seg_loss"] and refit["refit_loss"][1] < refit["refit_loss"][0]
+
+    iterations = get_plan("cpu-small").readout_refit_iterations
+    train([str(p) for p in lists], "test-tiny", cfg["epochs"], tmp_path / "direct", label_fraction=1.0,
+          val_fraction=0.0, seed=0, progress=False,
+          **{**mae.COMMON, **cfg["overrides"], "readout_refit_iterations": iterations})
+    direct, _ = load_model(tmp_path / "direct" / "model.pt")
+    refitted, payload = load_model(tmp_path / "bench" / "seed0" / "scratchrefit_100" / "model.pt")
+    plain, _ = load_model(tmp_path / "bench" / "seed0" / "scratch_100" / "model.pt")
+    assert payload["plan"].readout_refit_iterations == iterations > 0
+    theta = refitted.readout_parameters()
+    assert torch.allclose(theta, direct.readout_parameters(), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(theta, plain.readout_parameters())
+    body = [k for k in plain.state_dict() if k not in READOUT_KEYS]
+    assert all(torch.equal(refitted.state_dict()[k], plain.state_dict()[k]) for k in body)

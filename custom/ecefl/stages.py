@@ -59,15 +59,22 @@ def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: 
     return result
 
 
-def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: float = 1.0,
-          val_fraction: float = 0.25, seed: int = 0, progress: bool = True, log=_log.info, **overrides) -> dict:
-    out = Path(out)
-    plan = get_plan(preset, seed=seed, **overrides)
+def training_split(datalists, label_fraction: float = 1.0, val_fraction: float = 0.25,
+                   seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(training cases, validation cases) of `train`: a stratified split, then the label subset of the training
+    part; the same cases for the same arguments."""
     labelled, _ = load_datalists(datalists)
     if len(labelled) < 2:
         raise DataError(f"{len(labelled)} labelled case(s) in the datalists; fine-tuning needs at least 2")
     train_items, val_items = stratified_split(labelled, val_fraction, seed)
-    train_items = label_subset(train_items, label_fraction, seed)
+    return label_subset(train_items, label_fraction, seed), val_items
+
+
+def train(datalists, preset: str, epochs: int, out, init=None, label_fraction: float = 1.0,
+          val_fraction: float = 0.25, seed: int = 0, progress: bool = True, log=_log.info, **overrides) -> dict:
+    out = Path(out)
+    plan = get_plan(preset, seed=seed, **overrides)
+    train_items, val_items = training_split(datalists, label_fraction, val_fraction, seed)
     seed_everything(seed)
     if init:
         plan = plan_from_pretraining(plan, load_checkpoint(init)["plan"], log)
