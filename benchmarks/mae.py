@@ -328,7 +328,7 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
     if ready:
         log(f"deadline reached; not run: {', '.join(str(t) for t in ready)}")
     if waiting:
-        log(f"not run, what they wait for failed: {', '.join(str(t) for t in waiting)}")
+        log(f"not run, what they wait for did not finish: {', '.join(str(t) for t in waiting)}")
     return results
 
 
