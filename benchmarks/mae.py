@@ -151,6 +151,10 @@ def arm_name(init: str, fraction: int) -> str:
     return f"{init}_{fraction}"
 
 
+def arm_dir(out: Path, seed: int, init: str, fraction: int) -> Path:
+    return out / f"seed{seed}" / arm_name(init, fraction)
+
+
 def federated_schedule(epochs: int, steps_per_epoch: int, n_sites: int) -> tuple[int, int]:
     """(rounds, steps per site per round) of a federated pretraining whose sites together take about the centralised
     one's epochs x steps_per_epoch optimiser steps: a whole epoch per site per round (epochs / n_sites rounds, the
@@ -198,9 +202,9 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
         return {"losses": [e["loss"] for e in res["epochs"]], "steps_per_epoch": res["epochs"][0]["steps"],
                 "n_images": res["n_images"], "seconds": res["seconds"]}
     seed, init, fraction = task
-    arm = out / f"seed{seed}" / arm_name(init, fraction)
+    arm = arm_dir(out, seed, init, fraction)
     if refitted_start(init):
-        return _refit_arm(task, cfg, lists, test, out)
+        return _refit_arm(task, cfg, lists, test, out, arm)
     pre = PRETRAINING.get(init)
     trained = train(lists, cfg["preset"], cfg["epochs"], arm,
                     init=str(out / PRETRAININGS[pre].encoder(pre)) if pre else None,
@@ -225,17 +229,17 @@ def _scored(arm: Path, test: str, record: dict, t0: float) -> dict:
     return result
 
 
-def _refit_arm(task: tuple, cfg: dict, lists: list[str], test: str, out: Path) -> dict:
+def _refit_arm(task: tuple, cfg: dict, lists: list[str], test: str, out: Path, arm: Path) -> dict:
     """A trained arm's model with the product's read-out refit (`readout.refit_model`: the Newton iterations of
     `ecefl train`, the preset's iterations and ridge) on the arm's own training cases. The fine-tuning does not
     depend on the refit that follows it, so this is the arm as it would have trained with the refit on."""
-    from ecefl.checkpoint import load_model, save_checkpoint
+    from ecefl.checkpoint import load_model, node_threshold_of, save_checkpoint
     from ecefl.plan import get_plan
     from ecefl.readout import refit_model
     from ecefl.stages import training_split
     seed, init, fraction = task
     t0 = time.perf_counter()
-    base_dir = out / f"seed{seed}" / arm_name(refitted_start(init), fraction)
+    base_dir = arm_dir(out, seed, refitted_start(init), fraction)
     if not (base_dir / "result.json").is_file():
         raise FileNotFoundError(f"{base_dir}: that arm has not finished; run it first "
                                 f"(--inits {refitted_start(init)} {init})")
@@ -248,9 +252,8 @@ def _refit_arm(task: tuple, cfg: dict, lists: list[str], test: str, out: Path) -
     if len(train_items) != base["n_train"]:
         raise RuntimeError(f"{base_dir}: {len(train_items)} training cases now, {base['n_train']} when it trained")
     record = refit_model(model, train_items, plan, log=lambda *_: None)
-    arm = out / f"seed{seed}" / arm_name(init, fraction)
     save_checkpoint(arm / "model.pt", "dual", plan, model.state_dict(), threshold=payload.get("threshold", 0.5),
-                    node_threshold=payload.get("node_threshold", 0.5),
+                    node_threshold=node_threshold_of(payload),
                     trained={**payload.get("trained", {}), "readout_refit": True})
     return _scored(arm, test, {**{k: base[k] for k in ("n_train", "seg_loss", "steps_per_epoch", "train_seconds")},
                                "refit_loss": [record["loss"][0], record["loss"][-1]],
@@ -272,7 +275,7 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
     for seed in cfg["seeds"]:
         for fraction in cfg["fractions"]:
             for init in ARM_INITS:
-                done = out / f"seed{seed}" / arm_name(init, fraction) / "result.json"
+                done = arm_dir(out, seed, init, fraction) / "result.json"
                 if done.is_file():
                     results["arms"][f"{seed}/{arm_name(init, fraction)}"] = json.loads(done.read_text())
                 elif init in inits:
