@@ -31,8 +31,13 @@ scored on a hospital that no pretraining, training or tuning saw (issue #13).
    refitted on the same training cases, as `ecefl train` and the demo do after fine-tuning (the other arms leave
    the refit off); it waits for that arm, or reads it back. Paired against the arm itself and across starts.
 
+10. `--resume-pretraining`: a centralised pretraining that stopped short of its epochs (its budget, or a stop)
+   continues (`ecefl pretrain --resume`: the saved weights and optimiser state, each epoch's own random stream)
+   for another --pretrain-seconds; refused while finished arms in OUT were fine-tuned from the shorter one.
+
 Results: OUT/mae.json, OUT/mae.md, OUT/mae_curves.png (pasted into docs/BENCHMARKS.md with the command). Arms run
-`--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes.
+`--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes (a
+centralised pretraining stopped mid-way, from its last finished epoch).
 """
 from __future__ import annotations
 
@@ -194,13 +199,17 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
         return _pretrain_federated(task[0], cfg, lists, out, plan)
     if len(task) == 1:  # a centralised pretraining
         epochs = pretraining_epochs(task[0], cfg)
+        finished = out / task[0] / "result.json"  # an earlier call's, when this one runs it on
+        before = json.loads(finished.read_text()) if finished.is_file() else {}
         # its loss per epoch in the log as it goes: a run stopped from outside still leaves the curve
         res = pretrain(lists, cfg["preset"], epochs, out / task[0], seed=0, progress=False,
                        log=lambda m: print(f"{task[0]}: {m}", flush=True),
-                       budget_seconds=cfg.get("pretrain_seconds"),
+                       budget_seconds=cfg.get("pretrain_seconds"), resume=True,
                        **{**plan, **PRETRAININGS[task[0]].plan, "iterations_per_epoch": cfg["mae_iterations"]})
+        resumed = before.get("resumed_after", []) + ([res["resumed_after"]] if res["resumed_after"] else [])
         return {"losses": [e["loss"] for e in res["epochs"]], "steps_per_epoch": res["epochs"][0]["steps"],
-                "n_images": res["n_images"], "seconds": res["seconds"]}
+                "n_images": res["n_images"], "resumed_after": resumed,
+                "seconds": round(res["seconds"] + (before.get("seconds", 0) if res["resumed_after"] else 0), 1)}
     seed, init, fraction = task
     arm = arm_dir(out, seed, init, fraction)
     if refitted_start(init):
@@ -261,16 +270,27 @@ def _refit_arm(task: tuple, cfg: dict, lists: list[str], test: str, out: Path, a
 
 
 def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, deadline: float | None,
-            inits=("scratch", "mae"), log=print, on_result=None) -> dict:
+            inits=("scratch", "mae"), log=print, on_result=None, resume_pretraining: bool = False) -> dict:
     """Each pretraining first with the scratch arms beside it; a pretrained start's arms once its encoder is there.
     Every finished arm and pretraining in OUT is read back, whichever call ran it. on_result(results): after each
-    finished task."""
+    finished task. resume_pretraining: a centralised pretraining short of its epochs runs on (step 10)."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     import multiprocessing
     results = {"arms": {}, "failed": {}}
     for pre in PRETRAININGS:
         if (out / pre / "result.json").is_file():
             results[pre] = json.loads((out / pre / "result.json").read_text())
+    if resume_pretraining:
+        for pre in _resumable(results, cfg, inits):
+            fine_tuned = sorted(str(d.relative_to(out)) for init in ARM_INITS
+                                if PRETRAINING.get(refitted_start(init) or init) == pre
+                                for d in out.glob(f"seed*/{init}_*") if (d / "result.json").is_file())
+            if fine_tuned:
+                raise SystemExit(f"{out / pre} cannot run on: {', '.join(fine_tuned)} were fine-tuned from it as it "
+                                 "is; copy the data and that pretraining into a new --out (hard links: cp -al) and "
+                                 "resume there")
+            log(f"{pre} pretraining: resuming after epoch {len(results[pre]['losses'])}")
+            del results[pre]
     todo = []
     for seed in cfg["seeds"]:
         for fraction in cfg["fractions"]:
@@ -333,6 +353,13 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
     if waiting:
         log(f"not run, what they wait for did not finish: {', '.join(str(t) for t in waiting)}")
     return results
+
+
+def _resumable(results: dict, cfg: dict, inits) -> list[str]:
+    """The finished centralised pretraining(s) that --inits use and that stopped short of their epochs."""
+    return [pre for pre, spec in PRETRAININGS.items() if pre in results and not spec.twin
+            and any(PRETRAINING.get(refitted_start(i) or i) == pre for i in inits)
+            and len(results[pre]["losses"]) < pretraining_epochs(pre, cfg)]
 
 
 def _refitted_task(task: tuple) -> tuple | None:
@@ -524,6 +551,9 @@ def main(argv=None) -> int:
                         "encoder-only one, so the same wall time is about a fifth of the epochs")
     p.add_argument("--pretrain-seconds", type=float, default=None,
                    help="stop each centralised pretraining after the epoch that ends past this much training time")
+    p.add_argument("--resume-pretraining", action="store_true",
+                   help="a centralised pretraining that stopped short of its epochs runs on for --pretrain-seconds "
+                        "more (refused while arms in OUT were fine-tuned from it)")
     p.add_argument("--workers", type=int, default=None, help="arms at a time, each in its own process")
     p.add_argument("--deadline-min", type=float, default=None,
                    help="start nothing new after this many minutes; the summary covers what finished")
@@ -562,7 +592,7 @@ def main(argv=None) -> int:
         write_outputs(res, out, show)
 
     results = run_all(cfg, lists, test, out, workers, deadline, inits=args.inits, log=lambda m: print(m, flush=True),
-                      on_result=outputs)
+                      on_result=outputs, resume_pretraining=args.resume_pretraining)
     outputs(results, show=True)
     return 1 if results["failed"] else 0
 

@@ -52,6 +52,36 @@ def test_a_pretraining_budget_stops_after_the_epoch_that_passes_it(preprocessed,
     assert full["epochs"][0]["loss"] == pytest.approx(short["epochs"][0]["loss"], rel=1e-5)
 
 
+def test_a_stopped_pretraining_resumes_exactly_and_refuses_another_plan(preprocessed, tmp_path, capsys):
+    """`ecefl pretrain --resume` after a run stopped at epoch 1 of 3 gives the uninterrupted run's losses and
+    weights: every epoch saved its weights and AdamW's moments, and draws from its own (seed, epoch) stream. A
+    resume with another plan is refused, naming the field, and leaves the folder as it was."""
+    from ecefl.stages import PRETRAIN_STATE, pretrain
+    lists = [preprocessed["hospital-a"] / "datalist.json"]
+    kwargs = dict(progress=False, iterations_per_epoch=2)
+    full = pretrain(lists, "test-tiny", 3, tmp_path / "full", **kwargs)
+    pretrain(lists, "test-tiny", 3, tmp_path / "stopped", budget_seconds=0.0, **kwargs)  # stops after epoch 1
+    state = torch.load(tmp_path / "stopped" / PRETRAIN_STATE, weights_only=True)
+    assert state["epochs"] == 1 and state["optimizer"]["state"]  # AdamW's moments, kept beside the checkpoint
+    assert "optimizer" not in torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
+    before = (tmp_path / "stopped" / "checkpoint.pt").read_bytes()
+    args = ["pretrain", "--datalist", str(lists[0]), "--preset", "test-tiny", "--epochs", "3", "--out",
+            str(tmp_path / "stopped"), "--no-progress", "--resume", "--set", "iterations_per_epoch=2"]
+    assert ecefl_main([*args, "--set", "mae_mask_ratio=0.4"]) == 2
+    err = capsys.readouterr().err
+    assert "another plan" in err and "mae_mask_ratio: 0.6 there, 0.4 now" in err
+    assert (tmp_path / "stopped" / "checkpoint.pt").read_bytes() == before
+    assert ecefl_main(args) == 0
+    resumed = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
+    assert [e["loss"] for e in resumed["epochs"]] == pytest.approx([e["loss"] for e in full["epochs"]], rel=1e-6)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    # the later epochs differ from the first: each epoch has its own stream, not epoch 1's replayed
+    assert len({round(e["loss"], 8) for e in resumed["epochs"]}) == 3
+
+
 def test_train_outputs_in_range(runs):
     metrics = json.loads((runs / "ft" / "metrics.json").read_text())
     val = metrics["val"]

@@ -103,3 +103,33 @@ def test_a_refit_arm_waits_for_its_arm_and_equals_training_with_the_refit_on(pre
     assert not torch.allclose(theta, plain.readout_parameters())
     body = [k for k in plain.state_dict() if k not in READOUT_KEYS]
     assert all(torch.equal(refitted.state_dict()[k], plain.state_dict()[k]) for k in body)
+
+
+def test_a_pretraining_short_of_its_epochs_runs_on_only_when_asked_and_not_under_finished_arms(preprocessed, tmp_path):
+    """--resume-pretraining: a pretraining its budget stopped at epoch 1 of 3 runs on to 3 and equals the
+    uninterrupted pretraining; without the flag it is read back as it is; once an arm was fine-tuned from it (here a
+    refit arm of that start) running it on is refused, naming the arm, and nothing changes."""
+    from ecefl.stages import pretrain
+    lists = [preprocessed[s] / "datalist.json" for s in ("hospital-a", "hospital-b", "hospital-c")]
+    test = preprocessed["hospital-d"] / "datalist.json"
+    cfg = dict(mae.MODES["tiny"], mode="tiny", fractions=[], mae_epochs=3, pretrain_seconds=0.0)
+    out = tmp_path / "bench"
+    short = mae.run_all(cfg, lists, test, out, 1, None, inits=("mae",), log=lambda *_: None)["mae"]
+    assert len(short["losses"]) == 1 and short["resumed_after"] == []
+    cfg["pretrain_seconds"] = None
+    assert mae.run_all(cfg, lists, test, out, 1, None, inits=("mae",), log=lambda *_: None)["mae"] == short
+    logged = []
+    full = mae.run_all(cfg, lists, test, out, 1, None, inits=("mae",), log=logged.append, resume_pretraining=True)
+    assert "mae pretraining: resuming after epoch 1" in logged
+    assert full["mae"]["resumed_after"] == [1] and full["mae"]["losses"][0] == short["losses"][0]
+    direct = pretrain([str(p) for p in lists], "test-tiny", 3, tmp_path / "direct", seed=0, progress=False,
+                      **{**mae.COMMON, **cfg["overrides"], "iterations_per_epoch": cfg["mae_iterations"]})
+    assert full["mae"]["losses"] == pytest.approx([e["loss"] for e in direct["epochs"]], rel=1e-5)
+
+    (out / "seed0" / "maerefit_50").mkdir(parents=True)
+    (out / "seed0" / "maerefit_50" / "result.json").write_text("{}")
+    cfg["mae_epochs"] = 4
+    before = (out / "mae" / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit, match="seed0/maerefit_50 were fine-tuned from it"):
+        mae.run_all(cfg, lists, test, out, 1, None, inits=("maerefit",), log=lambda *_: None, resume_pretraining=True)
+    assert (out / "mae" / "checkpoint.pt").read_bytes() == before

@@ -247,6 +247,17 @@ class Pretrainer(_EpochLoop):
     def clip_norm(self) -> float:
         return self.plan.mae_grad_clip_norm
 
+    def epoch_start(self, epoch: int, total_epochs: int) -> dict:
+        # each epoch draws its cases, crops and masks from a stream of its own (seed, epoch), so a pretraining
+        # resumed at epoch k (stages.pretrain) continues exactly as the uninterrupted run would have
+        s = int(np.random.SeedSequence([self.plan.seed, epoch]).generate_state(1)[0])
+        torch.manual_seed(s)
+        self.loader.dataset.transform.set_random_state(seed=s)
+        for generator in (self.loader.generator, getattr(self.loader.sampler, "generator", None)):
+            if generator is not None:
+                generator.manual_seed(s)
+        return {}
+
     def train_step(self, batch, epoch: int, total_epochs: int, step: int, state: dict):
         x = batch["image"].to(self.dev)
         with _autocast(self.plan, self.dev):

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import metrics as M
-from .checkpoint import load_checkpoint, load_model, node_threshold_of, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model, node_threshold_of, save_checkpoint
 from .data import DataError, label_subset, load_datalists, stratified_split
 from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_everything, write_predictions
 from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
@@ -31,10 +32,19 @@ def init_encoder(model: DualOutputSwinUNETR, init_path, log=_log.info) -> Plan:
     return payload["plan"]
 
 
+PRETRAIN_STATE = "pretrain_state.pt"  # the optimiser beside checkpoint.pt; site-local, never shared (see below)
+STATE_FORMAT = "ecefl-pretrain-state"
+
+
 def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: bool = True, log=_log.info,
-             budget_seconds: float | None = None, **overrides) -> dict:
+             budget_seconds: float | None = None, resume: bool = False, **overrides) -> dict:
     """budget_seconds: stop after the first epoch that ends past this much training time (image caching excluded).
-    MAE pretraining runs at a constant learning rate, so stopping early equals having asked for fewer epochs."""
+    MAE pretraining runs at a constant learning rate, so stopping early equals having asked for fewer epochs.
+    Every epoch writes checkpoint.pt (weights + loss history) and pretrain_state.pt (AdamW's moments), so a stopped
+    run loses at most the epoch in progress; resume=True continues OUT's pretraining up to `epochs` with the same
+    plan, and equals the uninterrupted run (each epoch draws from its own (seed, epoch) stream: engine.Pretrainer).
+    The optimiser state stays at the site: gradient moments are derived from its images, so it is kept out of
+    checkpoint.pt, the file that is handed on."""
     out = Path(out)
     plan = get_plan(preset, seed=seed, **overrides)
     labelled, unlabelled = load_datalists(datalists)
@@ -44,19 +54,69 @@ def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: 
     log(f"MAE pretraining on {len(items)} CT images ({len(unlabelled)} unlabelled), preset {plan.preset}")
     t0 = time.perf_counter()
     pretrainer = Pretrainer(plan, model, items, progress=progress, log=log)
-    if budget_seconds is None:
-        history = pretrainer.run_epochs(0, epochs, epochs)
-    else:
-        history, t_loop = [], time.perf_counter()
-        while len(history) < epochs and (not history or time.perf_counter() - t_loop < budget_seconds):
-            history += pretrainer.run_epochs(len(history), 1, epochs)
-        if len(history) < epochs:
-            log(f"MAE pretraining stopped by its {budget_seconds:.0f} s budget after {len(history)} of {epochs} epochs")
-    save_checkpoint(out / "checkpoint.pt", "mae", plan, model.state_dict(), history=history)
-    result = {"epochs": history, "n_images": len(items), "plan": plan.to_dict(),
-              "seconds": round(time.perf_counter() - t0, 1)}
+    history = _resumed_history(out, plan, pretrainer, log) if resume else []
+    resumed_after = len(history)
+    if len(history) >= epochs:
+        log(f"{out / 'checkpoint.pt'} already holds {len(history)} epochs (asked: {epochs}); nothing to resume")
+    t_loop, ran = time.perf_counter(), 0
+    while len(history) < epochs and (budget_seconds is None or not ran
+                                     or time.perf_counter() - t_loop < budget_seconds):
+        history += pretrainer.run_epochs(len(history), 1, epochs)
+        ran += 1
+        _save_pretraining(out, plan, pretrainer, history)
+    if budget_seconds is not None and len(history) < epochs:
+        log(f"MAE pretraining stopped by its {budget_seconds:.0f} s budget after {len(history)} of {epochs} epochs")
+    if not ran and not resume:  # --epochs 0: the untrained model, as asked
+        save_checkpoint(out / "checkpoint.pt", "mae", plan, model.state_dict(), history=history)
+    result = {"epochs": history, "n_images": len(items), "plan": plan.to_dict(), "resumed_after": resumed_after,
+              "seconds": round(time.perf_counter() - t0, 1)}  # this call's
     write_json(out / "metrics.json", result)
     return result
+
+
+def _save_pretraining(out: Path, plan: Plan, pretrainer: Pretrainer, history: list[dict]) -> None:
+    # the optimiser first: a run stopped between the two writes leaves a state one epoch ahead of the checkpoint,
+    # which _resumed_history detects (its epoch count) and does not use
+    tmp = out / f".{PRETRAIN_STATE}.tmp"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": STATE_FORMAT, "epochs": len(history), "optimizer": pretrainer.optimizer.state_dict()}, tmp)
+    tmp.replace(out / PRETRAIN_STATE)
+    save_checkpoint(out / "checkpoint.pt", "mae", plan, pretrainer.model.state_dict(), history=history)
+
+
+def _resumed_history(out: Path, plan: Plan, pretrainer: Pretrainer, log) -> list[dict]:
+    """Load OUT's checkpoint (and its optimiser state) into the pretrainer; its loss history ([] with no checkpoint).
+    A checkpoint pretrained with another plan is refused: the continued curve would mix two recipes."""
+    path = out / "checkpoint.pt"
+    if not path.is_file():
+        log(f"nothing to resume in {out} (no checkpoint.pt): pretraining from the start")
+        return []
+    payload = load_checkpoint(path, kind="mae")
+    theirs, ours = payload["plan"].to_dict(), plan.to_dict()
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if differ:
+        raise CheckpointError(f"{path} was pretrained with another plan ("
+                              + ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in differ)
+                              + "); resume with the same --preset, --seed and --set values, or pretrain into a new "
+                              "--out")
+    history = payload.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(r, dict) and "loss" in r for r in history):
+        raise CheckpointError(f"{path} holds no usable loss history to resume from; pretrain into a new --out")
+    pretrainer.model.load_state_dict(payload["model"], strict=True)
+    state_path = out / PRETRAIN_STATE
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else None
+    except Exception:  # a truncated or foreign file: the moments restart, as without one
+        state = "unreadable"
+    if isinstance(state, dict) and state.get("format") == STATE_FORMAT and state.get("epochs") == len(history):
+        pretrainer.optimizer.load_state_dict(state["optimizer"])
+        log(f"resuming the MAE pretraining in {out} after epoch {len(history)}")
+    else:
+        log(f"resuming the MAE pretraining in {out} after epoch {len(history)} with fresh AdamW moments: "
+            f"{state_path.name} is " + ("missing" if state is None else "unreadable" if state == "unreadable"
+                                             else "not this checkpoint's") +
+            ", so the weights continue but the optimiser restarts (the curve is no longer the uninterrupted one's)")
+    return history
 
 
 def training_split(datalists, label_fraction: float = 1.0, val_fraction: float = 0.25,

@@ -42,12 +42,16 @@ def _preprocess(sub) -> None:
 
 def _pretrain(sub) -> None:
     p = training_parser(sub, "pretrain", "MAE (masked-image) pretraining of the SwinUNETR encoder", 10)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the pretraining in --out (stopped, or asked for fewer epochs) up to --epochs; the "
+                        "same --preset, --seed and plan values are required. Every epoch is saved, so a stopped run "
+                        "loses at most the epoch in progress")
 
     @exit_codes
     def run(args) -> int:
         from ecefl.stages import pretrain
         pretrain(args.datalist, args.preset, args.epochs, args.out, seed=args.seed,
-                 progress=not args.no_progress, **overrides_from(args))
+                 progress=not args.no_progress, resume=args.resume, **overrides_from(args))
         print(f"wrote {args.out}/checkpoint.pt and {args.out}/metrics.json")
         return 0
     p.set_defaults(func=run)
