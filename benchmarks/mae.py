@@ -370,19 +370,31 @@ def _refitted_task(task: tuple) -> tuple | None:
 def paired_differences(a: dict, b: dict, n_boot: int = 2000, seed: int = 0) -> dict:
     """AUC(a) − AUC(b) and mean Dice(a) − mean Dice(b) on the same patients, each with a paired case-bootstrap 95 %
     interval (the same resamples for both)."""
+    return pooled_differences([(a, b)], n_boot, seed)
+
+
+def pooled_differences(pairs: list[tuple[dict, dict]], n_boot: int = 2000, seed: int = 0) -> dict:
+    """The mean over pairs (one per seed, all scored on the same patients) of ΔAUC and ΔDice, with a case-bootstrap
+    95 % interval: each draw resamples the patients once and recomputes every pair's difference on them. It holds
+    the uncertainty of which patients were drawn; the spread over seeds is reported beside it."""
     from quality import _auc_rows
-    assert a["cases"]["case_id"] == b["cases"]["case_id"], "arms scored on different patients"
-    y = np.array(a["cases"]["ece"])
-    pa, pb = np.array(a["cases"]["probability"]), np.array(b["cases"]["probability"])
-    da, db = np.array(a["cases"]["dice"]), np.array(b["cases"]["dice"])
+    ids = pairs[0][0]["cases"]["case_id"]
+    assert all(a["cases"]["case_id"] == ids == b["cases"]["case_id"] for a, b in pairs), \
+        "arms scored on different patients"
+    y = np.array(pairs[0][0]["cases"]["ece"])
     idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
-    d_auc = _auc_rows(pa[idx], y[idx]) - _auc_rows(pb[idx], y[idx])
+    d_auc, d_dice, point_auc, point_dice = 0.0, 0.0, 0.0, 0.0
+    for a, b in pairs:
+        pa, pb = np.array(a["cases"]["probability"]), np.array(b["cases"]["probability"])
+        da, db = np.array(a["cases"]["dice"]), np.array(b["cases"]["dice"])
+        d_auc = d_auc + (_auc_rows(pa[idx], y[idx]) - _auc_rows(pb[idx], y[idx])) / len(pairs)
+        d_dice = d_dice + (da[idx] - db[idx]).mean(1) / len(pairs)
+        point_auc += float(_auc_rows(pa[None], y[None])[0] - _auc_rows(pb[None], y[None])[0]) / len(pairs)
+        point_dice += float((da - db).mean()) / len(pairs)
     d_auc = d_auc[np.isfinite(d_auc)]
-    d_dice = (da[idx] - db[idx]).mean(1)
-    point_auc = float(_auc_rows(pa[None], y[None])[0] - _auc_rows(pb[None], y[None])[0])
     return {"auc": point_auc, "auc_ci": [float(v) for v in np.percentile(d_auc, [2.5, 97.5])],
-            "dice": float((da - db).mean()), "dice_ci": [float(v) for v in np.percentile(d_dice, [2.5, 97.5])],
-            "n_cases": int(len(y))}
+            "dice": point_dice, "dice_ci": [float(v) for v in np.percentile(d_dice, [2.5, 97.5])],
+            "n_cases": int(len(y)), "n_pairs": len(pairs)}
 
 
 def steps_to_reach(seg_loss: list[float], target: float, steps_per_epoch: int) -> int | None:
@@ -428,7 +440,7 @@ def compare(results: dict, cfg: dict, start: str, baseline: str) -> dict:
     per_fraction = {}
     mean = (lambda vals: float(np.mean(vals)) if vals else None)
     for fraction in cfg["fractions"]:
-        rows = []
+        rows, pairs = [], []
         for seed in cfg["seeds"]:
             a = results["arms"].get(f"{seed}/{arm_name(start, fraction)}")
             b = results["arms"].get(f"{seed}/{arm_name(baseline, fraction)}")
@@ -436,6 +448,7 @@ def compare(results: dict, cfg: dict, start: str, baseline: str) -> dict:
                 continue
             a_steps = steps_to_reach(a["seg_loss"], b["seg_loss"][-1], a["steps_per_epoch"])
             b_steps = len(b["seg_loss"]) * b["steps_per_epoch"]
+            pairs.append((a, b))
             rows.append({"seed": seed, "n_train": a["n_train"], "auc": [a["auc"], b["auc"]],
                          "dice": [a["dice"], b["dice"]], "difference": paired_differences(a, b, seed=seed),
                          "steps_to_baseline_final_seg_loss": [a_steps, b_steps],
@@ -444,7 +457,11 @@ def compare(results: dict, cfg: dict, start: str, baseline: str) -> dict:
             per_fraction[str(fraction)] = {
                 "per_seed": rows, "mean_auc_difference": mean([r["difference"]["auc"] for r in rows]),
                 "mean_dice_difference": mean([r["difference"]["dice"] for r in rows]),
-                "mean_speedup": mean([r["speedup"] for r in rows if r["speedup"]])}
+                "mean_speedup": mean([r["speedup"] for r in rows if r["speedup"]]),
+                # the per-fraction claim: the mean over seeds with one interval, and how far the seeds spread
+                "pooled": {**pooled_differences(pairs),
+                           "auc_sd_over_seeds": float(np.std([r["difference"]["auc"] for r in rows], ddof=1))
+                           if len(rows) > 1 else None}}
     return per_fraction
 
 
@@ -482,11 +499,15 @@ def markdown(results: dict, summary: dict) -> str:
                              f"{d['auc']:+.3f} [{d['auc_ci'][0]:+.3f}, {d['auc_ci'][1]:+.3f}] | {r['dice'][0]:.3f} / "
                              f"{r['dice'][1]:.3f} | {d['dice']:+.3f} [{d['dice_ci'][0]:+.3f}, {d['dice_ci'][1]:+.3f}] | "
                              f"{st[0] or 'not reached'} / {st[1]} |")
-        lines += ["", "| labels | seeds | mean ΔAUC | mean ΔDice | mean speed-up |", "|---|---|---|---|---|"]
+        lines += ["", "| labels | seeds | mean ΔAUC [95 % CI] | sd of ΔAUC over seeds | mean ΔDice [95 % CI] | "
+                  "mean speed-up |", "|---|---|---|---|---|---|"]
         for fraction, block in blocks.items():
-            speed = block["mean_speedup"]
-            lines.append(f"| {fraction} % | {len(block['per_seed'])} | {sign(block['mean_auc_difference'])} | "
-                         f"{sign(block['mean_dice_difference'])} | {'–' if speed is None else f'{speed:.2f}×'} |")
+            speed, pooled = block["mean_speedup"], block["pooled"]
+            sd = pooled["auc_sd_over_seeds"]
+            lines.append(f"| {fraction} % | {len(block['per_seed'])} | {sign(pooled['auc'])} "
+                         f"[{pooled['auc_ci'][0]:+.3f}, {pooled['auc_ci'][1]:+.3f}] | {'–' if sd is None else f'{sd:.3f}'} "
+                         f"| {sign(pooled['dice'])} [{pooled['dice_ci'][0]:+.3f}, {pooled['dice_ci'][1]:+.3f}] | "
+                         f"{'–' if speed is None else f'{speed:.2f}×'} |")
     for name, why in results.get("failed", {}).items():
         lines.append(f"\nFAILED {name}: {why.splitlines()[0][:300]}")
     return "\n".join(lines) + "\n"

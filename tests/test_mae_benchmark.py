@@ -41,6 +41,24 @@ def test_paired_differences_are_the_auc_and_mean_dice_differences_with_intervals
         mae.paired_differences(_arm(better, labels, d_good), other)
 
 
+def test_the_pooled_difference_averages_the_seeds_over_one_resample_of_the_patients():
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 50)
+    arms = [_arm(labels * w + rng.uniform(0, 0.6, 100), labels, rng.uniform(lo, lo + 0.2, 100))
+            for w, lo in ((0.4, 0.6), (0.1, 0.5), (0.3, 0.6), (0.0, 0.4))]
+    pooled = mae.pooled_differences([(arms[0], arms[1]), (arms[2], arms[3])])
+    auc = [roc_auc_score(labels, a["cases"]["probability"]) for a in arms]
+    dice = [np.mean(a["cases"]["dice"]) for a in arms]
+    assert pooled["auc"] == pytest.approx(((auc[0] - auc[1]) + (auc[2] - auc[3])) / 2, abs=1e-12)
+    assert pooled["dice"] == pytest.approx(((dice[0] - dice[1]) + (dice[2] - dice[3])) / 2, abs=1e-12)
+    assert pooled["auc_ci"][0] < pooled["auc"] < pooled["auc_ci"][1] and pooled["n_pairs"] == 2
+    # the same pair twice is that pair: one resample of the patients serves every seed's pair
+    twice = mae.pooled_differences([(arms[0], arms[1])] * 2)
+    once = mae.paired_differences(arms[0], arms[1])
+    assert twice["auc_ci"] == pytest.approx(once["auc_ci"], abs=1e-12)
+    assert twice["dice_ci"] == pytest.approx(once["dice_ci"], abs=1e-12)
+
+
 def test_steps_to_reach_counts_whole_epochs_until_the_loss_first_gets_there():
     losses = [1.0, 0.8, 0.85, 0.6]
     assert mae.steps_to_reach(losses, 0.8, 15) == 30
