@@ -234,7 +234,7 @@ def _scored(arm: Path, test: str, record: dict, t0: float) -> dict:
               "seconds": round(time.perf_counter() - t0, 1),
               "cases": {"case_id": [r["case_id"] for r in rows], "probability": [float(r["probability"]) for r in rows],
                         "ece": [int(r["ece"]) for r in rows], "dice": [float(r["dice"]) for r in rows]}}
-    (arm / "result.json").write_text(json.dumps(result, indent=1))
+    write_json(arm / "result.json", result)
     return result
 
 
@@ -287,8 +287,9 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                                 for d in out.glob(f"seed*/{init}_*") if (d / "result.json").is_file())
             if fine_tuned:
                 raise SystemExit(f"{out / pre} cannot run on: {', '.join(fine_tuned)} were fine-tuned from it as it "
-                                 "is; copy the data and that pretraining into a new --out (hard links: cp -al) and "
-                                 "resume there")
+                                 "is; copy the data and the pretraining into a new --out (cp -al {hospitals,sites,"
+                                 f"site_keys,unseen,{pre}}} NEW/: a resumed pretraining replaces its files, never "
+                                 "rewrites them, so hard links are safe) and resume there")
             log(f"{pre} pretraining: resuming after epoch {len(results[pre]['losses'])}")
             del results[pre]
     todo = []
@@ -335,7 +336,7 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
                     log(f"{name}: FAILED {results['failed'][name][:800]}")
                     continue
                 if len(task) == 1:
-                    (out / task[0] / "result.json").write_text(json.dumps(res, indent=1))
+                    write_json(out / task[0] / "result.json", res)
                     results[task[0]] = res
                     log(f"{name} done: L1 {res['losses'][0]:.4f} -> {res['losses'][-1]:.4f} "
                         f"({res['seconds'] / 60:.1f} min)")
@@ -360,6 +361,14 @@ def _resumable(results: dict, cfg: dict, inits) -> list[str]:
     return [pre for pre, spec in PRETRAININGS.items() if pre in results and not spec.twin
             and any(PRETRAINING.get(refitted_start(i) or i) == pre for i in inits)
             and len(results[pre]["losses"]) < pretraining_epochs(pre, cfg)]
+
+
+def write_json(path: Path, obj) -> None:
+    """Written to a new file that then replaces the old one, so an OUT copied with hard links (cp -al) shares
+    nothing that a later write changes."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
 
 
 def _refitted_task(task: tuple) -> tuple | None:
