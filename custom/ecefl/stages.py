@@ -56,7 +56,7 @@ def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: 
     pretrainer = Pretrainer(plan, model, items, progress=progress, log=log)
     history = _resumed_history(out, plan, pretrainer, log) if resume else []
     resumed_after = len(history)
-    if len(history) >= epochs:
+    if history and len(history) >= epochs:
         log(f"{out / 'checkpoint.pt'} already holds {len(history)} epochs (asked: {epochs}); nothing to resume")
     t_loop, ran = time.perf_counter(), 0
     while len(history) < epochs and (budget_seconds is None or not ran
