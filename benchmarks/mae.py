@@ -226,7 +226,7 @@ def run_task(task: tuple, cfg: dict, lists: list[str], test: str, out: str, thre
 
 def _scored(arm: Path, test: str, record: dict, t0: float) -> dict:
     """Score the arm's model.pt on the unseen hospital with `ecefl evaluate`'s code; write and return its result."""
-    from ecefl.stages import evaluate
+    from ecefl.stages import evaluate, write_json
     held = evaluate(arm / "model.pt", [test], arm / "unseen", progress=False, log=lambda *_: None)
     from paired import read
     rows = list(read(str(arm / "unseen" / "predictions.csv")).values())
@@ -234,7 +234,7 @@ def _scored(arm: Path, test: str, record: dict, t0: float) -> dict:
               "seconds": round(time.perf_counter() - t0, 1),
               "cases": {"case_id": [r["case_id"] for r in rows], "probability": [float(r["probability"]) for r in rows],
                         "ece": [int(r["ece"]) for r in rows], "dice": [float(r["dice"]) for r in rows]}}
-    write_json(arm / "result.json", result)
+    write_json(arm / "result.json", result)  # replaced, not rewritten: an OUT copied with cp -al stays separate
     return result
 
 
@@ -276,6 +276,7 @@ def run_all(cfg: dict, lists: list[Path], test: Path, out: Path, workers: int, d
     finished task. resume_pretraining: a centralised pretraining short of its epochs runs on (step 10)."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     import multiprocessing
+    from ecefl.stages import write_json
     results = {"arms": {}, "failed": {}}
     for pre in PRETRAININGS:
         if (out / pre / "result.json").is_file():
@@ -361,14 +362,6 @@ def _resumable(results: dict, cfg: dict, inits) -> list[str]:
     return [pre for pre, spec in PRETRAININGS.items() if pre in results and not spec.twin
             and any(PRETRAINING.get(refitted_start(i) or i) == pre for i in inits)
             and len(results[pre]["losses"]) < pretraining_epochs(pre, cfg)]
-
-
-def write_json(path: Path, obj) -> None:
-    """Written to a new file that then replaces the old one, so an OUT copied with hard links (cp -al) shares
-    nothing that a later write changes."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def _refitted_task(task: tuple) -> tuple | None:

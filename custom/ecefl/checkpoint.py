@@ -24,6 +24,12 @@ def save_checkpoint(path: str | Path, kind: str, plan: Plan, state: dict, **extr
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "kind": kind, "plan": plan.to_dict(),
                "model": {k: v.detach().cpu() for k, v in state.items()}, **extra}
+    return save_atomically(payload, path)
+
+
+def save_atomically(payload: dict, path: Path) -> Path:
+    """torch.save to a new file in the same folder that then replaces `path`: a stopped run never leaves half a
+    file, and a hard-linked copy of the folder keeps the old one."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
     os.close(fd)
     torch.save(payload, tmp)

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .checkpoint import CheckpointError, load_checkpoint, load_model, node_threshold_of, save_checkpoint
+from .checkpoint import (CheckpointError, load_checkpoint, load_model, node_threshold_of, save_atomically,
+                         save_checkpoint)
 from .data import DataError, label_subset, load_datalists, stratified_split
 from .engine import FineTuner, Pretrainer, evaluate_cases, predict_cases, seed_everything, write_predictions
 from .model import DualOutputSwinUNETR, MaskedPretrainer, load_encoder
@@ -77,10 +78,9 @@ def pretrain(datalists, preset: str, epochs: int, out, seed: int = 0, progress: 
 def _save_pretraining(out: Path, plan: Plan, pretrainer: Pretrainer, history: list[dict]) -> None:
     # the optimiser first: a run stopped between the two writes leaves a state one epoch ahead of the checkpoint,
     # which _resumed_history detects (its epoch count) and does not use
-    tmp = out / f".{PRETRAIN_STATE}.tmp"
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": STATE_FORMAT, "epochs": len(history), "optimizer": pretrainer.optimizer.state_dict()}, tmp)
-    tmp.replace(out / PRETRAIN_STATE)
+    save_atomically({"format": STATE_FORMAT, "epochs": len(history), "optimizer": pretrainer.optimizer.state_dict()},
+                    out / PRETRAIN_STATE)
     save_checkpoint(out / "checkpoint.pt", "mae", plan, pretrainer.model.state_dict(), history=history)
 
 
