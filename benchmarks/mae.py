@@ -35,6 +35,10 @@ scored on a hospital that no pretraining, training or tuning saw (issue #13).
    continues (`ecefl pretrain --resume`: the saved weights and optimiser state, each epoch's own random stream)
    for another --pretrain-seconds; refused while finished arms in OUT were fine-tuned from the shorter one.
 
+11. `--against OTHER_OUT`: each pretrained start's arms here − the same arms of another run over the same data (the
+   same fine-tuning from another pretraining, e.g. a shorter one), pooled over the seeds as in 4: does more
+   pretraining change what fine-tuning gets?
+
 Results: OUT/mae.json, OUT/mae.md, OUT/mae_curves.png (pasted into docs/BENCHMARKS.md with the command). Arms run
 `--workers` at a time in their own processes; finished arms are kept, so an interrupted run resumes (a
 centralised pretraining stopped mid-way, from its last finished epoch).
@@ -467,6 +471,49 @@ def compare(results: dict, cfg: dict, start: str, baseline: str) -> dict:
     return per_fraction
 
 
+def against(results: dict, other: dict) -> dict:
+    """--against: each pretrained start's arms here − the same-named arms of another OUT (the same fine-tuning, seeds,
+    label fractions and unseen patients, from another pretraining, e.g. a shorter one), pooled over the seeds as in
+    compare; with both pretrainings' optimiser steps and final loss. Starts without a pretraining (scratch) are the
+    same run on both sides and are left out."""
+    block = {"other": other.get("command"), "per_start": {}}
+    for init in INITS + tuple(i + REFIT for i in INITS):
+        pre = PRETRAINING.get(refitted_start(init) or init)
+        if not pre or not (results.get(pre) and other.get(pre)):
+            continue
+        for fraction in results["config"]["fractions"]:
+            pairs = [(results["arms"][key], other["arms"][key]) for seed in results["config"]["seeds"]
+                     if (key := f"{seed}/{arm_name(init, fraction)}") in results["arms"] and key in other["arms"]]
+            if any(a["cases"]["case_id"] != b["cases"]["case_id"] for a, b in pairs):
+                raise SystemExit(f"--against: {arm_name(init, fraction)} was scored on other patients there; pair "
+                                 "runs over the same data (copy the other OUT's hospitals/ and unseen/ first)")
+            if pairs:
+                block["per_start"][arm_name(init, fraction)] = {
+                    "seeds": len(pairs), "auc": [float(np.mean([a["auc"] for a, _ in pairs])),
+                                                 float(np.mean([b["auc"] for _, b in pairs]))],
+                    "dice": [float(np.mean([a["dice"] for a, _ in pairs])),
+                             float(np.mean([b["dice"] for _, b in pairs]))],
+                    "pretraining_steps": [len(results[pre]["losses"]) * results[pre]["steps_per_epoch"],
+                                          len(other[pre]["losses"]) * other[pre]["steps_per_epoch"]],
+                    "pretraining_final_loss": [results[pre]["losses"][-1], other[pre]["losses"][-1]],
+                    "pooled": pooled_differences(pairs)}
+    return block
+
+
+def _against_lines(block: dict) -> list[str]:
+    lines = ["", f"**This run − the same arms of another run** (`{block['other']}`)", "",
+             "| arm | seeds | pretraining steps (this / other) | final L1 | mean AUC | mean ΔAUC [95 % CI] | mean Dice | "
+             "mean ΔDice [95 % CI] |", "|---|---|---|---|---|---|---|---|"]
+    for arm, r in block["per_start"].items():
+        p = r["pooled"]
+        lines.append(f"| {arm} | {r['seeds']} | {r['pretraining_steps'][0]} / {r['pretraining_steps'][1]} | "
+                     f"{r['pretraining_final_loss'][0]:.4f} / {r['pretraining_final_loss'][1]:.4f} | "
+                     f"{r['auc'][0]:.3f} / {r['auc'][1]:.3f} | {p['auc']:+.3f} [{p['auc_ci'][0]:+.3f}, "
+                     f"{p['auc_ci'][1]:+.3f}] | {r['dice'][0]:.3f} / {r['dice'][1]:.3f} | {p['dice']:+.3f} "
+                     f"[{p['dice_ci'][0]:+.3f}, {p['dice_ci'][1]:+.3f}] |")
+    return lines
+
+
 def _pretraining_line(label: str, pre: dict, flat: dict, cfg: dict) -> str:
     where = f"{pre['sites']} sites, FedAvg" if "sites" in pre else f"{pre['n_images']} CTs of the training hospitals"
     unit = "rounds" if "sites" in pre else "epochs"
@@ -510,6 +557,8 @@ def markdown(results: dict, summary: dict) -> str:
                          f"[{pooled['auc_ci'][0]:+.3f}, {pooled['auc_ci'][1]:+.3f}] | {'–' if sd is None else f'{sd:.3f}'} "
                          f"| {sign(pooled['dice'])} [{pooled['dice_ci'][0]:+.3f}, {pooled['dice_ci'][1]:+.3f}] | "
                          f"{'–' if speed is None else f'{speed:.2f}×'} |")
+    if results.get("against", {}).get("per_start"):
+        lines += _against_lines(results["against"])
     for name, why in results.get("failed", {}).items():
         lines.append(f"\nFAILED {name}: {why.splitlines()[0][:300]}")
     return "\n".join(lines) + "\n"
@@ -577,6 +626,9 @@ def main(argv=None) -> int:
     p.add_argument("--resume-pretraining", action="store_true",
                    help="a centralised pretraining that stopped short of its epochs runs on for --pretrain-seconds "
                         "more (refused while arms in OUT were fine-tuned from it)")
+    p.add_argument("--against", metavar="OTHER_OUT", default=None,
+                   help="also pair each pretrained start's arms with the same arms of another OUT over the same data "
+                        "(e.g. a shorter pretraining): OTHER_OUT/mae.json")
     p.add_argument("--workers", type=int, default=None, help="arms at a time, each in its own process")
     p.add_argument("--deadline-min", type=float, default=None,
                    help="start nothing new after this many minutes; the summary covers what finished")
@@ -610,8 +662,17 @@ def main(argv=None) -> int:
                 machine=f"{platform.machine()} {os.cpu_count()} CPUs"
                 + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
 
+    other = None
+    if args.against:
+        other_json = Path(args.against) / "mae.json"
+        if not other_json.is_file():
+            raise SystemExit(f"--against {args.against}: no mae.json there (a finished mae.py run's OUT)")
+        other = json.loads(other_json.read_text())
+
     def outputs(res: dict, show: bool = False) -> None:  # rewritten after every finished task
         res.update(meta, wall_seconds=round(time.time() - float(started.read_text()), 1))
+        if other is not None:
+            res["against"] = against(res, other)
         write_outputs(res, out, show)
 
     results = run_all(cfg, lists, test, out, workers, deadline, inits=args.inits, log=lambda m: print(m, flush=True),

@@ -59,6 +59,37 @@ def test_the_pooled_difference_averages_the_seeds_over_one_resample_of_the_patie
     assert twice["dice_ci"] == pytest.approx(once["dice_ci"], abs=1e-12)
 
 
+def test_against_pairs_the_pretrained_arms_of_two_runs_and_leaves_the_shared_scratch_arm_out():
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 40)
+    arm = (lambda w, lo: {**_arm(labels * w + rng.uniform(0, 0.6, 80), labels, rng.uniform(lo, lo + 0.2, 80)),
+                          "auc": 0.0, "dice": 0.0})
+    scratch = arm(0.1, 0.4)
+    runs = []
+    for steps, w, lo in ((39, 0.4, 0.6), (16, 0.2, 0.5)):
+        arms = {"0/scratch_25": scratch, "0/maeunet_25": arm(w, lo), "1/scratch_25": scratch,
+                "1/maeunet_25": arm(w, lo)}
+        runs.append({"config": {"seeds": [0, 1], "fractions": [25]}, "arms": arms, "command": f"run {steps}",
+                     "maeunet": {"losses": [0.1] * (steps - 1) + [0.01 * steps], "steps_per_epoch": 60,
+                                                 "n_images": 240, "seconds": 60.0}})
+    block = mae.against(*runs)
+    assert list(block["per_start"]) == ["maeunet_25"] and block["other"] == "run 16"
+    r = block["per_start"]["maeunet_25"]
+    expected = mae.pooled_differences([(runs[0]["arms"][f"{s}/maeunet_25"], runs[1]["arms"][f"{s}/maeunet_25"])
+                                       for s in (0, 1)])
+    assert r["pooled"] == expected and r["seeds"] == 2 and r["pooled"]["auc"] > 0.1
+    assert r["pretraining_steps"] == [39 * 60, 16 * 60] and r["pretraining_final_loss"] == [0.39, 0.16]
+    assert "| maeunet_25 | 2 | 2340 / 960 |" in mae.markdown(
+        {**runs[0], "against": block, "date": "d", "machine": "m", "wall_seconds": 60, "unseen_cases": 80,
+         "config": {**runs[0]["config"], "preset": "p", "epochs": 1}},
+        {**{name: {} for name in mae.COMPARISONS}, "unet_pretraining": mae.flattening(runs[0]["maeunet"]["losses"])})
+    # arms scored on other patients cannot be paired
+    runs[1]["arms"]["0/maeunet_25"] = {**runs[1]["arms"]["0/maeunet_25"],
+                                       "cases": {**scratch["cases"], "case_id": list(range(80))[::-1]}}
+    with pytest.raises(SystemExit, match="other patients"):
+        mae.against(*runs)
+
+
 def test_steps_to_reach_counts_whole_epochs_until_the_loss_first_gets_there():
     losses = [1.0, 0.8, 0.85, 0.6]
     assert mae.steps_to_reach(losses, 0.8, 15) == 30
