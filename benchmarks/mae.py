@@ -477,7 +477,7 @@ def against(results: dict, other: dict) -> dict:
     compare; with both pretrainings' optimiser steps and final loss. Starts without a pretraining (scratch) are the
     same run on both sides and are left out."""
     block = {"other": other.get("command"), "per_start": {}}
-    for init in INITS + tuple(i + REFIT for i in INITS):
+    for init in ARM_INITS:
         pre = PRETRAINING.get(refitted_start(init) or init)
         if not pre or not (results.get(pre) and other.get(pre)):
             continue
@@ -638,6 +638,13 @@ def main(argv=None) -> int:
                                   ("mae_epochs", args.mae_epochs), ("maeunet_epochs", args.maeunet_epochs),
                                   ("pretrain_seconds", args.pretrain_seconds)) if v})
     workers = args.workers or cfg["workers"]
+    other = None  # read before any data is made: a wrong path fails at once
+    if args.against:
+        other_json = Path(args.against) / "mae.json"
+        if not other_json.is_file():
+            raise SystemExit(f"--against {args.against}: no mae.json there (a finished mae.py run's OUT)")
+        other = json.loads(other_json.read_text())
+
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = out / "started_at"  # wall time from the first run over this folder (resumes included)
@@ -661,13 +668,6 @@ def main(argv=None) -> int:
                 command="python benchmarks/mae.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 machine=f"{platform.machine()} {os.cpu_count()} CPUs"
                 + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
-
-    other = None
-    if args.against:
-        other_json = Path(args.against) / "mae.json"
-        if not other_json.is_file():
-            raise SystemExit(f"--against {args.against}: no mae.json there (a finished mae.py run's OUT)")
-        other = json.loads(other_json.read_text())
 
     def outputs(res: dict, show: bool = False) -> None:  # rewritten after every finished task
         res.update(meta, wall_seconds=round(time.time() - float(started.read_text()), 1))

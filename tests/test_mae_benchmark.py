@@ -71,7 +71,7 @@ def test_against_pairs_the_pretrained_arms_of_two_runs_and_leaves_the_shared_scr
                 "1/maeunet_25": arm(w, lo)}
         runs.append({"config": {"seeds": [0, 1], "fractions": [25]}, "arms": arms, "command": f"run {steps}",
                      "maeunet": {"losses": [0.1] * (steps - 1) + [0.01 * steps], "steps_per_epoch": 60,
-                                                 "n_images": 240, "seconds": 60.0}})
+                                 "n_images": 240, "seconds": 60.0}})
     block = mae.against(*runs)
     assert list(block["per_start"]) == ["maeunet_25"] and block["other"] == "run 16"
     r = block["per_start"]["maeunet_25"]
