@@ -455,10 +455,12 @@ def compare(results: dict, cfg: dict, start: str, baseline: str) -> dict:
             a_steps = steps_to_reach(a["seg_loss"], b["seg_loss"][-1], a["steps_per_epoch"])
             b_steps = len(b["seg_loss"]) * b["steps_per_epoch"]
             pairs.append((a, b))
+            # a refit arm against the arm it refits: one fine-tuning, so no speed-up to speak of
+            same_training = refitted_start(start) == baseline
             rows.append({"seed": seed, "n_train": a["n_train"], "auc": [a["auc"], b["auc"]],
                          "dice": [a["dice"], b["dice"]], "difference": paired_differences(a, b, seed=seed),
                          "steps_to_baseline_final_seg_loss": [a_steps, b_steps],
-                         "speedup": b_steps / a_steps if a_steps else None})
+                         "speedup": b_steps / a_steps if a_steps and not same_training else None})
         if rows:
             per_fraction[str(fraction)] = {
                 "per_seed": rows, "mean_auc_difference": mean([r["difference"]["auc"] for r in rows]),
@@ -526,8 +528,10 @@ def _pretraining_line(label: str, pre: dict, flat: dict, cfg: dict) -> str:
 
 def markdown(results: dict, summary: dict) -> str:
     cfg = results["config"]
+    call = results.get("call_seconds")
     lines = [f"Command: `{results['command']}` — {results['date']}, {results['machine']}, wall "
-             f"{results['wall_seconds'] / 60:.1f} min.", ""]
+             f"{results['wall_seconds'] / 60:.1f} min over this folder"
+             + (f" ({call / 60:.1f} min this call)." if call is not None else "."), ""]
     for key, pre in PRETRAININGS.items():
         if results.get(key):
             lines += [_pretraining_line(pre.label, results[key], summary[pre.summary_key], cfg), ""]
@@ -647,7 +651,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    started = out / "started_at"  # wall time from the first run over this folder (resumes included)
+    started = out / "started_at"  # wall time from the first run over this folder (resumes included); t0: this call
     if not started.is_file():
         started.write_text(str(time.time()))
     deadline = time.time() + 60 * args.deadline_min if args.deadline_min is not None else None
@@ -670,7 +674,8 @@ def main(argv=None) -> int:
                 + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"))
 
     def outputs(res: dict, show: bool = False) -> None:  # rewritten after every finished task
-        res.update(meta, wall_seconds=round(time.time() - float(started.read_text()), 1))
+        res.update(meta, wall_seconds=round(time.time() - float(started.read_text()), 1),
+                   call_seconds=round(time.perf_counter() - t0, 1))
         if other is not None:
             res["against"] = against(res, other)
         write_outputs(res, out, show)

@@ -79,10 +79,12 @@ def test_against_pairs_the_pretrained_arms_of_two_runs_and_leaves_the_shared_scr
                                        for s in (0, 1)])
     assert r["pooled"] == expected and r["seeds"] == 2 and r["pooled"]["auc"] > 0.1
     assert r["pretraining_steps"] == [39 * 60, 16 * 60] and r["pretraining_final_loss"] == [0.39, 0.16]
-    assert "| maeunet_25 | 2 | 2340 / 960 |" in mae.markdown(
-        {**runs[0], "against": block, "date": "d", "machine": "m", "wall_seconds": 60, "unseen_cases": 80,
-         "config": {**runs[0]["config"], "preset": "p", "epochs": 1}},
+    md = mae.markdown(
+        {**runs[0], "against": block, "date": "d", "machine": "m", "wall_seconds": 600, "call_seconds": 60,
+         "unseen_cases": 80, "config": {**runs[0]["config"], "preset": "p", "epochs": 1}},
         {**{name: {} for name in mae.COMPARISONS}, "unet_pretraining": mae.flattening(runs[0]["maeunet"]["losses"])})
+    assert "| maeunet_25 | 2 | 2340 / 960 |" in md
+    assert "wall 10.0 min over this folder (1.0 min this call)." in md.splitlines()[0]
     # arms scored on other patients cannot be paired
     runs[1]["arms"]["0/maeunet_25"] = {**runs[1]["arms"]["0/maeunet_25"],
                                        "cases": {**scratch["cases"], "case_id": list(range(80))[::-1]}}
@@ -138,6 +140,9 @@ def test_a_refit_arm_waits_for_its_arm_and_equals_training_with_the_refit_on(pre
     arm, refit = results["arms"]["0/scratch_100"], results["arms"]["0/scratchrefit_100"]
     assert refit["cases"]["case_id"] == arm["cases"]["case_id"] and refit["n_train"] == arm["n_train"] == 9
     assert refit["seg_loss"] == arm["seg_loss"] and refit["refit_loss"][1] < refit["refit_loss"][0]
+    # one fine-tuning on both sides: its steps are listed, a speed-up is not claimed
+    row = mae.compare(results, cfg, "scratchrefit", "scratch")["100"]["per_seed"][0]
+    assert row["speedup"] is None and row["steps_to_baseline_final_seg_loss"][1] == len(arm["seg_loss"]) * arm["steps_per_epoch"]
 
     iterations = get_plan("cpu-small").readout_refit_iterations
     train([str(p) for p in lists], "test-tiny", cfg["epochs"], tmp_path / "direct", label_fraction=1.0,
