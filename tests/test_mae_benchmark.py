@@ -187,3 +187,22 @@ def test_a_pretraining_short_of_its_epochs_runs_on_only_when_asked_and_not_under
     with pytest.raises(SystemExit, match="seed0/maerefit_50 were fine-tuned from it"):
         mae.run_all(cfg, lists, test, out, 1, None, inits=("maerefit",), log=lambda *_: None, resume_pretraining=True)
     assert (out / "mae" / "checkpoint.pt").read_bytes() == before
+
+
+def test_the_mean_speed_up_counts_the_seeds_that_never_reached_the_baselines_loss():
+    rng = np.random.default_rng(6)
+    labels = np.repeat([0, 1], 30)
+
+    def arm(seg_loss):
+        return {**_arm(labels * 0.3 + rng.uniform(0, 0.6, 60), labels, rng.uniform(0.5, 0.7, 60)), "auc": 0.8,
+                "dice": 0.6, "n_train": 12, "seg_loss": seg_loss, "steps_per_epoch": 18}
+
+    arms = {"0/scratch_10": arm([0.9, 0.7, 0.5, 0.4]), "0/maeunet_10": arm([0.6, 0.4, 0.3, 0.3]),
+            "1/scratch_10": arm([0.9, 0.7, 0.5, 0.4]), "1/maeunet_10": arm([0.8, 0.6, 0.5, 0.45])}
+    results = {"arms": arms, "config": {"seeds": [0, 1], "fractions": [10], "preset": "p", "epochs": 4},
+               "command": "c", "date": "d", "machine": "m", "wall_seconds": 60, "unseen_cases": 60}
+    block = mae.compare(results, results["config"], "maeunet", "scratch")["10"]
+    assert [r["steps_to_baseline_final_seg_loss"][0] for r in block["per_seed"]] == [36, None]
+    assert block["mean_speedup"] == 72 / 36 and block["speedup_seeds"] == 1
+    md = mae.markdown(results, mae.summarise(results, results["config"]))
+    assert "| 2.00× (1 of 2 seeds did not reach it) |" in md
