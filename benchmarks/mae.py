@@ -445,6 +445,8 @@ def compare(results: dict, cfg: dict, start: str, baseline: str) -> dict:
     steps the start took to reach the baseline's final training segmentation loss."""
     per_fraction = {}
     mean = (lambda vals: float(np.mean(vals)) if vals else None)
+    # a refit arm against the arm it refits: one fine-tuning, so no speed-up to speak of
+    same_training = refitted_start(start) == baseline
     for fraction in cfg["fractions"]:
         rows, pairs = [], []
         for seed in cfg["seeds"]:
@@ -455,8 +457,6 @@ def compare(results: dict, cfg: dict, start: str, baseline: str) -> dict:
             a_steps = steps_to_reach(a["seg_loss"], b["seg_loss"][-1], a["steps_per_epoch"])
             b_steps = len(b["seg_loss"]) * b["steps_per_epoch"]
             pairs.append((a, b))
-            # a refit arm against the arm it refits: one fine-tuning, so no speed-up to speak of
-            same_training = refitted_start(start) == baseline
             rows.append({"seed": seed, "n_train": a["n_train"], "auc": [a["auc"], b["auc"]],
                          "dice": [a["dice"], b["dice"]], "difference": paired_differences(a, b, seed=seed),
                          "steps_to_baseline_final_seg_loss": [a_steps, b_steps],
@@ -559,7 +559,7 @@ def markdown(results: dict, summary: dict) -> str:
         for fraction, block in blocks.items():
             speed, pooled = block["mean_speedup"], block["pooled"]
             sd, n_seeds = pooled["auc_sd_over_seeds"], len(block["per_seed"])
-            reached = block.get("speedup_seeds", n_seeds)
+            reached = block["speedup_seeds"]
             speed_text = "–" if speed is None else f"{speed:.2f}×" + (
                 f" ({n_seeds - reached} of {n_seeds} seeds did not reach it)" if reached < n_seeds else "")
             lines.append(f"| {fraction} % | {n_seeds} | {sign(pooled['auc'])} "
