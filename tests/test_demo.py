@@ -1,5 +1,6 @@
 """`ecefl demo` at a tiny setting: report files exist and summary.json repeats pooled_metrics.json exactly; the
-read-out benchmark re-runs the demo's federated refit on its body and reproduces it."""
+read-out benchmark re-runs the demo's federated refit on its body and reproduces it, and the ridge benchmark's
+scores are those `ecefl evaluate` gives."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from ecefl.cli import main as ecefl_main
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import readout as readout_benchmark  # noqa: E402
+import ridge as ridge_benchmark  # noqa: E402
 
 
 def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
@@ -72,3 +74,18 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
     ckpt = load_checkpoint(refitted, "dual")
     assert ckpt["threshold"] == record["threshold"] and 0.0 <= record["threshold"] <= 1.0
     assert ckpt["node_threshold"] == record["node_threshold"]
+
+    # benchmarks/ridge.py on the same body (every ridge of the grid, and the CV's choice): its refit at the demo's
+    # own ridge is the model readout.py wrote, so its AUC on a list of patients is the one `ecefl evaluate` gives
+    from ecefl.stages import evaluate
+    patients = out / "sites" / "hospital-b" / "datalist.json"
+    assert ridge_benchmark.main(["--demo", str(out), "--test", str(patients), "--out", str(tmp_path / "ridge.json"),
+                                 "--folds", "2", "--threads", "1"]) == 0
+    res = json.loads((tmp_path / "ridge.json").read_text())
+    train, _ = readout_benchmark.demo_splits(out, 0, 0.25)
+    assert res["n_test"] == 4 and res["n_train"] == len(train) and res["fixed_ridge"] == ckpt["plan"].readout_ridge
+    assert res["chosen_ridge"] in [r["ridge"] for r in res["ridges"]]
+    held = evaluate(refitted, [patients], tmp_path / "eval", progress=False, log=lambda *_: None)
+    fixed = next(r for r in res["ridges"] if r["ridge"] == res["fixed_ridge"])
+    assert fixed["unseen_auc"] == pytest.approx(held["auc"], abs=1e-9)
+    assert res["unseen_auc"]["fixed"] == fixed["unseen_auc"]

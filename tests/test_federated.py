@@ -21,6 +21,7 @@ from ecefl.model import DualOutputSwinUNETR, encoder_keys
 VAL_FRACTION = 0.5
 SITES = ("hospital-a", "hospital-b")
 REFIT_ITERATIONS = 3
+REFIT_FOLDS, REFIT_GRID = 2, (0.001, 1.0, 100.0)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def simulated(fl_sites, tmp_path_factory) -> Path:
             "--workspace", str(ws), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
             "--cross-site-eval", "--set", f"readout_refit_iterations={REFIT_ITERATIONS}",
             # the presets' read-out: the CT inputs as features, the ridge on standardised features
-            "--set", "readout_hu_features=true", "--set", "readout_standardise=true"]
+            "--set", "readout_hu_features=true", "--set", "readout_standardise=true",
+            # and its ridge chosen by cross-validation over the sites' training cases
+            "--set", f"readout_ridge_cv_folds={REFIT_FOLDS}", "--set", f"readout_ridge_grid={list(REFIT_GRID)}"]
     for site, datalist in fl_sites.items():
         args += ["--site", f"{site}={datalist}"]
     assert ecefl_main(args) == 0
@@ -229,7 +232,8 @@ def test_phi_audit_of_everything_the_federated_run_left(simulated, fl_root):
 def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites):
     """The server's Newton iterations on securely summed site terms give the read-out that the same iterations
     give on all sites' training-case features in one place (ecefl.readout), and lower the pooled loss; with the
-    presets' read-out (CT inputs as features, ridge on standardised features, variances from the summed Hessian)."""
+    presets' read-out (CT inputs as features, ridge on standardised features, variances from the summed Hessian)
+    and the ridge cross-validated: the same held-out losses per ridge, the same ridge chosen."""
     from ecefl import readout as R
     report = json.loads((simulated / "ece_finetune" / "pooled_metrics.json").read_text())
     refit = report["readout_refit"]
@@ -250,8 +254,15 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
                      positive_weight(train)))
     assert refit["standardised"] and ckpt["plan"].readout_hu_features
     assert len(theta0) == ckpt["plan"].feature_size + 7 + 2 and not theta0[-9:-2].any()  # CT weights 0 before
-    expected, losses = R.refit_centralised(theta0, data, ckpt["plan"].readout_ridge, REFIT_ITERATIONS,
-                                           standardise=True)
+    assert ckpt["plan"].readout_ridge_cv_folds == REFIT_FOLDS
+    expected, record = R.solve(theta0, R.centralised_sum(data, REFIT_FOLDS, ckpt["plan"].seed, list(SITES)),
+                               REFIT_GRID, REFIT_FOLDS, REFIT_ITERATIONS, standardise=True)
+    losses = record["loss"]
+    assert refit["ridge"] == record["ridge"] and refit["ridge_cv"]["grid"] == list(REFIT_GRID)
+    np.testing.assert_allclose(refit["ridge_cv"]["held_out_loss"], record["ridge_cv"]["held_out_loss"], rtol=1e-4)
+    # every training case is held out once: the held-out weight is the pooled class-weighted case count
+    assert refit["ridge_cv"]["held_out_weight"] == pytest.approx(sum((np.where(y > 0, pw, 1.0)).sum()
+                                                                     for _, y, pw in data))
     # equal up to float rounding (the sites' features come from other processes and thread counts; the secure
     # sum's fixed point), which a nearly singular Newton system (weights up to ~100 here) amplifies
     np.testing.assert_allclose(final_theta, expected, rtol=1e-3, atol=1e-5)

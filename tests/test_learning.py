@@ -218,3 +218,62 @@ def test_channels_last_layout_computes_what_the_standard_one_does_and_never_leav
     FineTuner(plan, fast, items, progress=False).run_epochs(0, 1, 1)
     assert all(v.is_contiguous() for v in fast.state_dict().values())
     assert not all(torch.equal(v, standard.state_dict()[k]) for k, v in fast.state_dict().items())  # it trained
+
+
+def _logistic_sites(rng, n_per_site: int, truth, sites: int = 2):
+    """Sites of cases whose labels follow a logistic model with coefficients truth over k noisy features (+ s = 1)."""
+    import numpy as np
+    out = []
+    for _ in range(sites):
+        z = rng.normal(0, 1, (n_per_site, len(truth)))
+        y = (rng.random(n_per_site) < 1 / (1 + np.exp(-(z @ truth - 0.3)))).astype(int)
+        out.append((np.concatenate([z, np.ones((n_per_site, 1))], 1), y, 1.2))
+    return out
+
+
+def test_cross_validated_ridge_is_exact_and_keeps_a_good_prior_at_few_cases_but_not_a_poor_one():
+    """plan.readout_ridge_cv_folds (ecefl.readout.solve): each ridge's held-out loss is what refitting with each
+    fold left out and scoring that fold gives, summed over folds and sites; the ridge with the least of it is the
+    one kept. With 24 training cases and a jointly trained read-out that is already right, it keeps close to it
+    (a strong ridge) and beats the weakest ridge on new cases; with 400 cases and a read-out that learned nothing,
+    it lets the data speak (a weak ridge)."""
+    import numpy as np
+    from ecefl import readout as R
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(3)
+    truth = np.array([1.2, -0.8, 0.6, 0, 0, 0, 0, 0, 0, 0])
+    grid, folds, iterations = [0.001, 0.1, 10.0], 3, 8
+    sites = _logistic_sites(rng, 30, truth)
+    theta0 = np.zeros(len(truth) + 2)
+    theta, record = R.solve(theta0, R.centralised_sum(sites, folds, 7, ["a", "b"]), grid, folds, iterations, False)
+    fold_of = [R.fold_ids(y, folds, 7, name) for (_, y, _), name in zip(sites, ["a", "b"])]
+    assert all(np.bincount(f, minlength=folds).min() >= 9 for f in fold_of)  # stratified: 10 cases per fold
+    for ridge, held in zip(grid, record["ridge_cv"]["held_out_loss"]):
+        expected = 0.0
+        for j in range(folds):
+            fit, _ = R.refit_centralised(theta0, [(f[fo != j], y[fo != j], pw) for (f, y, pw), fo in
+                                                  zip(sites, fold_of)], ridge, iterations)
+            expected += sum(R.local_terms(fit, f[fo == j], y[fo == j], pw)["loss"] for (f, y, pw), fo in
+                            zip(sites, fold_of))
+        assert held == pytest.approx(expected, rel=1e-9)
+    best = grid[int(np.argmin(record["ridge_cv"]["held_out_loss"]))]
+    assert record["ridge"] == best
+    np.testing.assert_allclose(theta, R.refit_centralised(theta0, sites, best, iterations)[0], atol=1e-12)
+
+    def chosen(n_per_site: int, anchor):
+        data = _logistic_sites(np.random.default_rng(11), n_per_site, truth)
+        fitted = {}
+        for ridge in (None, 0.001):  # None: cross-validated over the presets' grid
+            g, k = (R.ridge_settings(get_plan("cpu-small", readout_ridge_cv_folds=5)) if ridge is None
+                    else ([ridge], 0))
+            fitted[ridge] = R.solve(anchor, R.centralised_sum(data, k, 0, ["a", "b"]), g, k, iterations, True)
+        test = _logistic_sites(np.random.default_rng(12), 2000, truth, sites=1)[0]
+        loss = {r: R.local_terms(th, *test)["loss"] for r, (th, _) in fitted.items()}
+        auc = {r: roc_auc_score(test[1], R.design(test[0]) @ th) for r, (th, _) in fitted.items()}
+        return fitted[None][1]["ridge"], loss, auc
+
+    good = np.concatenate([truth, [0.0, -0.3]])
+    ridge, loss, auc = chosen(12, good)
+    assert ridge >= 1.0 and loss[None] < loss[0.001] and auc[None] > auc[0.001]
+    ridge, loss, auc = chosen(200, theta0)
+    assert ridge <= 0.03 and auc[None] > 0.75

@@ -87,6 +87,15 @@ class Plan:
     # the ridge on standardised read-out features (variances from the refit's own summed Hessian): a hidden layer
     # that gives its features a small spread otherwise meets a ridge that squashes every probability towards 0.5
     readout_standardise: bool = False
+    # k >= 2: the ridge is not readout_ridge but the one of readout_ridge_grid whose refit, fitted with each of k
+    # folds of the training cases left out, has the least class-weighted log-loss on the left-out cases (summed
+    # over sites: exact through the secure sum; one round more); 0 = off. The jointly trained read-out is a good
+    # prior after some starts and poor after others. Measured on 8 trained bodies at an unseen hospital (120
+    # patients): AUC +0.014 [-0.011, +0.039] over the presets' fixed ridge, +0.037 [-0.003, +0.078] on MAE starts
+    # with 30 training cases (whose good read-out the fixed ridge overfits away), -0.003 with 120; off in the
+    # presets, every interval holding 0 (docs/BENCHMARKS.md, session 27)
+    readout_ridge_cv_folds: int = 0
+    readout_ridge_grid: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     # the read-out also weighs, per voxel and linearly, the CT value and its soft HU bins (fat, stranded fat, soft
     # tissue), so the refit always holds their pooled shares over the nodes and shell, the signs a radiologist
     # reads, whatever the evidence head's hidden layer learned. These weights are set by the refit only (0 before)
@@ -204,6 +213,10 @@ class Plan:
             raise ValueError(f"sw_batch_size must be >= 1, not {self.sw_batch_size}")
         if self.readout_refit_iterations < 0 or self.readout_ridge < 0:
             raise ValueError("readout_refit_iterations and readout_ridge must be >= 0")
+        if self.readout_ridge_cv_folds == 1 or self.readout_ridge_cv_folds < 0 or (
+                self.readout_ridge_cv_folds and (not self.readout_ridge_grid or min(self.readout_ridge_grid) <= 0)):
+            raise ValueError("readout_ridge_cv_folds must be 0 (off) or >= 2, with a readout_ridge_grid of ridges > 0, "
+                             f"not {self.readout_ridge_cv_folds} and {list(self.readout_ridge_grid)}")
         if len(self.assessable_spacing_mm) != 2 or min(self.assessable_spacing_mm) <= 0:
             raise ValueError("assessable_spacing_mm must be [pixel spacing, slice spacing] in mm, both > 0, not "
                              f"{self.assessable_spacing_mm}")

@@ -11,6 +11,7 @@ features; here solved rather than stepped).
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -129,37 +130,142 @@ def newton_step(theta: np.ndarray, grad: np.ndarray, hess: np.ndarray, weight_su
     return theta - step
 
 
+ALL = -1  # a path over all training cases (the refit itself); 0..k-1: the path that leaves that fold out
+
+
+def fold_ids(labels, folds: int, seed: int, site: str) -> np.ndarray:
+    """Each of a site's training cases' fold for the ridge's cross-validation (plan.readout_ridge_cv_folds):
+    stratified by label, from a random start of the site's own, so that sites with few positives do not all
+    fill fold 0; drawn from the plan's seed and the site's name, so the centralised refit draws the same ones."""
+    labels = np.asarray(labels)
+    out = np.zeros(len(labels), dtype=int)
+    if folds < 2:
+        return out
+    rng = np.random.default_rng([seed, zlib.crc32(str(site).encode())])
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        out[idx] = (np.arange(len(idx)) + rng.integers(folds)) % folds
+    return out
+
+
+def path_terms(paths: list[tuple[int, np.ndarray]], features: np.ndarray, labels, pos_weight: float,
+               folds: np.ndarray) -> np.ndarray:
+    """One site's packed terms for every path (fold, theta): the logistic terms over its training cases outside
+    the fold (all of them for ALL) and the weighted loss and weight of the fold's own cases (held out), one
+    vector for the secure sum."""
+    labels = np.asarray(labels)
+    out = []
+    for fold, theta in paths:
+        held = folds == fold
+        fit = local_terms(theta, features[~held], labels[~held], pos_weight)
+        test = local_terms(theta, features[held], labels[held], pos_weight) if held.any() else {"loss": 0.0, "n": 0.0}
+        out.append(np.concatenate([pack_terms(fit), [test["loss"], test["n"]]]))
+    return np.concatenate(out)
+
+
+def unpack_paths(vector: np.ndarray, n_paths: int, k: int) -> list[dict]:
+    size = len(vector) // n_paths
+    rows = []
+    for i in range(n_paths):
+        chunk = vector[i * size:(i + 1) * size]
+        rows.append({**unpack_terms(chunk[:-2], k), "held_loss": float(chunk[-2]), "held_n": float(chunk[-1])})
+    return rows
+
+
+def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, standardise: bool) -> tuple[np.ndarray,
+                                                                                                         dict]:
+    """The refit's Newton iterations, centralised or federated alike: summed(paths) returns, per path (fold,
+    theta), the terms summed over every site's training cases (path_terms, unpacked). One ridge and no folds: the
+    refit at that ridge. folds = k >= 2: every ridge of `ridges` on all cases and with each fold left out, then
+    one more call for the held-out losses at the final thetas; the ridge with the least held-out class-weighted
+    loss (summed over folds and sites: additive, so the secure sum gives it exactly) is the one kept. The
+    variances that standardise the ridge come from the first call's Hessian over all cases."""
+    ridges = [float(r) for r in ridges]
+    paths = [(ALL, r) for r in ridges] + [(j, r) for r in ridges for j in range(folds if folds >= 2 else 0)]
+    thetas = [theta0.copy() for _ in paths]
+    losses: dict = {r: [] for r in ridges}
+    variances = None
+    for _ in range(iterations):
+        terms = summed([(fold, th) for (fold, _), th in zip(paths, thetas)])
+        if standardise and variances is None:
+            variances = feature_variances(terms[0]["hess"])
+        for i, ((fold, ridge), t) in enumerate(zip(paths, terms)):
+            if fold == ALL:
+                losses[ridge].append(t["loss"])
+            thetas[i] = newton_step(thetas[i], t["grad"], t["hess"], t["n"], ridge, theta0, variances)
+    record: dict = {"ridge_cv": None}
+    chosen = ridges[0]
+    if len(paths) > len(ridges):
+        held = summed([(fold, th) for (fold, _), th in zip(paths, thetas) if fold != ALL])
+        per_ridge = {r: 0.0 for r in ridges}
+        for (fold, ridge), t in zip([p for p in paths if p[0] != ALL], held):
+            per_ridge[ridge] += t["held_loss"]
+        weight = sum(t["held_n"] for t in held) / len(ridges)
+        chosen = min(ridges, key=lambda r: per_ridge[r])
+        record["ridge_cv"] = {"folds": folds, "grid": ridges, "held_out_loss": [per_ridge[r] for r in ridges],
+                              "held_out_weight": weight}
+    theta = thetas[paths.index((ALL, chosen))]
+    record.update({"ridge": chosen, "loss": losses[chosen]})
+    return theta, record
+
+
+def centralised_sum(site_data: list[tuple[np.ndarray, np.ndarray, float]], folds: int, seed: int,
+                    sites: list[str] | None = None):
+    """summed(paths) over features held in one place, each site with its own folds as a site draws them."""
+    names = sites or [str(i) for i in range(len(site_data))]
+    site_folds = [fold_ids(labels, folds, seed, name) for (_, labels, _), name in zip(site_data, names)]
+
+    def summed(paths):
+        vectors = [path_terms(paths, f, y, pw, fo) for (f, y, pw), fo in zip(site_data, site_folds)]
+        return unpack_paths(np.sum(vectors, axis=0), len(paths), len(paths[0][1]))
+    return summed
+
+
 def refit_centralised(theta0: np.ndarray, site_data: list[tuple[np.ndarray, np.ndarray, float]], ridge: float,
                       iterations: int = 8, standardise: bool = False) -> tuple[np.ndarray, list[float]]:
-    """The same Newton iterations as the federated refit, on features held in one place (the centralised CLI and
-    the tests' reference). site_data: (features, labels, pos_weight) per site. standardise: the ridge on
-    standardised features, their variances from the first iteration's Hessian (feature_variances)."""
-    theta, losses, variances = theta0.copy(), [], None
-    for _ in range(iterations):
-        terms = [local_terms(theta, f, y, pw) for f, y, pw in site_data]
-        losses.append(sum(t["loss"] for t in terms))
-        hess = sum(t["hess"] for t in terms)
-        if standardise and variances is None:
-            variances = feature_variances(hess)
-        theta = newton_step(theta, sum(t["grad"] for t in terms), hess, sum(t["n"] for t in terms), ridge, theta0,
-                            variances)
-    return theta, losses
+    """The same Newton iterations as the federated refit at one ridge, on features held in one place (the tests'
+    reference). site_data: (features, labels, pos_weight) per site. standardise: the ridge on standardised
+    features, their variances from the first iteration's Hessian (feature_variances)."""
+    theta, record = solve(theta0, centralised_sum(site_data, 0, 0), [ridge], 0, iterations, standardise)
+    return theta, record["loss"]
+
+
+def ridge_settings(plan: Plan) -> tuple[list[float], int]:
+    """(the ridges to try, the CV folds): the plan's one ridge, or its grid when it cross-validates."""
+    folds = plan.readout_ridge_cv_folds
+    return (list(plan.readout_ridge_grid), folds) if folds >= 2 else ([plan.readout_ridge], 0)
+
+
+def site_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = False
+                  ) -> tuple[list[tuple[np.ndarray, np.ndarray, float]], list[str]]:
+    """The refit's data held in one place: per site (sorted by name), its training cases' features, labels and
+    class weight, as each site computes them; and the sites' names (their CV folds depend on them)."""
+    by_site: dict = {}
+    for it in items:
+        by_site.setdefault(str(it.get("site")), []).append(it)
+    groups = sorted(by_site.items())
+    return ([(case_features(model, group, plan, progress), np.array([int(i["ece"]) for i in group]),
+              positive_weight(group)) for _, group in groups], [name for name, _ in groups])
+
+
+def refit_features(theta0: np.ndarray, data: list, sites: list[str], plan: Plan) -> tuple[np.ndarray, dict]:
+    """The refit the plan asks for (its ridge, or the one its CV chooses) on site_features' data."""
+    ridges, folds = ridge_settings(plan)
+    return solve(theta0, centralised_sum(data, folds, plan.seed, sites), ridges, folds,
+                 plan.readout_refit_iterations, plan.readout_standardise)
 
 
 def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = False,
                 log=_log.info) -> dict:
-    """Centralised refit (ecefl train): the same class weights per site and Newton iterations as the federated
-    one, on all training cases at once. Sets the model's read-out and returns the refit's record."""
-    by_site: dict = {}
-    for it in items:
-        by_site.setdefault(it.get("site"), []).append(it)
-    data = [(case_features(model, group, plan, progress), np.array([int(i["ece"]) for i in group]),
-             positive_weight(group)) for _, group in sorted(by_site.items(), key=lambda kv: str(kv[0]))]
+    """Centralised refit (ecefl train): the same class weights per site, CV folds and Newton iterations as the
+    federated one, on all training cases at once. Sets the model's read-out and returns the refit's record."""
+    data, sites = site_features(model, items, plan, progress)
     theta0 = model.readout_parameters().double().cpu().numpy()
-    theta, losses = refit_centralised(theta0, data, plan.readout_ridge, plan.readout_refit_iterations,
-                                      plan.readout_standardise)
+    theta, record = refit_features(theta0, data, sites, plan)
     model.set_readout_parameters(torch.as_tensor(theta))
-    log(f"read-out refitted on {len(items)} training cases: weighted loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    return {"iterations": plan.readout_refit_iterations, "ridge": plan.readout_ridge,
-            "standardised": plan.readout_standardise, "loss": losses,
+    losses, folds = record["loss"], ridge_settings(plan)[1]
+    chosen = f" (ridge {record['ridge']:g}, chosen by {folds}-fold CV)" if folds else ""
+    log(f"read-out refitted on {len(items)} training cases{chosen}: weighted loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    return {"iterations": plan.readout_refit_iterations, "standardised": plan.readout_standardise, **record,
             "theta_joint": theta0.tolist(), "theta": theta.tolist()}

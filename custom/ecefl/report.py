@@ -234,8 +234,9 @@ def _mae_html(mae: dict | None) -> str:
 def _refit_summary(refit: dict | None) -> dict | None:
     if not refit:
         return None
-    return {"iterations": refit["iterations"], "ridge": refit["ridge"], "sites": refit["sites"],
-            "loss_before": refit["loss"][0], "loss_after": refit["loss"][-1], "seconds": refit.get("seconds")}
+    return {"iterations": refit["iterations"], "ridge": refit["ridge"], "ridge_cv": refit.get("ridge_cv"),
+            "sites": refit["sites"], "loss_before": refit["loss"][0], "loss_after": refit["loss"][-1],
+            "seconds": refit.get("seconds")}
 
 
 def _refit_html(refit: dict | None) -> str:
@@ -244,7 +245,17 @@ def _refit_html(refit: dict | None) -> str:
     return (f"<p><small>Case read-out refitted after the last round (ecefl.readout: {refit['iterations']} Newton "
             f"iterations of a class-weighted logistic regression on the fixed network, from the securely summed "
             f"terms of {', '.join(map(html.escape, refit['sites']))}): weighted training loss {refit['loss'][0]:.2f} "
-            f"&rarr; {refit['loss'][-1]:.2f}. The final model's metrics above are after the refit.</small></p>")
+            f"&rarr; {refit['loss'][-1]:.2f}, ridge towards the jointly trained read-out {refit['ridge']:g}"
+            f"{_ridge_cv_text(refit.get('ridge_cv'))}. The final model's metrics above are after the refit.</small></p>")
+
+
+def _ridge_cv_text(cv: dict | None) -> str:
+    if not cv:
+        return ""
+    held = ", ".join(f"{r:g}: {loss / max(cv['held_out_weight'], 1e-12):.3f}"
+                     for r, loss in zip(cv["grid"], cv["held_out_loss"]))
+    return (f", chosen by {cv['folds']}-fold cross-validation on the training cases (held-out log-loss per "
+            f"case weight, by ridge: {held})")
 
 
 def format_metrics_table(pooled: dict | None, sites: dict) -> str:

@@ -29,7 +29,7 @@ from ecefl.engine import (FINAL_PREDICTIONS, FineTuner, Pretrainer, positive_wei
                           stats_of, write_predictions)
 from ecefl.fl import secure_sum as SS
 from ecefl.fl.protocol import (FAILED, FINAL, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS,
-                               REFIT_THETA, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
+                               REFIT_PATHS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
                                UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
 from ecefl.fl.site_config import datalist_for
 from ecefl.job_kinds import FINETUNE, JOB_KINDS, MAE
@@ -149,7 +149,8 @@ class SiteLearner:
             t0 = time.perf_counter()
             features = R.case_features(self.model, self.train_items, self.plan)
             labels = [int(it["ece"]) for it in self.train_items]
-            self.refit_cache = {refit_id: (features, labels, positive_weight(self.train_items))}
+            folds = R.fold_ids(labels, self.plan.readout_ridge_cv_folds, self.plan.seed, self.site)
+            self.refit_cache = {refit_id: (features, labels, positive_weight(self.train_items), folds)}
             self.log(f"read-out refit: features of {len(labels)} training cases in "
                      f"{time.perf_counter() - t0:.1f}s")
         if refit_id not in self.refit_cache:
@@ -157,9 +158,10 @@ class SiteLearner:
         if not secure or self.site not in (secure.get("peers") or {}):
             self.warn("read-out refit without a secure sum over 2+ sites: this site's terms are not sent")
             return flare.FLModel(metrics={}, meta={})
-        features, labels, pos_weight = self.refit_cache[refit_id]
-        terms = R.local_terms(np.asarray(meta[REFIT_THETA], dtype=np.float64), features, labels, pos_weight)
-        masked = self.keys.mask(SS.encode_floats(R.pack_terms(terms)), secure["peers"], secure["context"])
+        features, labels, pos_weight, folds = self.refit_cache[refit_id]
+        paths = [(int(fold), np.asarray(theta, dtype=np.float64)) for fold, theta in meta[REFIT_PATHS]]
+        terms = R.path_terms(paths, features, labels, pos_weight, folds)
+        masked = self.keys.mask(SS.encode_floats(terms), secure["peers"], secure["context"])
         return flare.FLModel(metrics={}, meta={REFIT_TERMS: {"masked": masked, "contributes": True}})
 
     def train_round(self, incoming) -> flare.FLModel:

@@ -17,5 +17,5 @@ PUBLIC_KEY = "public_key"  # site -> server (secure_sum_keys): the site's X25519
 UNMASK_SHARE = "share"  # site -> server (secure_sum_unmask): its masks with the sites that sent nothing
 REFIT_TASK = "readout_refit"  # server -> sites: theta (and the model, first time); ecefl.readout
 REFIT_ID = "refit"  # server -> sites: one id per refit (the sites' cached case features belong to it)
-REFIT_THETA = "theta"  # server -> sites: the read-out at which the sites evaluate their terms
+REFIT_PATHS = "paths"  # server -> sites: [fold, theta] pairs at which the sites evaluate their terms
 REFIT_TERMS = "readout_terms"  # site -> server: the masked sum of its logistic loss, gradient and Hessian

@@ -26,11 +26,15 @@ from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 from ecefl import metrics as M
 from ecefl.fl import secure_sum as SS
 from ecefl.fl.protocol import (FAILED, FINAL, JOB, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS,
-                                REFIT_THETA, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
+                                REFIT_PATHS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
                                 UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
 from ecefl.job_kinds import CHECKPOINT_KIND, FINETUNE
 
 OUT_DIR = "ecefl"
+
+
+class _RefitAbandoned(Exception):
+    """Too few sites answered a call of the read-out refit: the jointly trained read-out stays."""
 
 
 def _client(result: FLModel) -> str:
@@ -248,42 +252,47 @@ class PooledFedAvg(BaseFedAvg):
     # ---------------------------------------------------------------- read-out refit (ecefl.readout)
     def _refit_readout(self, model: FLModel) -> FLModel:
         """Newton iterations of the class-weighted logistic read-out on the final body, from the securely summed
-        gradients and Hessians of the sites' training cases: the centralised solution over the pooled cases.
-        Sites compute their case features once (the first request carries the model). With fewer than
-        min_sites (or 2) sites answering, the jointly trained read-out is kept and the event says why."""
+        gradients and Hessians of the sites' training cases: the centralised solution over the pooled cases
+        (ecefl.readout.solve, with the ridge cross-validated when the plan says so). Sites compute their case
+        features once (the first request carries the model). With fewer than min_sites (or 2) sites answering,
+        the jointly trained read-out is kept and the event says why."""
         from ecefl import readout as R
-        iterations = int(self.plan.get("readout_refit_iterations", 0))
-        ridge = float(self.plan.get("readout_ridge", 0.1))
-        standardise, variances = bool(self.plan.get("readout_standardise", False)), None
+        from ecefl.plan import Plan
+        plan = Plan.from_dict(self.plan)
+        ridges, folds = R.ridge_settings(plan)
         theta0 = R.theta_from_state(model.params)
-        theta, losses, t0 = theta0.copy(), [], time.time()
-        refit_id = uuid.uuid4().hex
-        targets = self.sample_clients()
-        for it in range(iterations):
-            spec = self._secure_spec(targets)
-            meta = {PLAN: self.plan, JOB: self.job_kind, REFIT_ID: refit_id, REFIT_THETA: theta.tolist(),
-                    SECURE_SPEC: spec}
-            request = FLModel(params=model.params if it == 0 else {}, meta=meta)
-            results = self._send_and_wait(REFIT_TASK, request, targets)
-            self._name_missing(results, targets)
+        refit_id, t0 = uuid.uuid4().hex, time.time()
+        state = {"targets": self.sample_clients(), "calls": 0}
+
+        def summed(paths):
+            spec = self._secure_spec(state["targets"])
+            meta = {PLAN: self.plan, JOB: self.job_kind, REFIT_ID: refit_id, SECURE_SPEC: spec,
+                    REFIT_PATHS: [[int(fold), theta.tolist()] for fold, theta in paths]}
+            request = FLModel(params=model.params if state["calls"] == 0 else {}, meta=meta)
+            results = self._send_and_wait(REFIT_TASK, request, state["targets"])
+            self._name_missing(results, state["targets"])
             answered = [r for r in results if (r.meta or {}).get(REFIT_TERMS)]
             total = self._secure_total(spec, answered, REFIT_TERMS)
             if len(answered) < max(self.min_sites, SS.MIN_SITES) or total is None:
-                self._event("readout_refit", "server", f"iteration {it}: {len(answered)} site(s) sent their terms "
-                                                       "(fewer than min_sites or 2): the jointly trained read-out is kept")
-                return model
-            terms = R.unpack_terms(SS.decode_floats(total), len(theta))
-            losses.append(terms["loss"])
-            if standardise and variances is None:
-                variances = R.feature_variances(terms["hess"])
-            theta = R.newton_step(theta, terms["grad"], terms["hess"], terms["n"], ridge, theta0, variances)
-            targets = sorted(_client(r) for r in answered)
+                raise _RefitAbandoned(f"call {state['calls']}: {len(answered)} site(s) sent their terms "
+                                      "(fewer than min_sites or 2): the jointly trained read-out is kept")
+            state["calls"] += 1
+            state["targets"] = sorted(_client(r) for r in answered)
+            return R.unpack_paths(SS.decode_floats(total), len(paths), len(theta0))
+
+        try:
+            theta, record = R.solve(theta0, summed, ridges, folds, int(self.plan.get("readout_refit_iterations", 0)),
+                                    plan.readout_standardise)
+        except _RefitAbandoned as exc:
+            self._event("readout_refit", "server", str(exc))
+            return model
         model.params = R.state_with_theta(model.params, theta)
-        self.refit = {"iterations": iterations, "ridge": ridge, "standardised": standardise, "sites": targets,
-                      "loss": losses,
-                      "seconds": round(time.time() - t0, 1), "theta_joint": theta0.tolist(), "theta": theta.tolist()}
-        self.info(f"read-out refitted on the training cases of {', '.join(targets)}: weighted loss "
-                  f"{losses[0]:.3f} -> {losses[-1]:.3f}")
+        self.refit = {"iterations": plan.readout_refit_iterations, "standardised": plan.readout_standardise,
+                      "sites": state["targets"], **record, "seconds": round(time.time() - t0, 1),
+                      "theta_joint": theta0.tolist(), "theta": theta.tolist()}
+        chosen = f" (ridge {record['ridge']:g}, chosen by {folds}-fold CV)" if folds else ""
+        self.info(f"read-out refitted on the training cases of {', '.join(state['targets'])}{chosen}: weighted loss "
+                  f"{record['loss'][0]:.3f} -> {record['loss'][-1]:.3f}")
         return model
 
     def _name_missing(self, results: list[FLModel], targets) -> None:
