@@ -263,6 +263,12 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     # every training case is held out once: the held-out weight is the pooled class-weighted case count
     assert refit["ridge_cv"]["held_out_weight"] == pytest.approx(sum((np.where(y > 0, pw, 1.0)).sum()
                                                                      for _, y, pw in data))
+    # the report names the ridge and how it was chosen, with each ridge's held-out loss per case weight
+    from ecefl.report import _refit_html
+    html = _refit_html(refit)
+    assert f"read-out {refit['ridge']:g}, chosen by {REFIT_FOLDS}-fold cross-validation" in html
+    per_weight = np.array(refit["ridge_cv"]["held_out_loss"]) / refit["ridge_cv"]["held_out_weight"]
+    assert all(f"{r:g}: {v:.3f}" in html for r, v in zip(REFIT_GRID, per_weight))
     # equal up to float rounding (the sites' features come from other processes and thread counts; the secure
     # sum's fixed point), which a nearly singular Newton system (weights up to ~100 here) amplifies
     np.testing.assert_allclose(final_theta, expected, rtol=1e-3, atol=1e-5)

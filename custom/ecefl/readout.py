@@ -6,7 +6,8 @@ logit is linear in pooled features (model.DualOutputSwinUNETR.readout_features),
 as a class-weighted, ridge-penalised logistic regression. The loss is a sum over cases, so Newton's method needs
 only the sums of each site's gradient and Hessian: the federated refit (sites send sums, the server solves) gives
 exactly the centralised solution over the pooled training cases (Kang et al. 2020: classifier re-training on fixed
-features; here solved rather than stepped).
+features; here solved rather than stepped). The ridge towards the jointly trained read-out is the plan's, or chosen
+by k-fold cross-validation over the sites' training cases, whose held-out loss is a secure sum too (solve).
 """
 from __future__ import annotations
 
