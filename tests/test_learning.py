@@ -259,6 +259,11 @@ def test_cross_validated_ridge_is_exact_and_keeps_a_good_prior_at_few_cases_but_
     best = grid[int(np.argmin(record["ridge_cv"]["held_out_loss"]))]
     assert record["ridge"] == best
     np.testing.assert_allclose(theta, R.refit_centralised(theta0, sites, best, iterations)[0], atol=1e-12)
+    # terms packed for another number of paths or weights (a site on another version) are refused, not misread
+    vector = R.path_terms([(R.ALL, theta0)], sites[0][0], sites[0][1], 1.2, fold_of[0])
+    assert len(R.unpack_paths(vector, 1, len(theta0))) == 1
+    with pytest.raises(ValueError, match="another version of ecefl"):
+        R.unpack_paths(np.concatenate([vector, vector[:5]]), 1, len(theta0))
 
     def chosen(n_per_site: int, anchor):
         data = _logistic_sites(np.random.default_rng(11), n_per_site, truth)

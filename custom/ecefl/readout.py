@@ -166,7 +166,10 @@ def path_terms(paths: list[tuple[int, np.ndarray]], features: np.ndarray, labels
 
 
 def unpack_paths(vector: np.ndarray, n_paths: int, k: int) -> list[dict]:
-    size = len(vector) // n_paths
+    size = 2 + k + k * (k + 1) // 2 + 2  # pack_terms, then the held-out loss and weight
+    if len(vector) != n_paths * size:
+        raise ValueError(f"the summed read-out terms hold {len(vector)} values, not the {n_paths * size} of {n_paths} "
+                         f"path(s) of {k} weights: a site runs another version of ecefl; update every site")
     rows = []
     for i in range(n_paths):
         chunk = vector[i * size:(i + 1) * size]
@@ -181,7 +184,8 @@ def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, stand
     refit at that ridge. folds = k >= 2: every ridge of `ridges` on all cases and with each fold left out, then
     one more call for the held-out losses at the final thetas; the ridge with the least held-out class-weighted
     loss (summed over folds and sites: additive, so the secure sum gives it exactly) is the one kept. The
-    variances that standardise the ridge come from the first call's Hessian over all cases."""
+    variances that standardise the ridge come from the first call's Hessian over all cases. Returns the read-out
+    and the refit's record (what the checkpoint's metrics and the report carry)."""
     ridges = [float(r) for r in ridges]
     paths = [(ALL, r) for r in ridges] + [(j, r) for r in ridges for j in range(folds if folds >= 2 else 0)]
     thetas = [theta0.copy() for _ in paths]
@@ -195,7 +199,7 @@ def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, stand
             if fold == ALL:
                 losses[ridge].append(t["loss"])
             thetas[i] = newton_step(thetas[i], t["grad"], t["hess"], t["n"], ridge, theta0, variances)
-    record: dict = {"ridge_cv": None}
+    record: dict = {"iterations": iterations, "standardised": standardise, "ridge_cv": None}
     chosen = ridges[0]
     if len(paths) > len(ridges):
         held = summed([(fold, th) for (fold, _), th in zip(paths, thetas) if fold != ALL])
@@ -207,8 +211,14 @@ def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, stand
         record["ridge_cv"] = {"folds": folds, "grid": ridges, "held_out_loss": [per_ridge[r] for r in ridges],
                               "held_out_weight": weight}
     theta = thetas[paths.index((ALL, chosen))]
-    record.update({"ridge": chosen, "loss": losses[chosen]})
+    record.update({"ridge": chosen, "loss": losses[chosen], "theta_joint": theta0.tolist(), "theta": theta.tolist()})
     return theta, record
+
+
+def ridge_note(record: dict) -> str:
+    """How the refit's ridge was set, for a log line: empty for the plan's own ridge."""
+    cv = record.get("ridge_cv")
+    return f" (ridge {record['ridge']:g}, chosen by {cv['folds']}-fold CV)" if cv else ""
 
 
 def centralised_sum(site_data: list[tuple[np.ndarray, np.ndarray, float]], folds: int, seed: int,
@@ -265,8 +275,7 @@ def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progr
     theta0 = model.readout_parameters().double().cpu().numpy()
     theta, record = refit_features(theta0, data, sites, plan)
     model.set_readout_parameters(torch.as_tensor(theta))
-    losses, folds = record["loss"], ridge_settings(plan)[1]
-    chosen = f" (ridge {record['ridge']:g}, chosen by {folds}-fold CV)" if folds else ""
-    log(f"read-out refitted on {len(items)} training cases{chosen}: weighted loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    return {"iterations": plan.readout_refit_iterations, "standardised": plan.readout_standardise, **record,
-            "theta_joint": theta0.tolist(), "theta": theta.tolist()}
+    losses = record["loss"]
+    log(f"read-out refitted on {len(items)} training cases{ridge_note(record)}: weighted loss {losses[0]:.3f} -> "
+        f"{losses[-1]:.3f}")
+    return record

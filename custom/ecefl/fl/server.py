@@ -278,21 +278,21 @@ class PooledFedAvg(BaseFedAvg):
                                       "(fewer than min_sites or 2): the jointly trained read-out is kept")
             state["calls"] += 1
             state["targets"] = sorted(_client(r) for r in answered)
-            return R.unpack_paths(SS.decode_floats(total), len(paths), len(theta0))
+            try:
+                return R.unpack_paths(SS.decode_floats(total), len(paths), len(theta0))
+            except ValueError as exc:
+                raise _RefitAbandoned(f"call {state['calls'] - 1}: {exc}; the jointly trained read-out is kept")
 
         try:
-            theta, record = R.solve(theta0, summed, ridges, folds, int(self.plan.get("readout_refit_iterations", 0)),
+            theta, record = R.solve(theta0, summed, ridges, folds, plan.readout_refit_iterations,
                                     plan.readout_standardise)
         except _RefitAbandoned as exc:
             self._event("readout_refit", "server", str(exc))
             return model
         model.params = R.state_with_theta(model.params, theta)
-        self.refit = {"iterations": plan.readout_refit_iterations, "standardised": plan.readout_standardise,
-                      "sites": state["targets"], **record, "seconds": round(time.time() - t0, 1),
-                      "theta_joint": theta0.tolist(), "theta": theta.tolist()}
-        chosen = f" (ridge {record['ridge']:g}, chosen by {folds}-fold CV)" if folds else ""
-        self.info(f"read-out refitted on the training cases of {', '.join(state['targets'])}{chosen}: weighted loss "
-                  f"{record['loss'][0]:.3f} -> {record['loss'][-1]:.3f}")
+        self.refit = {**record, "sites": state["targets"], "seconds": round(time.time() - t0, 1)}
+        self.info(f"read-out refitted on the training cases of {', '.join(state['targets'])}{R.ridge_note(record)}: "
+                  f"weighted loss {record['loss'][0]:.3f} -> {record['loss'][-1]:.3f}")
         return model
 
     def _name_missing(self, results: list[FLModel], targets) -> None:
