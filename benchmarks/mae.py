@@ -82,12 +82,16 @@ MODES = {
 }
 
 
+def training_datalists(out: Path) -> list[Path]:
+    """The preprocessed training hospitals' datalists in OUT."""
+    return [out / "sites" / n / "datalist.json" for n in ("hospital-a", "hospital-b", "hospital-c")]
+
+
 def prepare_training_sites(out: Path, cfg: dict, pool=None) -> list[Path]:
     """Synthesise and preprocess hospitals a, b, c (a re-run reuses what exists); pool: preprocess the three
     hospitals side by side."""
     from site_preprocess.synth.generate import synthesize
-    names = ["hospital-a", "hospital-b", "hospital-c"]
-    lists = [out / "sites" / n / "datalist.json" for n in names]
+    lists = training_datalists(out)
     if all(p.is_file() for p in lists):
         return lists
     site_dirs = synthesize(out / "hospitals", 3, cfg["cases"], cfg["unlabeled"], cfg["train_seed"], progress=False,

@@ -35,6 +35,13 @@ def demo_splits(demo: Path, seed: int, val_fraction: float) -> tuple[list, list]
     return train, val
 
 
+def demo_training_split(demo: Path, seed: int | None = None) -> tuple[int, list, list]:
+    """(seed, training cases, validation cases) of a demo, with the seed and validation fraction it recorded."""
+    config = json.loads((demo / "report" / "summary.json").read_text()).get("config", {})
+    seed = seed if seed is not None else int(config.get("seed", 0))
+    return (seed, *demo_splits(demo, seed, float(config.get("val_fraction", 0.25))))
+
+
 def joint_body(demo: Path, overrides: dict):
     """(model, checkpoint) of the demo's final model with its jointly trained read-out restored."""
     import numpy as np
@@ -73,9 +80,7 @@ def main(argv=None) -> int:
     from ecefl.readout import refit_model
     torch.set_num_threads(2)
     demo = Path(args.demo).resolve()
-    config = json.loads((demo / "report" / "summary.json").read_text()).get("config", {})
-    seed = args.seed if args.seed is not None else int(config.get("seed", 0))
-    train, val = demo_splits(demo, seed, float(config.get("val_fraction", 0.25)))
+    seed, train, val = demo_training_split(demo, args.seed)
     model, ckpt, plan = joint_body(demo, parse_assignments(args.set))
     record = refit_model(model, train, plan, log=print)
     node_threshold = ckpt.get("node_threshold", 0.5)

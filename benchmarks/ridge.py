@@ -39,25 +39,27 @@ def body_and_training_cases(args) -> tuple:
     from ecefl.checkpoint import load_model
     if args.demo:
         import readout as readout_benchmark
-        demo = Path(args.demo)
-        config = json.loads((demo / "report" / "summary.json").read_text()).get("config", {})
-        model, ckpt, plan = readout_benchmark.joint_body(demo, {})
-        train, _ = readout_benchmark.demo_splits(demo, int(config.get("seed", 0)),
-                                                 float(config.get("val_fraction", 0.25)))
+        model, _, plan = readout_benchmark.joint_body(Path(args.demo), {})
+        _, train, _ = readout_benchmark.demo_training_split(Path(args.demo))
         return model, plan, train, None
     from ecefl.stages import training_split
+    from mae import training_datalists
     arm = Path(args.mae_arm)
     result = json.loads((arm / "result.json").read_text())
     seed, fraction = int(arm.parent.name.removeprefix("seed")), int(arm.name.rsplit("_", 1)[1])
     if "refit_seconds" in result:
         raise SystemExit(f"{arm} is a refit arm; give the arm it refits, whose model holds the jointly trained read-out")
-    root = arm.parents[1]
-    lists = [root / "sites" / n / "datalist.json" for n in ("hospital-a", "hospital-b", "hospital-c")]
-    train, _ = training_split(lists, fraction / 100, 0.0, seed)
+    train, _ = training_split(training_datalists(arm.parents[1]), fraction / 100, 0.0, seed)
     if len(train) != result["n_train"]:
         raise SystemExit(f"{arm}: {len(train)} training cases now, {result['n_train']} when it trained")
     model, payload = load_model(arm / "model.pt", kind="dual")
     return model, payload["plan"], train, arm / "unseen" / "predictions.csv"
+
+
+def probabilities(x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """p(ECE) of cases with read-out features x under read-out theta (the model's sigmoid of X . theta)."""
+    from ecefl.readout import design
+    return 1 / (1 + np.exp(-np.clip(design(x) @ theta, -40, 40)))
 
 
 def features(args, cache: Path) -> dict:
@@ -81,7 +83,7 @@ def features(args, cache: Path) -> dict:
         from paired import read
         rows = read(str(predictions))
         p = np.array([float(rows[c]["probability"]) for c in out["case_test"]])
-        mine = 1 / (1 + np.exp(-R.design(x_test) @ theta0))
+        mine = probabilities(x_test, theta0)
         if np.abs(p - mine).max() > 1e-4:
             raise SystemExit(f"{predictions}: the features do not reproduce the arm's scores "
                              f"(max |dp| {np.abs(p - mine).max():.2g})")
@@ -105,16 +107,16 @@ def evaluate(f: dict, folds: int, fixed: float) -> dict:
     y = f["y_test"]
 
     def scored(theta):
-        p = 1 / (1 + np.exp(-np.clip(R.design(f["x_test"]) @ theta, -40, 40)))
+        p = probabilities(f["x_test"], theta)
         return {"cases": {"case_id": list(f["case_test"]), "probability": p, "ece": y, "dice": np.zeros(len(y))},
                 "auc": float(_auc_rows(p[None], y[None])[0])}
 
-    arms = {r: scored(R.refit_features(f["theta0"], data, sites, cv_plan.with_overrides(
-        readout_ridge_cv_folds=0, readout_ridge=r))[0]) for r in record["ridge_cv"]["grid"]}
+    def refitted_at(ridge):
+        fixed_plan = cv_plan.with_overrides(readout_ridge_cv_folds=0, readout_ridge=ridge)
+        return scored(R.refit_features(f["theta0"], data, sites, fixed_plan)[0])
+
+    arms = {r: refitted_at(r) for r in {*record["ridge_cv"]["grid"], fixed}}
     joint = scored(f["theta0"])
-    if fixed not in arms:
-        arms[fixed] = scored(R.refit_features(f["theta0"], data, sites, cv_plan.with_overrides(
-            readout_ridge_cv_folds=0, readout_ridge=fixed))[0])
     chosen = record["ridge"]
     cv = record["ridge_cv"]
     return {"n_train": int(len(f["site_y"])), "n_train_pos": int(f["site_y"].sum()), "n_test": int(len(y)),
