@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def simulated(fl_sites, tmp_path_factory) -> Path:
             # the presets' read-out: the CT inputs as features, the ridge on standardised features
             "--set", "readout_hu_features=true", "--set", "readout_standardise=true",
             # and its ridge chosen by cross-validation over the sites' training cases
-            "--set", f"readout_ridge_cv_folds={REFIT_FOLDS}", "--set", f"readout_ridge_grid={list(REFIT_GRID)}"]
+            "--set", f"readout_ridge_cv_folds={REFIT_FOLDS}", "--set", f"readout_ridge_grid={list(REFIT_GRID)}",
+            "--set", "readout_ridge_cv_min_cases=1"]  # 1 training case a fold at these tiny sites
     for site, datalist in fl_sites.items():
         args += ["--site", f"{site}={datalist}"]
     assert ecefl_main(args) == 0
@@ -274,6 +276,43 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     np.testing.assert_allclose(final_theta, expected, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(refit["loss"], losses, rtol=1e-4)  # 1.2e-5 apart in one suite run
     assert np.abs(expected - theta0).max() > 1e-3, "the refit moved the read-out"
+
+
+def test_cross_validation_refused_by_sites_with_small_folds_falls_back_to_the_fixed_ridge(fl_sites, tmp_path):
+    """Sites whose CV folds hold fewer training cases than readout_ridge_cv_min_cases (here 1 a fold, the default
+    minimum 5) send no fold terms; the server drops the call unread and refits at the plan's fixed ridge from the
+    features the sites already hold: the centralised refit at that ridge. The event and the report say so."""
+    from ecefl import readout as R
+    from ecefl.report import _refit_html
+    args = ["fl", "simulate", "--job", "ece_finetune", "--rounds", "1", "--local-epochs", "1", "--preset", "test-tiny",
+            "--workspace", str(tmp_path), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
+            "--set", "iterations_per_epoch=2", "--set", f"readout_refit_iterations={REFIT_ITERATIONS}",
+            "--set", f"readout_ridge_cv_folds={REFIT_FOLDS}", "--set", "readout_ridge=0.3"]
+    for site, datalist in fl_sites.items():
+        args += ["--site", f"{site}={datalist}"]
+    assert ecefl_main(args) == 0
+    report = json.loads((tmp_path / "ece_finetune" / "pooled_metrics.json").read_text())
+    refit = report["readout_refit"]
+    assert refit["ridge"] == 0.3 and refit["ridge_cv"] is None and refit["ridge_cv_refused_by"] == list(SITES)
+    assert sorted(refit["sites"]) == list(SITES) and len(refit["loss"]) == REFIT_ITERATIONS
+    (event,) = [e for e in report["events"] if e["event"] == "readout_refit"]
+    assert "hospital-a, hospital-b: cross-validation folds under readout_ridge_cv_min_cases" in event["reason"]
+    assert "ECE+" not in json.dumps(report)  # the fold counts stay in the sites' logs
+    site_log = next((tmp_path / "ece_finetune" / "nvflare").rglob("hospital-a/log.txt")).read_text()
+    assert re.search(r"CV fold \d holds \d of this site's training cases \(\d ECE\+, \d ECE-\)", site_log)
+    assert "refused by hospital-a, hospital-b" in _refit_html(refit)
+    ckpt = load_checkpoint(tmp_path / "ece_finetune" / "global_model.pt", kind="dual")
+    model = DualOutputSwinUNETR(ckpt["plan"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    model.set_readout_parameters(torch.as_tensor(np.array(refit["theta_joint"])))
+    data = []
+    for site in SITES:
+        labelled, _ = load_datalist(fl_sites[site], site=site)
+        train, _ = stratified_split(labelled, VAL_FRACTION, 0)
+        data.append((R.case_features(model, train, ckpt["plan"]), np.array([it["ece"] for it in train]),
+                     positive_weight(train)))
+    expected, _ = R.refit_centralised(np.array(refit["theta_joint"]), data, 0.3, REFIT_ITERATIONS)
+    np.testing.assert_allclose(refit["theta"], expected, rtol=1e-3, atol=1e-5)
 
 
 def test_cyclic_workflow_passes_the_model_from_site_to_site(fl_sites, tmp_path):

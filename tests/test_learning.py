@@ -282,3 +282,25 @@ def test_cross_validated_ridge_is_exact_and_keeps_a_good_prior_at_few_cases_but_
     assert ridge >= 1.0 and loss[None] < loss[0.001] and auc[None] > auc[0.001]
     ridge, loss, auc = chosen(200, theta0)
     assert ridge <= 0.03 and auc[None] > 0.75
+
+
+def test_a_site_sends_cross_validation_terms_only_when_every_fold_is_large_enough():
+    """plan.readout_ridge_cv_min_cases: a fold's terms are sums over about 1/k of a site's training cases, so a site
+    sends them only when each fold holds that many cases or none (and, under its --min-count rule, that many of
+    each class); the reason names the fold and its counts for the site's own log."""
+    import numpy as np
+    from ecefl import readout as R
+    labels = np.array([1] * 6 + [0] * 9)  # 15 training cases: 3 folds of 5 (2 ECE+, 3 ECE-)
+    folds = R.fold_ids(labels, 3, 0, "hospital-a")
+    assert np.bincount(folds).tolist() == [5, 5, 5]
+    assert R.small_fold(labels, folds, 3, 5) is None
+    assert R.small_fold(labels, folds, 3, 5, min_count=2) is None
+    assert "under readout_ridge_cv_min_cases=6" in R.small_fold(labels, folds, 3, 6)
+    reason = R.small_fold(labels, folds, 3, 5, min_count=3)
+    assert reason.startswith("CV fold 0 holds 5 of this site's training cases (2 ECE+, 3 ECE-)")
+    assert "min-count 3" in reason
+    five = R.fold_ids(labels, 5, 0, "hospital-a")  # 5 folds of 3: under the default minimum
+    assert R.small_fold(labels, five, 5, get_plan("cpu-small").readout_ridge_cv_min_cases) is not None
+    three = R.fold_ids(labels[:3], 4, 0, "x")  # 3 cases in 4 folds: one fold empty, which adds to no sum
+    assert sorted(np.bincount(three, minlength=4)) == [0, 1, 1, 1]
+    assert R.small_fold(labels[:3], three, 4, 1) is None and R.small_fold(labels[:3], three, 4, 2) is not None

@@ -96,6 +96,11 @@ class Plan:
     # presets, every interval holding 0 (docs/BENCHMARKS.md, session 27)
     readout_ridge_cv_folds: int = 0
     readout_ridge_grid: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+    # a fold's terms are sums over about 1/k of a site's training cases (the server can difference them against
+    # the refit over all cases): a site sends the CV's terms only when each of its folds holds at least this many
+    # of its training cases or none (and, under the site's --min-count rule, that many of each class); otherwise the
+    # federated refit uses readout_ridge. ecefl train (the data in one place) cross-validates whatever the size
+    readout_ridge_cv_min_cases: int = 5
     # the read-out also weighs, per voxel and linearly, the CT value and its soft HU bins (fat, stranded fat, soft
     # tissue), so the refit always holds their pooled shares over the nodes and shell, the signs a radiologist
     # reads, whatever the evidence head's hidden layer learned. These weights are set by the refit only (0 before)
@@ -213,6 +218,8 @@ class Plan:
             raise ValueError(f"sw_batch_size must be >= 1, not {self.sw_batch_size}")
         if self.readout_refit_iterations < 0 or self.readout_ridge < 0:
             raise ValueError("readout_refit_iterations and readout_ridge must be >= 0")
+        if self.readout_ridge_cv_min_cases < 1:
+            raise ValueError(f"readout_ridge_cv_min_cases must be >= 1, not {self.readout_ridge_cv_min_cases}")
         if self.readout_ridge_cv_folds == 1 or self.readout_ridge_cv_folds < 0 or (
                 self.readout_ridge_cv_folds and (not self.readout_ridge_grid or min(self.readout_ridge_grid) <= 0)):
             raise ValueError("readout_ridge_cv_folds must be 0 (off) or >= 2, with a readout_ridge_grid of ridges > 0, "

@@ -150,6 +150,22 @@ def fold_ids(labels, folds: int, seed: int, site: str) -> np.ndarray:
     return out
 
 
+def small_fold(labels, folds: np.ndarray, k: int, min_cases: int, min_count: int = 0) -> str | None:
+    """Why a site's CV folds are too small for their terms to leave it (None: they are not): a fold with some but
+    fewer than min_cases of its training cases, or, with the site's min-count rule, fewer than min_count of a
+    class (an empty fold adds nothing to any sum). The text names counts and stays in the site's log."""
+    labels = np.asarray(labels)
+    for j in range(k):
+        held = labels[folds == j]
+        n_pos = int((held > 0).sum())
+        n_neg = len(held) - n_pos
+        if len(held) and (len(held) < min_cases or (min_count and min(n_pos, n_neg) < min_count)):
+            rule = f"readout_ridge_cv_min_cases={min_cases}" + (f", min-count {min_count} a class" if min_count else "")
+            return (f"CV fold {j} holds {len(held)} of this site's training cases ({n_pos} ECE+, {n_neg} ECE-): "
+                    f"under {rule}")
+    return None
+
+
 def path_terms(paths: list[tuple[int, np.ndarray]], features: np.ndarray, labels, pos_weight: float,
                folds: np.ndarray) -> np.ndarray:
     """One site's packed terms for every path (fold, theta): the logistic terms over its training cases outside

@@ -246,7 +246,8 @@ def _refit_html(refit: dict | None) -> str:
             f"iterations of a class-weighted logistic regression on the fixed network, from the securely summed "
             f"terms of {', '.join(map(html.escape, refit['sites']))}): weighted training loss {refit['loss'][0]:.2f} "
             f"&rarr; {refit['loss'][-1]:.2f}, ridge towards the jointly trained read-out {refit['ridge']:g}"
-            f"{_ridge_cv_text(refit.get('ridge_cv'))}. The final model's metrics above are after the refit.</small></p>")
+            f"{_ridge_cv_text(refit.get('ridge_cv'))}{_cv_refused_text(refit.get('ridge_cv_refused_by'))}. The final "
+            f"model's metrics above are after the refit.</small></p>")
 
 
 def _ridge_cv_text(cv: dict | None) -> str:
@@ -256,6 +257,13 @@ def _ridge_cv_text(cv: dict | None) -> str:
                      for r, loss in zip(cv["grid"], cv["held_out_loss"]))
     return (f", chosen by {cv['folds']}-fold cross-validation on the training cases (held-out log-loss per "
             f"case weight, by ridge: {held})")
+
+
+def _cv_refused_text(sites: list | None) -> str:
+    if not sites:
+        return ""
+    return (f", the plan's fixed one: the cross-validation of the ridge was refused by "
+            f"{', '.join(map(html.escape, sites))} (folds with fewer training cases than readout_ridge_cv_min_cases)")
 
 
 def format_metrics_table(pooled: dict | None, sites: dict) -> str:

@@ -28,9 +28,9 @@ from ecefl.data import load_datalist, screen_cases, stratified_split
 from ecefl.engine import (FINAL_PREDICTIONS, FineTuner, Pretrainer, positive_weight, predict_cases, seed_everything,
                           stats_of, write_predictions)
 from ecefl.fl import secure_sum as SS
-from ecefl.fl.protocol import (FAILED, FINAL, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS,
-                               REFIT_PATHS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
-                               UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
+from ecefl.fl.protocol import (FAILED, FINAL, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_CV_REFUSED, REFIT_ID, REFIT_TASK,
+                               REFIT_TERMS, REFIT_PATHS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD,
+                               TRAIN_SECONDS, UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
 from ecefl.fl.site_config import datalist_for
 from ecefl.job_kinds import FINETUNE, JOB_KINDS, MAE
 from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer
@@ -160,6 +160,12 @@ class SiteLearner:
             return flare.FLModel(metrics={}, meta={})
         features, labels, pos_weight, folds = self.refit_cache[refit_id]
         paths = [(int(fold), np.asarray(theta, dtype=np.float64)) for fold, theta in meta[REFIT_PATHS]]
+        if any(fold != R.ALL for fold, _ in paths):
+            small = R.small_fold(labels, folds, self.plan.readout_ridge_cv_folds, self.plan.readout_ridge_cv_min_cases,
+                                 self.args.min_count)
+            if small:  # the server then refits at the plan's fixed ridge, from the features cached above
+                self.warn(f"read-out refit: {small}; the cross-validation's terms are not sent")
+                return flare.FLModel(metrics={}, meta={REFIT_CV_REFUSED: True})
         terms = R.path_terms(paths, features, labels, pos_weight, folds)
         masked = self.keys.mask(SS.encode_floats(terms), secure["peers"], secure["context"])
         return flare.FLModel(metrics={}, meta={REFIT_TERMS: {"masked": masked, "contributes": True}})

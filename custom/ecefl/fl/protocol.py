@@ -19,3 +19,4 @@ REFIT_TASK = "readout_refit"  # server -> sites: theta (and the model, first tim
 REFIT_ID = "refit"  # server -> sites: one id per refit (the sites' cached case features belong to it)
 REFIT_PATHS = "paths"  # server -> sites: [fold, theta] pairs at which the sites evaluate their terms
 REFIT_TERMS = "readout_terms"  # site -> server: the masked sum of its logistic loss, gradient and Hessian
+REFIT_CV_REFUSED = "readout_cv_refused"  # site -> server: its CV folds are too small to send (no counts)

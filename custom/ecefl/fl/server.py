@@ -25,9 +25,9 @@ from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 
 from ecefl import metrics as M
 from ecefl.fl import secure_sum as SS
-from ecefl.fl.protocol import (FAILED, FINAL, JOB, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_ID, REFIT_TASK, REFIT_TERMS,
-                                REFIT_PATHS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD, TRAIN_SECONDS,
-                                UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
+from ecefl.fl.protocol import (FAILED, FINAL, JOB, NUM_STEPS, PLAN, PUBLIC_KEY, REFIT_CV_REFUSED, REFIT_ID, REFIT_TASK,
+                                REFIT_TERMS, REFIT_PATHS, SECURE_SPEC, SECURE_STATS, SITE_SUMMARY, THRESHOLD,
+                                TRAIN_SECONDS, UNMASK_SHARE, VALIDATE, VALIDATE_SECONDS)
 from ecefl.job_kinds import CHECKPOINT_KIND, FINETUNE
 
 OUT_DIR = "ecefl"
@@ -35,6 +35,10 @@ OUT_DIR = "ecefl"
 
 class _RefitAbandoned(Exception):
     """Too few sites answered a call of the read-out refit: the jointly trained read-out stays."""
+
+
+class _CrossValidationRefused(Exception):
+    """A site's CV folds are too small for their terms to leave it (plan.readout_ridge_cv_min_cases)."""
 
 
 def _client(result: FLModel) -> str:
@@ -271,6 +275,12 @@ class PooledFedAvg(BaseFedAvg):
             request = FLModel(params=model.params if state["calls"] == 0 else {}, meta=meta)
             results = self._send_and_wait(REFIT_TASK, request, state["targets"])
             self._name_missing(results, state["targets"])
+            refused = sorted(_client(r) for r in results if (r.meta or {}).get(REFIT_CV_REFUSED))
+            if refused:  # the others' masked terms are dropped unread: no mask of this context is ever revealed
+                state["calls"] += 1  # every site that answered holds its features now
+                state["targets"] = sorted(_client(r) for r in results
+                                          if (r.meta or {}).get(REFIT_CV_REFUSED) or (r.meta or {}).get(REFIT_TERMS))
+                raise _CrossValidationRefused(", ".join(refused))
             answered = [r for r in results if (r.meta or {}).get(REFIT_TERMS)]
             total = self._secure_total(spec, answered, REFIT_TERMS)
             if len(answered) < max(self.min_sites, SS.MIN_SITES) or total is None:
@@ -284,8 +294,16 @@ class PooledFedAvg(BaseFedAvg):
                 raise _RefitAbandoned(f"call {state['calls'] - 1}: {exc}; the jointly trained read-out is kept")
 
         try:
-            theta, record = R.solve(theta0, summed, ridges, folds, plan.readout_refit_iterations,
-                                    plan.readout_standardise)
+            try:
+                theta, record = R.solve(theta0, summed, ridges, folds, plan.readout_refit_iterations,
+                                        plan.readout_standardise)
+            except _CrossValidationRefused as exc:
+                self._event("readout_refit", "server", f"{exc}: cross-validation folds under "
+                                                       f"readout_ridge_cv_min_cases (or the site's min-count rule); "
+                                                       f"the refit uses the plan's fixed ridge {plan.readout_ridge:g}")
+                theta, record = R.solve(theta0, summed, [plan.readout_ridge], 0, plan.readout_refit_iterations,
+                                        plan.readout_standardise)
+                record["ridge_cv_refused_by"] = str(exc).split(", ")
         except _RefitAbandoned as exc:
             self._event("readout_refit", "server", str(exc))
             return model
