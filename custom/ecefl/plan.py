@@ -90,10 +90,10 @@ class Plan:
     # k >= 2: the ridge is not readout_ridge but the one of readout_ridge_grid whose refit, fitted with each of k
     # folds of the training cases left out, has the least class-weighted log-loss on the left-out cases (summed
     # over sites: exact through the secure sum; one round more); 0 = off. The jointly trained read-out is a good
-    # prior after some starts and poor after others. Measured on 9 trained bodies at an unseen hospital (120
-    # patients): AUC +0.011 [-0.012, +0.035] over the presets' fixed ridge, +0.037 [-0.003, +0.078] on MAE starts
-    # with 30 training cases (whose good read-out the fixed ridge overfits away), -0.006 with 120; off in the
-    # presets, every interval holding 0 (docs/BENCHMARKS.md, session 27)
+    # prior after some starts and poor after others. Measured on 10 trained bodies at an unseen hospital (120
+    # patients): AUC +0.010 [-0.012, +0.031] over the presets' fixed ridge, +0.037 [-0.003, +0.078] on MAE starts
+    # with 30 training cases (whose good read-out the fixed ridge overfits away), -0.005 with 90-120 (a whole demo
+    # among them: -0.002); off in the presets, every interval holding 0 (docs/BENCHMARKS.md, sessions 27 and 28)
     readout_ridge_cv_folds: int = 0
     readout_ridge_grid: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
     # a fold's terms are sums over about 1/k of a site's training cases (the server can difference them against
