@@ -231,6 +231,18 @@ def test_phi_audit_of_everything_the_federated_run_left(simulated, fl_root):
     assert any("tfevents" in p.name for p in scanned)
 
 
+def _training_features(model, fl_sites, plan) -> list:
+    """The refit's data in one place: per site, its training cases' read-out features, labels and class weight."""
+    from ecefl import readout as R
+    data = []
+    for site in SITES:
+        labelled, _ = load_datalist(fl_sites[site], site=site)
+        train, _ = stratified_split(labelled, VAL_FRACTION, 0)
+        data.append((R.case_features(model, train, plan), np.array([it["ece"] for it in train]),
+                     positive_weight(train)))
+    return data
+
+
 def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites):
     """The server's Newton iterations on securely summed site terms give the read-out that the same iterations
     give on all sites' training-case features in one place (ecefl.readout), and lower the pooled loss; with the
@@ -248,12 +260,7 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     np.testing.assert_allclose(final_theta, refit["theta"], atol=1e-6)
     theta0 = np.array(refit["theta_joint"])
     model.set_readout_parameters(torch.as_tensor(theta0))  # the jointly trained model the sites refitted
-    data = []
-    for site in SITES:
-        labelled, _ = load_datalist(fl_sites[site], site=site)
-        train, _ = stratified_split(labelled, VAL_FRACTION, 0)
-        data.append((R.case_features(model, train, ckpt["plan"]), np.array([it["ece"] for it in train]),
-                     positive_weight(train)))
+    data = _training_features(model, fl_sites, ckpt["plan"])
     assert refit["standardised"] and ckpt["plan"].readout_hu_features
     assert len(theta0) == ckpt["plan"].feature_size + 7 + 2 and not theta0[-9:-2].any()  # CT weights 0 before
     assert ckpt["plan"].readout_ridge_cv_folds == REFIT_FOLDS
@@ -305,12 +312,7 @@ def test_cross_validation_refused_by_sites_with_small_folds_falls_back_to_the_fi
     model = DualOutputSwinUNETR(ckpt["plan"])
     model.load_state_dict(ckpt["model"], strict=True)
     model.set_readout_parameters(torch.as_tensor(np.array(refit["theta_joint"])))
-    data = []
-    for site in SITES:
-        labelled, _ = load_datalist(fl_sites[site], site=site)
-        train, _ = stratified_split(labelled, VAL_FRACTION, 0)
-        data.append((R.case_features(model, train, ckpt["plan"]), np.array([it["ece"] for it in train]),
-                     positive_weight(train)))
+    data = _training_features(model, fl_sites, ckpt["plan"])
     expected, _ = R.refit_centralised(np.array(refit["theta_joint"]), data, 0.3, REFIT_ITERATIONS)
     np.testing.assert_allclose(refit["theta"], expected, rtol=1e-3, atol=1e-5)
 
