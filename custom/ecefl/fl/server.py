@@ -38,7 +38,11 @@ class _RefitAbandoned(Exception):
 
 
 class _CrossValidationRefused(Exception):
-    """A site's CV folds are too small for their terms to leave it (plan.readout_ridge_cv_min_cases)."""
+    """Sites whose CV folds are too small for their terms to leave them (plan.readout_ridge_cv_min_cases)."""
+
+    def __init__(self, sites: list[str]):
+        super().__init__(", ".join(sites))
+        self.sites = sites
 
 
 def _client(result: FLModel) -> str:
@@ -280,7 +284,7 @@ class PooledFedAvg(BaseFedAvg):
                 state["calls"] += 1  # every site that answered holds its features now
                 state["targets"] = sorted(_client(r) for r in results
                                           if (r.meta or {}).get(REFIT_CV_REFUSED) or (r.meta or {}).get(REFIT_TERMS))
-                raise _CrossValidationRefused(", ".join(refused))
+                raise _CrossValidationRefused(refused)
             answered = [r for r in results if (r.meta or {}).get(REFIT_TERMS)]
             total = self._secure_total(spec, answered, REFIT_TERMS)
             if len(answered) < max(self.min_sites, SS.MIN_SITES) or total is None:
@@ -303,7 +307,7 @@ class PooledFedAvg(BaseFedAvg):
                                                        f"the refit uses the plan's fixed ridge {plan.readout_ridge:g}")
                 theta, record = R.solve(theta0, summed, [plan.readout_ridge], 0, plan.readout_refit_iterations,
                                         plan.readout_standardise)
-                record["ridge_cv_refused_by"] = str(exc).split(", ")
+                record["ridge_cv_refused_by"] = exc.sites
         except _RefitAbandoned as exc:
             self._event("readout_refit", "server", str(exc))
             return model
