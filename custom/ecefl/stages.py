@@ -205,7 +205,8 @@ CALIBRATION_MIN_PER_CLASS = 10
 def calibrate(model_path, datalists, out, sensitivity: float | None = None, node_threshold: bool = False,
               progress: bool = True, log=_log.info) -> dict:
     """A hospital sets its own operating threshold from its own labelled cases and stores it in a copy of the
-    model file (`infer` and `evaluate` read it). Youden's J by default; with `sensitivity`, the highest threshold
+    model file (`infer` and `evaluate` read it). Youden's J by default, bagged over bootstrap resamples of the site's
+    cases (metrics.bagged_youden_threshold: steadier on few cases); with `sensitivity`, the highest threshold
     that keeps at least that sensitivity. With node_threshold, also the output mask's node threshold: the
     candidate with the best mean Dice against the site's own contours (opt-in: at the unseen hospital it moved
     the test Dice by -0.004 ... +0.004, docs/BENCHMARKS.md). Only counts and rates are stored, never a case id or
@@ -223,7 +224,7 @@ def calibrate(model_path, datalists, out, sensitivity: float | None = None, node
     pred = predict_cases(model, labelled, plan, progress=progress)
     before = float(payload.get("threshold", 0.5))
     if sensitivity is None:
-        threshold, method = M.youden_threshold(pred["probs"], pred["labels"]), "youden"
+        threshold, method = M.bagged_youden_threshold(pred["probs"], pred["labels"], seed=plan.seed), "youden-bagged"
     else:
         pos_scores = np.sort(pred["probs"][pred["labels"] == 1])
         # the k-th lowest positive score keeps (n_pos - k) / n_pos of the positives at or above it

@@ -96,7 +96,8 @@ def _calibrate(sub) -> None:
     from ecefl.stages import CALIBRATION_MIN_PER_CLASS
     p = sub.add_parser("calibrate", help="set this site's own operating threshold from its labelled cases",
                        description="Scores the site's labelled cases with the model and writes a copy of the model "
-                                   "file whose threshold is chosen on them (Youden's J, or the highest threshold "
+                                   "file whose threshold is chosen on them (Youden's J, bagged over bootstrap "
+                                   "resamples of the cases, or the highest threshold "
                                    "keeping --sensitivity); with --node-threshold also the output mask's node "
                                    "threshold, the one with the best mean Dice against the site's contours. Needs "
                                    f">= {CALIBRATION_MIN_PER_CLASS} cases of each class. Only counts and rates are "
@@ -105,7 +106,7 @@ def _calibrate(sub) -> None:
     p.add_argument("--datalist", action="append", required=True, help="this site's datalist.json (repeatable)")
     p.add_argument("--out", required=True, help="the calibrated model file to write")
     p.add_argument("--sensitivity", type=float, default=None,
-                   help="choose the highest threshold with at least this sensitivity (default: Youden's J)")
+                   help="choose the highest threshold with at least this sensitivity (default: Youden's J, bagged)")
     p.add_argument("--node-threshold", action="store_true",
                    help="also choose the output mask's node threshold on this site's contours (default: keep the "
                         "model's)")
