@@ -154,7 +154,9 @@ def test_a_refit_arm_waits_for_its_arm_and_equals_training_with_the_refit_on(pre
     plain, _ = load_model(tmp_path / "bench" / "seed0" / "scratch_100" / "model.pt")
     assert payload["plan"].readout_refit_iterations == iterations > 0
     theta = refitted.readout_parameters()
-    assert torch.allclose(theta, direct.readout_parameters(), rtol=1e-4, atol=1e-6)
+    # two trainings of one plan and seed, in other thread layouts: equal up to float kernels (AVX-512, one thread:
+    # 5e-4 relative), while the refit moves theta by ~0.1
+    assert torch.allclose(theta, direct.readout_parameters(), rtol=2e-3, atol=1e-5)
     assert not torch.allclose(theta, plain.readout_parameters())
     body = [k for k in plain.state_dict() if k not in READOUT_KEYS]
     assert all(torch.equal(refitted.state_dict()[k], plain.state_dict()[k]) for k in body)
