@@ -7,7 +7,7 @@ benchmarks/unseen.py) and draws `--draws` calibration sets of `--per-class` ECE+
 draw, every threshold rule below is chosen on the calibration set and scored on the hospital's other patients:
 - keep: the threshold the model file arrived with (chosen on the training sites' validation);
 - youden: Youden's J on the calibration set (the cut sits on one case's score);
-- youden-midpoint: the same cut moved midway to the next lower score;
+- youden-midpoint: the same cut moved midway to the next lower score (ecefl.metrics.youden_midpoint_threshold);
 - youden-bagged: the median of midpoint cuts over class-stratified bootstrap resamples (`ecefl calibrate`'s rule,
   ecefl.metrics.bagged_youden_threshold);
 - intercept: a class-weighted logistic recalibration of the logits' offset only, cut at p = 0.5.
@@ -38,12 +38,6 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def youden_midpoint(p: np.ndarray, y: np.ndarray) -> float:
-    cut = M.youden_threshold(p, y)
-    below = p[p < cut]
-    return float((cut + below.max()) / 2) if len(below) else cut
-
-
 def intercept(p: np.ndarray, y: np.ndarray) -> float:
     w = np.where(y > 0, (y == 0).sum() / max(1, (y == 1).sum()), 1.0)
     z = _logit(p)
@@ -69,7 +63,8 @@ def main(argv=None) -> int:
     y = np.array([int(r["ece"]) for r in rows])
     p = 1 / (1 + np.exp(-(_logit(np.array([float(r["probability"]) for r in rows])) + args.shift)))
     rng = np.random.default_rng(args.seed)
-    rules = {"keep": lambda pp, yy: args.threshold, "youden": M.youden_threshold, "youden-midpoint": youden_midpoint,
+    rules = {"keep": lambda pp, yy: args.threshold, "youden": M.youden_threshold,
+             "youden-midpoint": M.youden_midpoint_threshold,
              "youden-bagged": M.bagged_youden_threshold,  # seed 0, as `ecefl calibrate` with the plan seed 0
              "intercept": intercept}
     per_rule: dict = {name: [] for name in rules}

@@ -49,6 +49,14 @@ def youden_threshold(probs, labels) -> float:
     return float(np.clip(thr[best], 0.0, 1.0))
 
 
+def youden_midpoint_threshold(probs, labels) -> float:
+    """Youden's cut moved midway to the next lower score, so that it does not sit on one case's score."""
+    probs = np.asarray(probs, float)
+    cut = youden_threshold(probs, labels)
+    below = probs[probs < cut]
+    return float((cut + below.max()) / 2) if len(below) else cut
+
+
 def bagged_youden_threshold(probs, labels, draws: int = 200, seed: int = 0) -> float:
     """A site's own operating threshold from few labelled cases: the median, over class-stratified bootstrap
     resamples of its cases, of Youden's threshold placed midway between the cut's score and the next lower one.
@@ -64,10 +72,7 @@ def bagged_youden_threshold(probs, labels, draws: int = 200, seed: int = 0) -> f
     cuts = []
     for _ in range(draws):
         pick = np.concatenate([rng.choice(idx, len(idx)) for idx in by_class])
-        p, y = probs[pick], labels[pick]
-        cut = youden_threshold(p, y)
-        below = p[p < cut]
-        cuts.append((cut + below.max()) / 2 if len(below) else cut)
+        cuts.append(youden_midpoint_threshold(probs[pick], labels[pick]))
     return float(np.median(cuts))
 
 
