@@ -1,6 +1,6 @@
 """Throughput (voxels/s) and peak memory of one fine-tuning step (forward + backward + AdamW), any preset/device.
 
-    python benchmarks/step.py --preset cpu-small --steps 5 [--cpu-bf16] [--threads 1] [--batch 1] [--set F=V ...]
+    python benchmarks/step.py --preset cpu-small --steps 5 [--set cpu_bf16=false] [--threads 1] [--batch 1] [--set F=V ...]
     python benchmarks/step.py --preset gpu --steps 20 [--compile]       # on a GPU: bf16 autocast from the plan
 
 The step is the engine's: DualOutputSwinUNETR, MONAI DiceCE + BCE on the pooled logit, the plan's batch size (or
@@ -25,11 +25,11 @@ def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool
     import torch
     from monai.losses import DiceCELoss
 
-    from ecefl.engine import _autocast, device
+    from ecefl.engine import cpu_has_bf16_matrix_units, device, model_precision, uses_bf16
     from ecefl.model import DualOutputSwinUNETR, compute_layout
     from ecefl.plan import get_plan
 
-    plan = get_plan(preset, cpu_bf16=cpu_bf16 or None, batch_size=batch_size, **(overrides or {}))
+    plan = get_plan(preset, **{"cpu_bf16": cpu_bf16 or None, "batch_size": batch_size, **(overrides or {})})
     dev = device()
     torch.manual_seed(0)
     model = DualOutputSwinUNETR(plan).to(dev)
@@ -48,7 +48,7 @@ def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with _autocast(plan, dev):
+            with model_precision(plan, dev):
                 seg, logit, _ = step_model(x, region_mask=y > 0)
                 loss = seg_loss(seg.float(), y) + cls_loss(logit.float().view(-1, 1), target)
             opt.zero_grad(set_to_none=True)
@@ -62,7 +62,8 @@ def measure(preset: str, steps: int, compile_model: bool = False, cpu_bf16: bool
     step_s = float(np.median(times))
     out = {"preset": preset, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
            "channels_last": plan.channels_last,
-           "threads": torch.get_num_threads(), "amp_bf16": bool(plan.amp and dev.type == "cuda") or bool(plan.cpu_bf16 and dev.type == "cpu"),
+           "threads": torch.get_num_threads(), "amp_bf16": uses_bf16(plan, dev),
+           "cpu_bf16_matrix_units": cpu_has_bf16_matrix_units(),
            "compile": compile_model, "batch": plan.batch_size, "patch": list(plan.patch_size),
            "feature_size": plan.feature_size, "overrides": {k: str(v) for k, v in (overrides or {}).items()},
            "params": sum(p.numel() for p in model.parameters()),
@@ -78,7 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="cpu-small")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on the CPU (the plan's cpu_bf16)")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="bf16 autocast on the CPU (the plan's cpu_bf16; cpu-small's default, `--set cpu_bf16=false` for "
+                        "fp32). It runs only on a CPU with bf16 matrix units (AMX): see amp_bf16 in the output")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="plan_set",

@@ -1,6 +1,8 @@
 """Dual-output SwinUNETR and the MAE pretrainer (real MONAI networks)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -229,6 +231,39 @@ def _assert_readout_gives_the_logit(model, items, prob):
     features = R.case_features(model, items, model.plan)
     theta = model.readout_parameters().double().numpy()
     assert float((R.design(features) @ theta)[0]) == pytest.approx(float(np.log(prob / (1 - prob))), abs=1e-4)
+
+
+def test_the_cpu_probe_for_bf16_matrix_units_reads_the_cpus_own_flags():
+    from ecefl.engine import cpu_has_bf16_matrix_units
+    flags = Path("/proc/cpuinfo")
+    if flags.is_file():  # Linux: the kernel's list of the CPU's features
+        assert cpu_has_bf16_matrix_units() == (" amx_tile" in flags.read_text())
+
+
+def test_bf16_runs_only_on_cpus_with_bf16_matrix_units_and_the_readout_stays_exact(tmp_path, monkeypatch):
+    """cpu_bf16 (cpu-small): bf16 autocast only where the CPU has bf16 matrix units (AMX; a CPU without them was
+    measured > 25x slower in bf16). In bf16 the evidence head and the read-out stay in fp32, so the refit's features
+    still give exactly the logit inference computes, and the probability stays close to fp32's."""
+    from ecefl import engine
+    cpu = torch.device("cpu")
+    plan = get_plan("test-tiny", cpu_bf16=True, readout_hu_features=True)
+    monkeypatch.setattr(engine, "cpu_has_bf16_matrix_units", lambda: False)
+    assert not engine.uses_bf16(plan, cpu)
+    monkeypatch.setattr(engine, "cpu_has_bf16_matrix_units", lambda: True)
+    assert engine.uses_bf16(plan, cpu) and not engine.uses_bf16(plan.with_overrides(cpu_bf16=False), cpu)
+    items, image = _random_ct(tmp_path, plan, (64, 64, 64), seed=4)
+    torch.manual_seed(4)
+    model = DualOutputSwinUNETR(plan).eval()
+    with torch.no_grad():
+        model.readout_hu.weight.normal_(0, 0.3)  # as after a refit: the CT inputs weigh in the logit
+    out_bf16, prob_bf16 = engine.predict_volume(model, image, plan)
+    _assert_readout_gives_the_logit(model, items, prob_bf16)
+    monkeypatch.setattr(engine, "cpu_has_bf16_matrix_units", lambda: False)
+    out_fp32, prob_fp32 = engine.predict_volume(model, image, plan)
+    _assert_readout_gives_the_logit(model, items, prob_fp32)
+    assert not torch.equal(out_bf16, out_fp32)  # the network did run in bf16
+    assert abs(prob_bf16 - prob_fp32) < 0.02
+    assert torch.allclose(out_bf16[:, :2], out_fp32[:, :2], atol=0.1)  # segmentation logits
 
 
 def test_inference_skips_air_windows_without_changing_any_output_inside_the_body():

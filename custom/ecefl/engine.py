@@ -36,12 +36,26 @@ def seed_everything(seed: int) -> None:
     set_determinism(seed=seed)
 
 
-def _autocast(plan: Plan, dev: torch.device):
-    if plan.amp and dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if plan.cpu_bf16 and dev.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def cpu_has_bf16_matrix_units() -> bool:
+    """Intel AMX (Sapphire Rapids and later): oneDNN runs bf16 convolutions and matmuls on its tile units. A CPU
+    with AVX512-BF16 alone (AMD EPYC) was measured > 25x slower in bf16 than in fp32 (docs/BENCHMARKS.md)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without the probe: stay in fp32
+        return False
+
+
+def uses_bf16(plan: Plan, dev: torch.device) -> bool:
+    """Whether this machine runs the plan's model in bf16 autocast: the gpu preset's AMP on CUDA, cpu_bf16 on a CPU
+    with bf16 matrix units. Elsewhere fp32: a model trained in bf16 is used in fp32 on a CPU without them."""
+    if dev.type == "cuda":
+        return plan.amp
+    return plan.cpu_bf16 and dev.type == "cpu" and cpu_has_bf16_matrix_units()
+
+
+def model_precision(plan: Plan, dev: torch.device):
+    """The context every forward pass of the model runs in (training, validation, the read-out refit, inference)."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16) if uses_bf16(plan, dev) else contextlib.nullcontext()
 
 
 def lr_factor(plan: Plan, step: int, total_steps: int) -> float:
@@ -206,7 +220,7 @@ class FineTuner(_EpochLoop):
         x = batch["image"].to(self.dev)
         y = batch["label"].to(self.dev)
         target = torch.as_tensor(batch["ece"], dtype=torch.float32, device=self.dev).view(-1, 1)
-        with _autocast(self.plan, self.dev):
+        with model_precision(self.plan, self.dev):
             out = self.model.voxel_outputs(x, region_mask=(y > 0) if state["teacher_forcing"] else None,
                                            body_grad=not retrain)
             seg, logit = out[:, :2], self.model.pool(out)
@@ -260,7 +274,7 @@ class Pretrainer(_EpochLoop):
 
     def train_step(self, batch, epoch: int, total_epochs: int, step: int, state: dict):
         x = batch["image"].to(self.dev)
-        with _autocast(self.plan, self.dev):
+        with model_precision(self.plan, self.dev):
             loss, _, _ = self.model(x)
         return loss, {}
 
@@ -297,7 +311,7 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
         return out
 
     inputs = image if region is None else torch.cat([image, region.float()], dim=1)
-    with _autocast(plan, dev), compute_layout(model, model.plan):
+    with model_precision(plan, dev), compute_layout(model, model.plan):
         out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window(
             plan, v, predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5)), progress))
     prob = torch.sigmoid(model.pool(out)).item()

@@ -162,10 +162,14 @@ class DualOutputSwinUNETR(nn.Module):
                 seg = self.gate_nodes_by_hu(seg, x)
         features = _scale_grad(self._decoder_features, self.plan.cls_feature_grad)
         hu, hu_inputs = self._hu_inputs(x)
-        hu_inputs = hu_inputs.to(features.dtype)
-        evidence = self.evidence_head(torch.cat([features, hu_inputs], dim=1))
-        if self.plan.readout_hu_features:
-            evidence = evidence + self.readout_hu(hu_inputs)
+        hidden = self.evidence_head[1](self.evidence_head[0](torch.cat([features, hu_inputs.to(features.dtype)], 1)))
+        # the read-out (the head's last layer, linear in its hidden features and the CT inputs) in fp32 under bf16
+        # autocast (cpu_bf16, AMP): the case logit then is exactly the linear function the read-out refit fits
+        # (ecefl.readout), to float rounding. Its 1x1 convolutions cost nothing beside the rest
+        with torch.autocast(x.device.type, enabled=False):
+            evidence = self.evidence_head[2](hidden.float())
+            if self.plan.readout_hu_features:
+                evidence = evidence + self.readout_hu(hu_inputs.float())
         if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours
             soft = torch.softmax(seg, dim=1)[:, 1:2].detach()
             # only confident node voxels: a faint probability over ~10^5 background voxels would otherwise
@@ -228,9 +232,9 @@ class DualOutputSwinUNETR(nn.Module):
             out = self.voxel_outputs(x, None, body_grad=False)
         finally:
             handle.remove()
-        h = hidden["h"]
+        h = hidden["h"].float()
         if self.plan.readout_hu_features:  # the CT inputs are read-out features too
-            h = torch.cat([h, self._hu_inputs(x)[1].to(h.dtype)], dim=1)
+            h = torch.cat([h, self._hu_inputs(x)[1].float()], dim=1)
         channels = [out[:, 2:3], out[:, 2:3] * h, out[:, 4:5], out[:, 4:5] * h]
         if self.plan.evidence_reference:
             channels += [out[:, 6:7], out[:, 6:7] * h]

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .data import plain_dataset, eval_transforms
-from .engine import device, flip_averaged, positive_weight, sliding_window
+from .engine import device, flip_averaged, model_precision, positive_weight, sliding_window
 from .model import DualOutputSwinUNETR, compute_layout
 from .plan import Plan
 
@@ -74,7 +74,9 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
     ds = plain_dataset(items, eval_transforms(plan, with_label=False))
     rows = []
     flip = replace(model.plan, tta_flip=model.plan.tta_flip and model.plan.readout_tta_flip)
-    with compute_layout(model, model.plan):
+    # in the precision inference runs in (bf16 where the plan and the CPU say so), so the refitted read-out is exact
+    # for the outputs it is applied to
+    with model_precision(model.plan, dev), compute_layout(model, model.plan):
         for i in tqdm(range(len(ds)), desc="read-out features", unit="case", leave=False, disable=not progress):
             image = ds[i]["image"].unsqueeze(0).to(dev)
             channels = flip_averaged(flip, image, lambda v: sliding_window(
