@@ -281,8 +281,9 @@ PRESETS: dict[str, Plan] = {
     "cpu-small": Plan(window_size=4, crop_jitter=16, iterations_per_epoch=18, learning_rate=2e-3,
                       head_lr_multiplier=0.5, channels_last=True,
                       # bf16 autocast where the CPU has bf16 matrix units (Intel AMX; fp32 elsewhere): a training
-                      # step 1.45x faster on 2 threads, the demo 20.6 -> 16.9 min, unseen-hospital AUC -0.000
-                      # [-0.052, +0.057], Dice +0.002 [-0.005, +0.009] (docs/BENCHMARKS.md, session 30)
+                      # step 0.76 instead of 1.14 s on 2 threads, the demo 20.6 -> 17.0 min; unseen-hospital AUC
+                      # -0.015 [-0.063, +0.033] (-0.000 with the refit in fp32), Dice -0.001 (docs/BENCHMARKS.md,
+                      # session 30)
                       cpu_bf16=True,
                       # the refit on single passes: the demo's 20 minutes hold the mirror at validation (~+1 min)
                       # but not over all 90 training necks of the refit as well (~+3 min)
