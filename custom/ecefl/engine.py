@@ -311,7 +311,9 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
         return out
 
     inputs = image if region is None else torch.cat([image, region.float()], dim=1)
-    with model_precision(plan, dev), compute_layout(model, model.plan):
+    # the model's own precision, layout and mirroring (its plan: what the read-out refit ran in); `plan` sets the
+    # sliding window
+    with model_precision(model.plan, dev), compute_layout(model, model.plan):
         out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window(
             plan, v, predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5)), progress))
     prob = torch.sigmoid(model.pool(out)).item()
