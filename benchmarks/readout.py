@@ -59,6 +59,10 @@ def joint_body(demo: Path, overrides: dict):
         fs = plan.feature_size  # theta = (w, [u], b0, case bias): the CT path's weights u start at 0
         state["readout_hu.weight"] = torch.zeros_like(model.readout_hu.weight)
         theta = np.concatenate([theta[:fs], np.zeros(model.readout_hu.weight.numel()), theta[fs:]])
+    if plan.readout_fat_hu and "readout_hu.bias" not in state:  # the fat term's bias, after u, starts at 0 too
+        state["readout_hu.bias"] = torch.zeros_like(model.readout_hu.bias)
+        k = plan.feature_size + model.readout_hu.weight.numel()
+        theta = np.concatenate([theta[:k], [0.0], theta[k:]])
     if not plan.readout_hu_features and "readout_hu.weight" in state:
         raise SystemExit("the body was trained with readout_hu_features on; it cannot be turned off here")
     model.load_state_dict(R.state_with_theta(state, theta), strict=True)

@@ -11,7 +11,10 @@ into a calibration set (the site's own labelled cases) and a test set (default 4
    threshold (from the site-local predictions.csv of step 1; the scores do not depend on the threshold), and the
    test set's mean Dice at the node threshold the site chose (`--node-threshold`; step 1 records the Dice at
    every candidate).
-Prints and writes unseen.json.
+3. The AUC of the subtle and of the overt ECE-positive test patients, each against the ECE-negative ones: the
+   generator's truth (its synth_manifest.json) joined to the site's pseudonyms through the site's key, which this
+   benchmark holds as the hospital it made. A model that reads only gross extension scores the subtle ones near 0.5.
+Prints and writes unseen_<model>.json.
 """
 from __future__ import annotations
 
@@ -71,6 +74,30 @@ def rates_at(predictions: Path, threshold: float) -> dict:
     return {"threshold": threshold, **M.rates(**M.confusion(probs, labels, threshold))}
 
 
+def auc_by_rendering(key_file: Path, manifest: Path, predictions: Path) -> dict:
+    """AUC of the subtle and of the overt ECE-positive patients against the ECE-negative ones (step 3), for the
+    patients of `predictions` that the manifest holds."""
+    from sklearn.metrics import roc_auc_score
+    from site_preprocess.pseudonym import case_id
+    key = Path(key_file).read_bytes().strip()
+    subtle = {case_id(key, p["patient_id"]): bool(p.get("subtle"))
+              for p in json.loads(Path(manifest).read_text())["patients"]}
+    rows = [r for r in csv.DictReader(open(predictions)) if r["case_id"] in subtle]
+    result = {}
+    for name, keep in (("subtle", True), ("overt", False)):
+        part = [r for r in rows if int(r["ece"]) == 0 or subtle[r["case_id"]] == keep]
+        labels = [int(r["ece"]) for r in part]
+        n_pos = sum(labels)
+        result[f"{name}_vs_negative"] = (float(roc_auc_score(labels, [float(r["probability"]) for r in part]))
+                                         if 0 < n_pos < len(part) else None)
+        result[f"n_{name}"] = n_pos
+    return result
+
+
+def generator_manifest(out: Path) -> Path:
+    return next((out / "dicom").glob("*/synth_manifest.json"))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -97,6 +124,8 @@ def main(argv=None) -> int:
     result = {"model": str(args.model), "seed": args.seed, "profile": args.profile,
               "test": {k: held.get(k) for k in ("auc", "dice", "dice_at_node_threshold", "n_cases", "n_pos", "n_neg",
                                                 "ci")},
+              "auc_by_rendering": auc_by_rendering(out / "site.key", generator_manifest(out),
+                                                   out / f"eval_{model_name}" / "predictions.csv"),
               "before_calibration": before, "after_calibration": after,
               "calibration": {k: record[k] for k in ("method", "n_pos", "n_neg", "threshold_before", "threshold",
                                                      "node_threshold_before", "node_threshold", "dice_before",

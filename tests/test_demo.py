@@ -1,6 +1,6 @@
 """`ecefl demo` at a tiny setting: report files exist and summary.json repeats pooled_metrics.json exactly; the
 read-out benchmark re-runs the demo's federated refit on its body and reproduces it, and the ridge benchmark's
-scores are those `ecefl evaluate` gives."""
+scores are those `ecefl evaluate` gives; the unseen-hospital benchmark finds each patient's ECE rendering."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from ecefl.cli import main as ecefl_main
 sys.path.insert(0, str(REPO / "benchmarks"))
 import readout as readout_benchmark  # noqa: E402
 import ridge as ridge_benchmark  # noqa: E402
+import unseen as unseen_benchmark  # noqa: E402
 
 
 def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
@@ -24,7 +25,7 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
                        "--unlabeled-per-site", "1", "--mae-rounds", "1", "--rounds", "1", "--no-progress",
                        # the presets' read-out refit, for the benchmark below
                        "--set", "readout_refit_iterations=3", "--set", "readout_hu_features=true",
-                       "--set", "readout_standardise=true"]) == 0
+                       "--set", "readout_fat_hu=[-190,-30]", "--set", "readout_standardise=true"]) == 0
     printed = capsys.readouterr().out
     report = out / "report"
     for name in ("index.html", "summary.json", "roc.png", "learning_curves.png"):
@@ -89,3 +90,15 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
     fixed = next(r for r in res["ridges"] if r["ridge"] == res["fixed_ridge"])
     assert fixed["unseen_auc"] == pytest.approx(held["auc"], abs=1e-9)
     assert res["unseen_auc"]["fixed"] == fixed["unseen_auc"]
+
+    # benchmarks/unseen.py's AUC by ECE rendering: the site's pseudonyms joined to the generator's truth through the
+    # site's key; every ECE-positive patient is found as subtle or overt (another key would find none)
+    rendering = unseen_benchmark.auc_by_rendering(out / "site_keys" / "hospital-b.key",
+                                                  out / "hospitals" / "hospital-b" / "synth_manifest.json",
+                                                  tmp_path / "eval" / "predictions.csv")
+    assert rendering["n_subtle"] + rendering["n_overt"] == held["n_pos"] > 0
+    wrong_key = tmp_path / "other.key"
+    wrong_key.write_text("0" * 64)
+    assert unseen_benchmark.auc_by_rendering(wrong_key, out / "hospitals" / "hospital-b" / "synth_manifest.json",
+                                             tmp_path / "eval" / "predictions.csv") == {
+        "subtle_vs_negative": None, "n_subtle": 0, "overt_vs_negative": None, "n_overt": 0}

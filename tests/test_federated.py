@@ -42,8 +42,10 @@ def simulated(fl_sites, tmp_path_factory) -> Path:
     args = ["fl", "simulate", "--job", "all", "--rounds", "1", "--local-epochs", "1", "--preset", "test-tiny",
             "--workspace", str(ws), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
             "--cross-site-eval", "--set", f"readout_refit_iterations={REFIT_ITERATIONS}",
-            # the presets' read-out: the CT inputs as features, the ridge on standardised features
-            "--set", "readout_hu_features=true", "--set", "readout_standardise=true",
+            # the presets' read-out: the CT inputs as features (over the perinodal fat), the ridge on standardised
+            # features
+            "--set", "readout_hu_features=true", "--set", "readout_fat_hu=[-190,-30]",
+            "--set", "readout_standardise=true",
             # and its ridge chosen by cross-validation over the sites' training cases
             "--set", f"readout_ridge_cv_folds={REFIT_FOLDS}", "--set", f"readout_ridge_grid={list(REFIT_GRID)}",
             "--set", "readout_ridge_cv_min_cases=1"]  # 1 training case a fold at these tiny sites
@@ -261,8 +263,9 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     theta0 = np.array(refit["theta_joint"])
     model.set_readout_parameters(torch.as_tensor(theta0))  # the jointly trained model the sites refitted
     data = _training_features(model, fl_sites, ckpt["plan"])
-    assert refit["standardised"] and ckpt["plan"].readout_hu_features
-    assert len(theta0) == ckpt["plan"].feature_size + 7 + 2 and not theta0[-9:-2].any()  # CT weights 0 before
+    assert refit["standardised"] and ckpt["plan"].readout_hu_features and ckpt["plan"].readout_fat_hu
+    # (w, u, the fat's bias, b0, bias): the CT weights and the fat's bias are 0 before the refit
+    assert len(theta0) == ckpt["plan"].feature_size + 7 + 1 + 2 and not theta0[-10:-2].any()
     assert ckpt["plan"].readout_ridge_cv_folds == REFIT_FOLDS
     expected, record = R.solve(theta0, R.centralised_sum(data, REFIT_FOLDS, ckpt["plan"].seed, list(SITES)),
                                REFIT_GRID, REFIT_FOLDS, REFIT_ITERATIONS, standardise=True)

@@ -43,7 +43,8 @@ def test_forward_backward_shapes_and_finite_gradients(plan):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     # the read-out's weights on the CT inputs (readout_hu_features, on in the presets) are set by the refit only
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert frozen == (["readout_hu.weight"] if plan.readout_hu_features else [])
+    assert frozen == (["readout_hu.weight"] + ["readout_hu.bias"] * bool(plan.readout_fat_hu)
+                      if plan.readout_hu_features else [])
 
 
 def test_evidence_map_is_each_voxels_share_of_the_logit(plan):
@@ -151,15 +152,18 @@ def test_evidence_reference_cancels_what_shifts_every_voxels_evidence():
         assert float(model.evidence_map(out).sum() + model.cls_bias) == pytest.approx(float(after), abs=1e-4)
 
 
-@pytest.mark.parametrize("reference,hu_features", [(False, False), (True, False), (False, True)])
-def test_case_logit_is_linear_in_the_readout_features(plan, reference, hu_features):
+@pytest.mark.parametrize("reference,hu_features,fat", [(False, False, False), (True, False, False),
+                                                       (False, True, False), (False, True, True), (True, True, True)])
+def test_case_logit_is_linear_in_the_readout_features(plan, reference, hu_features, fat):
     """ecefl.readout's premise: logit = [z, s, 1] . theta exactly, for cases pooled over confident node voxels
     (gated region) and without any (soft region), so refitting theta is a logistic regression on fixed features;
     also when the logit subtracts the case's reference tissue (evidence_reference), and with the CT inputs as
-    read-out features (readout_hu_features: 7 more, the pooled CT value and soft HU bins, their weights in theta)."""
+    read-out features (readout_hu_features: 7 more, the pooled CT value and soft HU bins, their weights in theta),
+    also pooled over the perinodal fat alone (readout_fat_hu: 8 more, the fat's 7 and its size, and a bias)."""
     import numpy as np
     from ecefl import readout as R
-    plan = plan.with_overrides(evidence_reference=reference, readout_hu_features=hu_features)
+    plan = plan.with_overrides(evidence_reference=reference, readout_hu_features=hu_features,
+                               readout_fat_hu=(-190.0, -30.0) if fat else ())
     x = torch.rand(2, 1, *plan.patch_size)
     for node_bias in (-12.0, 12.0):  # no voxel with p >= 0.5 / every voxel
         model = DualOutputSwinUNETR(plan).eval()
@@ -168,8 +172,9 @@ def test_case_logit_is_linear_in_the_readout_features(plan, reference, hu_featur
             out = model.voxel_outputs(x)
             assert bool((out[:, 2].flatten(1).sum(1) >= 1).all()) == (node_bias > 0)
             logit = model.pool(out).double().numpy()
-            features = DualOutputSwinUNETR.readout_features(model.readout_channels(x), reference).double().numpy()
-        assert features.shape[1] == plan.feature_size + 1 + 7 * hu_features
+            features = model.readout_features(model.readout_channels(x)).double().numpy()
+        assert features.shape[1] == plan.feature_size + 1 + 7 * hu_features + fat
+        assert out.shape[1] == model.n_output_channels == 6 + 2 * reference + 2 * fat
         theta = model.readout_parameters().double().numpy()
         np.testing.assert_allclose(R.design(features) @ theta, logit, rtol=1e-4, atol=1e-5)
         # the server's view (state dicts, ecefl.readout.READOUT_KEYS) orders theta as the model does
@@ -184,6 +189,40 @@ def test_case_logit_is_linear_in_the_readout_features(plan, reference, hu_featur
             logit2 = model.pool(model.voxel_outputs(x)).double().numpy()
         np.testing.assert_allclose(R.design(features) @ theta2, logit2, rtol=1e-4, atol=1e-5)
         assert np.abs(logit2 - logit).max() > 1e-3
+
+
+def test_the_fat_readout_averages_the_ct_over_the_fat_inside_the_nodal_region_alone():
+    """readout_fat_hu: the CT inputs' term of the logit is their mean over the fat voxels (HU in the plan's range)
+    of the nodal region, plus its own bias; nothing outside the region and no soft-tissue voxel of it enters that
+    mean; so the same node scores higher with stranded (-60 HU) than with clean (-90 HU) perinodal fat, by exactly
+    u * 30 HU in window units, and the evidence map still sums to the logit."""
+    plan = get_plan("test-tiny", readout_hu_features=True, readout_fat_hu=(-190.0, -30.0))
+    lo, hi = plan.hu_window
+    torch.manual_seed(6)
+    model = DualOutputSwinUNETR(plan).eval()
+    with torch.no_grad():
+        model.readout_hu.weight.zero_()
+        model.readout_hu.weight[0, 0] = 2.0  # the windowed CT value only
+        model.readout_hu.bias.fill_(-0.5)
+    region = torch.zeros(1, 1, 64, 64, 64, dtype=torch.bool)
+    region[..., 20:44, 20:44, 20:44] = True
+    logits, fat_terms = [], []
+    for fat_hu in (-90.0, -60.0):
+        hu = torch.full((1, 1, 64, 64, 64), 40.0)  # soft tissue
+        hu[..., 20:44, 20:44, 20:28] = fat_hu  # a slab of the region: its perinodal fat
+        hu[..., :10, :, :] = -100.0  # fat outside the region: never part of the mean
+        x = (hu - lo) / (hi - lo)
+        with torch.no_grad():
+            out = model.voxel_outputs(x, region)
+            logit = model.pool(out)
+        fat = out[:, -2]
+        assert float(fat.sum()) == 24 * 24 * 8 and float(fat[~region[:, 0]].abs().sum()) == 0.0
+        fat_terms.append(float((out[:, -1].sum() / (fat.sum() + 1e-3))))
+        assert fat_terms[-1] == pytest.approx(2.0 * (fat_hu - lo) / (hi - lo) - 0.5, abs=1e-4)
+        assert float(model.evidence_map(out).sum() + model.cls_bias) == pytest.approx(float(logit), abs=1e-4)
+        logits.append(float(logit))
+    assert fat_terms[1] - fat_terms[0] == pytest.approx(2.0 * 30.0 / (hi - lo), abs=1e-4)
+    assert logits[1] > logits[0]
 
 
 def test_flip_averaging_treats_a_mirrored_neck_as_its_mirror_and_keeps_the_readout_exact(tmp_path):

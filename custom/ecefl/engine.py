@@ -298,7 +298,7 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     validation and `ecefl evaluate` keep the full sliding window."""
     dev = device()
     model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
-    n_channels = 8 if model.plan.evidence_reference else 6
+    n_channels = model.n_output_channels
 
     def predictor(x, r=None):
         if not skip_air:
@@ -367,7 +367,7 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
                           for t in M.NODE_THRESHOLDS])
         if keep_outputs:
             outputs.append({"image": sample["image"][0].numpy(), "label": target.numpy(), "pred": pred.numpy(),
-                            "evidence": DualOutputSwinUNETR.evidence_map(out)[0, 0].numpy()})
+                            "evidence": model.evidence_map(out)[0, 0].numpy()})
     result = {"probs": np.array(probs), "labels": np.array(labels, int), "dices": np.array(dices),
               "voxels": np.array(voxels, float).reshape(-1, 3), "case_ids": [it["case_id"] for it in items],
               "dices_at": np.array(dices_at, float).reshape(-1, len(M.NODE_THRESHOLDS))}

@@ -117,7 +117,7 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
         back = ResampleToMatch(mode="nearest")(pred_meta, img_dst=native)
         nodes_native = np.asarray(back[0]) > 0.5
         # each voxel's contribution to the ECE logit, on the CT grid a radiologist scrolls (trilinear: a field)
-        evidence_plan = DualOutputSwinUNETR.evidence_map(voxel_out)[0, 0]
+        evidence_plan = model.evidence_map(voxel_out)[0, 0]
         ev_meta = image.clone()
         ev_meta.array = evidence_plan[None].numpy()
         # the plan grid is ~2x coarser: per native voxel the contribution scales with the voxel volume ratio

@@ -3,7 +3,9 @@
 DualOutputSwinUNETR: MONAI's SwinUNETR segments the nodal region; a per-voxel evidence head on the last decoder
 features (and the windowed CT value) scores each voxel, and the case logit is the evidence averaged over the pooling region
     a(v) = p_nodes(v) + shell_weight * shell(v),    logit = sum_v a(v) e(v) / sum_v a(v) + bias,
-so the decision is grounded in the predicted nodes (and their perinodal border, where ECE lives). Only voxels predicted
+so the decision is grounded in the predicted nodes (and their perinodal border, where ECE lives). With plan
+readout_fat_hu the CT value's part of e is averaged apart, over the fat voxels of the found nodes (fat stranding:
+how dense the perinodal fat is), and added to the logit with a bias of its own. Only voxels predicted
 as node with p >= 0.5 enter p_nodes; a case with no such voxel is pooled over the soft probability instead. The evidence map a(v) e(v) / sum a is each voxel's exact contribution to the logit. Both sums are additive, so sliding-window
 inference over a whole neck gives the same pooling as one big patch.
 
@@ -109,9 +111,11 @@ class DualOutputSwinUNETR(nn.Module):
             n_in = fs + 1 + len(plan.evidence_hu_bins)
             self.evidence_head = nn.Sequential(nn.Conv3d(n_in, fs, 3, padding=1), nn.GELU(), nn.Conv3d(fs, 1, 1))
             if plan.readout_hu_features:  # the read-out's direct weights on the CT inputs: set by the refit only
-                self.readout_hu = nn.Conv3d(1 + len(plan.evidence_hu_bins), 1, 1, bias=False)
-                nn.init.zeros_(self.readout_hu.weight)
-                self.readout_hu.weight.requires_grad_(False)
+                # (pooled over the perinodal fat with readout_fat_hu, which then has a bias of its own)
+                self.readout_hu = nn.Conv3d(1 + len(plan.evidence_hu_bins), 1, 1, bias=bool(plan.readout_fat_hu))
+                for t in self.readout_hu.parameters():
+                    nn.init.zeros_(t)
+                    t.requires_grad_(False)
             self.cls_bias = nn.Parameter(torch.zeros(1))
             radius = max(1, round(plan.shell_mm / min(plan.spacing)))
             self.shell_kernel = 2 * radius + 1
@@ -150,11 +154,23 @@ class DualOutputSwinUNETR(nn.Module):
         hu_bins = torch.sigmoid((hu - self.hu_bin_centres.to(x.dtype)) / self.plan.evidence_hu_bin_width)
         return hu, torch.cat([x, hu_bins], dim=1)
 
+    @property
+    def n_output_channels(self) -> int:
+        """voxel_outputs' channels: 6, + 2 with evidence_reference, + 2 with readout_fat_hu."""
+        return 6 + 2 * bool(self.plan.evidence_reference) + 2 * bool(self.plan.readout_fat_hu)
+
+    def perinodal_fat(self, x: torch.Tensor, node: torch.Tensor) -> torch.Tensor:
+        """Weight of each voxel in the fat average (readout_fat_hu): the node weight where the CT value is fat."""
+        hu = self._window_to_hu(x)
+        low, high = self.plan.readout_fat_hu
+        return node * ((hu >= low) & (hu <= high)).to(node.dtype)
+
     def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
                       body_grad: bool = True) -> torch.Tensor:
         """Channels (all but the first two additive over windows): 2 segmentation logits, pooling weight a,
         weighted evidence a*e, and the same two over the ungated soft region (used when no voxel is a node);
-        with evidence_reference also the reference tissue r and r*e.
+        with evidence_reference also the reference tissue r and r*e; with readout_fat_hu, last, the perinodal fat
+        f (fat voxels of the confident nodes, no shell) and f*d, d the CT inputs' term (then not part of e).
         body_grad False: the SwinUNETR runs without autograd (classifier re-training: only the head learns)."""
         with contextlib.nullcontext() if body_grad else torch.no_grad():
             seg = self.net(x)
@@ -168,20 +184,26 @@ class DualOutputSwinUNETR(nn.Module):
         # (ecefl.readout), to float rounding. Its 1x1 convolutions cost nothing beside the rest
         with torch.autocast(x.device.type, enabled=False):
             evidence = self.evidence_head[2](hidden.float())
-            if self.plan.readout_hu_features:
-                evidence = evidence + self.readout_hu(hu_inputs.float())
+            direct = self.readout_hu(hu_inputs.float()) if self.plan.readout_hu_features else None
+            if direct is not None and not self.plan.readout_fat_hu:
+                evidence = evidence + direct
         if region_mask is None:  # the predicted nodes; detached so the class loss does not bend the contours
             soft = torch.softmax(seg, dim=1)[:, 1:2].detach()
             # only confident node voxels: a faint probability over ~10^5 background voxels would otherwise
             # outweigh the few thousand nodal voxels in the pooled average
-            weight = self.pooling_region(soft * (soft >= 0.5))
+            node = soft * (soft >= 0.5)
+            weight = self.pooling_region(node)
             soft_weight = self.pooling_region(soft)
         else:  # teacher forcing with the reference ROI early in training
-            weight = soft_weight = self.pooling_region(region_mask.float())
+            node = region_mask.float()
+            weight = soft_weight = self.pooling_region(node)
         channels = [seg, weight, weight * evidence, soft_weight, soft_weight * evidence]
         if self.plan.evidence_reference:  # fat and soft tissue outside the pooled region: the case's own reference
             tissue = ((hu >= -200.0) & (hu <= 150.0) & (weight < 1e-3)).to(evidence.dtype)
             channels += [tissue, tissue * evidence]
+        if self.plan.readout_fat_hu:  # fat stranding: the CT inputs averaged over the nodes' fat, apart
+            fat = self.perinodal_fat(x, node).float()
+            channels += [fat, fat * direct]
         return torch.cat(channels, dim=1)
 
     @staticmethod
@@ -204,15 +226,17 @@ class DualOutputSwinUNETR(nn.Module):
         at 0.5 exactly the argmax."""
         return voxel_out[:, 1] - voxel_out[:, 0] > math.log(threshold / (1.0 - threshold))
 
-    @staticmethod
-    def evidence_map(voxel_out: torch.Tensor) -> torch.Tensor:
+    def evidence_map(self, voxel_out: torch.Tensor) -> torch.Tensor:
         """Each voxel's contribution to the logit (sums to logit - bias): the region's weighted evidence over its
-        weight, minus (with evidence_reference: 8 channels) the reference tissue's evidence over its size."""
-        weight, weighted = DualOutputSwinUNETR._pooling_channels(voxel_out)
-        contribution = weighted / (weight.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
-        if voxel_out.shape[1] == 8:
-            ref, ref_weighted = voxel_out[:, 6:7], voxel_out[:, 7:8]
-            contribution = contribution - ref_weighted / (ref.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
+        weight, minus (evidence_reference) the reference tissue's evidence over its size, plus (readout_fat_hu) the
+        perinodal fat's CT term over its size."""
+        def mean_over(weight, weighted):
+            return weighted / (weight.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
+        contribution = mean_over(*self._pooling_channels(voxel_out))
+        if self.plan.evidence_reference:
+            contribution = contribution - mean_over(voxel_out[:, 6:7], voxel_out[:, 7:8])
+        if self.plan.readout_fat_hu:
+            contribution = contribution + mean_over(voxel_out[:, -2:-1], voxel_out[:, -1:])
         return contribution
 
     # ---------------------------------------------------------------- the case read-out as a linear model
@@ -233,37 +257,47 @@ class DualOutputSwinUNETR(nn.Module):
         finally:
             handle.remove()
         h = hidden["h"].float()
-        if self.plan.readout_hu_features:  # the CT inputs are read-out features too
-            h = torch.cat([h, self._hu_inputs(x)[1].float()], dim=1)
+        ct = self._hu_inputs(x)[1].float() if self.plan.readout_hu_features else None
+        if ct is not None and not self.plan.readout_fat_hu:  # the CT inputs are read-out features too
+            h = torch.cat([h, ct], dim=1)
         channels = [out[:, 2:3], out[:, 2:3] * h, out[:, 4:5], out[:, 4:5] * h]
         if self.plan.evidence_reference:
             channels += [out[:, 6:7], out[:, 6:7] * h]
+        if self.plan.readout_fat_hu:  # the perinodal fat and its CT inputs, last
+            channels += [out[:, -2:-1], out[:, -2:-1] * ct]
         return torch.cat(channels, dim=1)
 
-    @staticmethod
-    def readout_features(channels: torch.Tensor, reference: bool = False) -> torch.Tensor:
+    def readout_features(self, channels: torch.Tensor) -> torch.Tensor:
         """(B, k + 1): z (k features per voxel: the head's fs hidden ones, + 7 CT inputs with readout_hu_features)
         and s of the region the case is pooled over (the gated one when a node was found); with the reference
-        tissue (evidence_reference), minus its z and s: the logit subtracts its evidence."""
-        groups = 3 if reference else 2
-        n = channels.shape[1] // groups  # k + 1 channels per group
-        sums = [channels[:, g * n:(g + 1) * n].flatten(2).sum(2) for g in range(groups)]
-        found = (sums[0][:, :1] >= 1.0)
-        total = torch.where(found, sums[0], sums[1])
-        features = torch.cat([total[:, 1:], total[:, :1]], dim=1) / (total[:, :1] + 1e-3)
-        if reference:
-            ref = sums[2]
-            features = features - torch.cat([ref[:, 1:], ref[:, :1]], dim=1) / (ref[:, :1] + 1e-3)
+        tissue (evidence_reference), minus its z and s: the logit subtracts its evidence. With readout_fat_hu the 7
+        CT inputs are the perinodal fat's, followed by its s: (z, c_fat, s_fat, s), theta's order."""
+        def mean_and_size(group):  # a group's channels: weight, then weight * feature
+            return torch.cat([group[:, 1:], group[:, :1]], dim=1) / (group[:, :1] + 1e-3)
+        sums = channels.flatten(2).sum(2)
+        fat = None
+        if self.plan.readout_fat_hu:
+            n_fat = 2 + len(self.plan.evidence_hu_bins)  # weight, windowed CT value, HU bins
+            sums, fat = sums[:, :-n_fat], mean_and_size(sums[:, -n_fat:])
+        groups = 3 if self.plan.evidence_reference else 2
+        n = sums.shape[1] // groups  # k + 1 channels per group
+        region, soft = sums[:, :n], sums[:, n:2 * n]
+        found = (region[:, :1] >= 1.0)
+        features = mean_and_size(torch.where(found, region, soft))
+        if self.plan.evidence_reference:
+            features = features - mean_and_size(sums[:, 2 * n:3 * n])
+        if fat is not None:
+            features = torch.cat([features[:, :-1], fat, features[:, -1:]], dim=1)
         return features
 
     def _readout_tensors(self) -> list[torch.Tensor]:
-        """The read-out's tensors in theta's order (ecefl.readout.READOUT_KEYS): w, [u,] b0, bias."""
+        """The read-out's tensors in theta's order (ecefl.readout.READOUT_KEYS): w, [u, [b_fat,]] b0, bias."""
         last = self.evidence_head[2]
-        direct = [self.readout_hu.weight] if self.plan.readout_hu_features else []
+        direct = list(self.readout_hu.parameters()) if self.plan.readout_hu_features else []  # weight[, bias]
         return [last.weight, *direct, last.bias, self.cls_bias]
 
     def readout_parameters(self) -> torch.Tensor:
-        """theta = (w, [u,] b0, bias) with logit = [z, s] . [w, u, b0] + bias; bias last."""
+        """theta = (w, [u, [b_fat,]] b0, bias) with logit = [z, s] . [w, u, b0] + bias; bias last."""
         return torch.cat([t.detach().flatten() for t in self._readout_tensors()])
 
     @torch.no_grad()

@@ -107,6 +107,11 @@ class Plan:
     # tissue), so the refit always holds their pooled shares over the nodes and shell, the signs a radiologist
     # reads, whatever the evidence head's hidden layer learned. These weights are set by the refit only (0 before)
     readout_hu_features: bool = False
+    # [low, high] HU: with readout_hu_features, the CT inputs' read-out term is averaged over the fat inside the
+    # predicted nodal region (the 3 mm of perinodal fat the soft-tissue dilation adds to every contour), not over the
+    # whole region, and gets its own bias: the refit then reads the perinodal fat's mean HU and HU-bin shares, i.e.
+    # fat stranding, which a whole-region average dilutes with the node's own HU and its size. None: off
+    readout_fat_hu: tuple[float, ...] | None = None
     head_lr_multiplier: float = 10.0  # the small evidence head learns faster than the pretrained backbone
     # the Swin encoder (the part MAE pretrains) at this multiple of the body's learning rate: MAE fine-tuning
     # recipes keep pretrained layers slower (layer-wise decay 0.65-0.75); 1.0 = one rate for the whole body
@@ -232,6 +237,10 @@ class Plan:
         if self.node_hu_range and not (len(self.node_hu_range) == 2 and self.node_hu_range[0] < self.node_hu_range[1]):
             raise ValueError(f"node_hu_range must be [low, high] HU with low < high, or [] (no gate), not "
                              f"{self.node_hu_range}")
+        if self.readout_fat_hu and not (self.readout_hu_features and len(self.readout_fat_hu) == 2
+                                        and self.readout_fat_hu[0] < self.readout_fat_hu[1]):
+            raise ValueError(f"readout_fat_hu must be [low, high] HU with low < high, with readout_hu_features on, or "
+                             f"[] (off), not {self.readout_fat_hu} (readout_hu_features {self.readout_hu_features})")
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
             raise ValueError(f"server_lr must be > 0 and server_momentum in [0, 1), not {self.server_lr}, "
                              f"{self.server_momentum}")
@@ -257,6 +266,11 @@ _LEARNING = dict(neg_crop_fraction=0.33, dice_foreground_batch=True, lr_schedule
                  # and the refit's features: the CT inputs beside the hidden layer's, the ridge on standardised
                  # features (unseen-hospital AUC +0.03 / +0.09 on two demos' bodies, docs/BENCHMARKS.md)
                  readout_hu_features=True, readout_standardise=True,
+                 # and the CT inputs averaged over the fat inside the found nodal region (fat stranding) instead of
+                 # over the whole region: on demo B3's body, unseen-hospital AUC 0.859 -> 0.931, +0.072 [+0.017,
+                 # +0.136], the subtle ECE cases 0.61 -> 0.89 against the ECE-negative ones (docs/BENCHMARKS.md,
+                 # session 31). -190..-30 HU: the usual CT window of adipose tissue
+                 readout_fat_hu=(-190.0, -30.0),
                  # found nodes kept to soft tissue at evaluation and inference (on demo E0's model: unseen Dice +0.002
                  # [+0.002, +0.003], AUC -0.001; on the real CTs 97 % -> 100 % of the nodal volume inside the body)
                  node_hu_range=(-150.0, 200.0),

@@ -27,8 +27,9 @@ from .plan import Plan
 _log = logging.getLogger(__name__)
 
 # the read-out's tensors in a state dict: theta = (last layer weights, last layer bias b0, case bias)
-# (a model with plan.readout_hu_features also has the weights u of its CT inputs after w)
-READOUT_KEYS = ("evidence_head.2.weight", "readout_hu.weight", "evidence_head.2.bias", "cls_bias")
+# (a model with plan.readout_hu_features also has the weights u of its CT inputs after w, and with readout_fat_hu
+# the perinodal fat's bias after u)
+READOUT_KEYS = ("evidence_head.2.weight", "readout_hu.weight", "readout_hu.bias", "evidence_head.2.bias", "cls_bias")
 
 
 def _numpy(v) -> np.ndarray:
@@ -81,7 +82,7 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
             image = ds[i]["image"].unsqueeze(0).to(dev)
             channels = flip_averaged(flip, image, lambda v: sliding_window(
                 plan, v, lambda x: model.readout_channels(x).float()))
-            rows.append(DualOutputSwinUNETR.readout_features(channels, model.plan.evidence_reference)[0]
+            rows.append(model.readout_features(channels)[0]
                         .double().cpu().numpy())
     return np.stack(rows) if rows else np.zeros((0, len(model.readout_parameters()) - 1))
 
