@@ -63,6 +63,12 @@ def joint_body(demo: Path, overrides: dict):
         state["readout_hu.bias"] = torch.zeros_like(model.readout_hu.bias)
         k = plan.feature_size + model.readout_hu.weight.numel()
         theta = np.concatenate([theta[:k], [0.0], theta[k:]])
+    if not plan.readout_fat_hu and "readout_hu.bias" in state:  # the CT path over the whole region: no fat bias
+        k = plan.feature_size + state["readout_hu.weight"].numel()
+        if abs(float(theta[k])) > 0:
+            raise SystemExit("the jointly trained read-out has a fat bias; it cannot be dropped here")
+        state.pop("readout_hu.bias")
+        theta = np.concatenate([theta[:k], theta[k + 1:]])
     if not plan.readout_hu_features and "readout_hu.weight" in state:
         raise SystemExit("the body was trained with readout_hu_features on; it cannot be turned off here")
     model.load_state_dict(R.state_with_theta(state, theta), strict=True)
