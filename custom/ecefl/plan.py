@@ -267,9 +267,10 @@ _LEARNING = dict(neg_crop_fraction=0.33, dice_foreground_batch=True, lr_schedule
                  # features (unseen-hospital AUC +0.03 / +0.09 on two demos' bodies, docs/BENCHMARKS.md)
                  readout_hu_features=True, readout_standardise=True,
                  # and the CT inputs averaged over the fat inside the found nodal region (fat stranding) instead of
-                 # over the whole region: on demo B3's body, unseen-hospital AUC 0.859 -> 0.931, +0.072 [+0.017,
-                 # +0.136], the subtle ECE cases 0.61 -> 0.89 against the ECE-negative ones (docs/BENCHMARKS.md,
-                 # session 31). -190..-30 HU: the usual CT window of adipose tissue
+                 # over the whole region: unseen-hospital AUC +0.072 [+0.017, +0.136] (0.859 -> 0.931) and +0.028
+                 # [-0.012, +0.070] (0.889 -> 0.917) on the seed-0 and seed-1 demos' bodies, the subtle ECE cases
+                 # 0.61 -> 0.89 and 0.70 -> 0.81 against the ECE-negative ones (docs/BENCHMARKS.md, session 31).
+                 # -190..-30 HU: the usual CT window of adipose tissue
                  readout_fat_hu=(-190.0, -30.0),
                  # found nodes kept to soft tissue at evaluation and inference (on demo E0's model: unseen Dice +0.002
                  # [+0.002, +0.003], AUC -0.001; on the real CTs 97 % -> 100 % of the nodal volume inside the body)
