@@ -194,8 +194,8 @@ def test_case_logit_is_linear_in_the_readout_features(plan, reference, hu_featur
 def test_the_fat_readout_averages_the_ct_over_the_fat_inside_the_nodal_region_alone():
     """readout_fat_hu: the CT inputs' term of the logit is their mean over the fat voxels (HU in the plan's range)
     of the nodal region, plus its own bias; nothing outside the region and no soft-tissue voxel of it enters that
-    mean; so the same node scores higher with stranded (-60 HU) than with clean (-90 HU) perinodal fat, by exactly
-    u * 30 HU in window units, and the evidence map still sums to the logit."""
+    mean; so the same node's fat term is higher with stranded (-60 HU) than with clean (-90 HU) perinodal fat, by
+    exactly u * 30 HU in window units, and the evidence map still sums to the logit."""
     plan = get_plan("test-tiny", readout_hu_features=True, readout_fat_hu=(-190.0, -30.0))
     lo, hi = plan.hu_window
     torch.manual_seed(6)
