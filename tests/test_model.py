@@ -223,6 +223,11 @@ def test_the_fat_readout_averages_the_ct_over_the_fat_inside_the_nodal_region_al
         logits.append(float(logit))
     assert fat_terms[1] - fat_terms[0] == pytest.approx(2.0 * 30.0 / (hi - lo), abs=1e-4)
     assert logits[1] > logits[0]
+    for bad in ("ab", ("a", "b"), (-30.0, -190.0), (-190.0,)):  # a model file's plan is checked before any use
+        with pytest.raises(ValueError, match="readout_fat_hu"):
+            get_plan("test-tiny", readout_hu_features=True, readout_fat_hu=bad)
+    with pytest.raises(ValueError, match="readout_fat_hu"):
+        get_plan("test-tiny", readout_hu_features=False, readout_fat_hu=(-190.0, -30.0))
 
 
 def test_flip_averaging_treats_a_mirrored_neck_as_its_mirror_and_keeps_the_readout_exact(tmp_path):

@@ -237,8 +237,9 @@ class Plan:
         if self.node_hu_range and not (len(self.node_hu_range) == 2 and self.node_hu_range[0] < self.node_hu_range[1]):
             raise ValueError(f"node_hu_range must be [low, high] HU with low < high, or [] (no gate), not "
                              f"{self.node_hu_range}")
-        if self.readout_fat_hu and not (self.readout_hu_features and len(self.readout_fat_hu) == 2
-                                        and self.readout_fat_hu[0] < self.readout_fat_hu[1]):
+        fat = self.readout_fat_hu
+        if fat and not (self.readout_hu_features and not isinstance(fat, str) and len(fat) == 2
+                        and all(isinstance(v, (int, float)) for v in fat) and fat[0] < fat[1]):
             raise ValueError(f"readout_fat_hu must be [low, high] HU with low < high, with readout_hu_features on, or "
                              f"[] (off), not {self.readout_fat_hu} (readout_hu_features {self.readout_hu_features})")
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
