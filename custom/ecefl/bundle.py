@@ -8,7 +8,6 @@ checkpoint travels beside it (models/ecefl_dual.pt) for `ecefl infer`.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -21,13 +20,13 @@ from .engine import LEFT_RIGHT
 
 
 def inference_config(plan, node_threshold: float = 0.5) -> dict:
-    # node probability > node_threshold (the model file's), as `ecefl infer` masks: logit difference > logit(t)
-    margin = math.log(node_threshold / (1.0 - node_threshold))
-    mask = f"(d['pred'][1:2] - d['pred'][0:1] > {margin!r})"
-    if plan.node_hu_range:  # and inside the node HU range (the model's HU gate), in window units of the image
+    # node probability (softmax; 0 outside the model's HU gate, in window units of the image), resampled linearly
+    # to the input's grid and thresholded there at the model file's node_threshold, as `ecefl infer` masks
+    prob = "torch.softmax(d['pred'], dim=0)[1:2]"
+    if plan.node_hu_range:
         lo, hi = plan.hu_window
         low, high = ((v - lo) / (hi - lo) for v in plan.node_hu_range)
-        mask += f" & (d['image'] >= {low!r}) & (d['image'] <= {high!r})"
+        prob += f" * ((d['image'] >= {low!r}) & (d['image'] <= {high!r}))"
     return {
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".",
@@ -49,9 +48,10 @@ def inference_config(plan, node_threshold: float = 0.5) -> dict:
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(plan.patch_size),
                     "sw_batch_size": plan.sw_batch_size, "overlap": plan.sw_overlap, "mode": plan.sw_blend},
         "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Lambda", "func": f"$lambda d: {{**d, 'pred': ({mask}).float()}}"},
+            {"_target_": "Lambda", "func": f"$lambda d: {{**d, 'pred': {prob}}}"},
             {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "nearest_interp": True, "to_tensor": True},
+             "nearest_interp": False, "to_tensor": True},
+            {"_target_": "Lambda", "func": f"$lambda d: {{**d, 'pred': (d['pred'] > {node_threshold!r}).float()}}"},
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "nodes",
              "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False},
         ]},
@@ -110,8 +110,8 @@ def export_bundle(model_path, out) -> Path:
 MONAI SwinUNETR (feature_size {plan.feature_size}, depths {list(plan.depths)}) from an ECE-FL global model.
 Input: CT NIfTI in HU (any orientation/spacing); it is reoriented to RAS, resampled to {list(plan.spacing)} mm,
 windowed {list(plan.hu_window)} HU -> [0, 1], segmented with {list(plan.patch_size)} sliding windows{flip_text} (nodes: node
-probability > {node_threshold_of(ckpt):g}{gate_text}), and the mask is written in the input's grid as
-`<name>_nodes.nii.gz`.
+probability{gate_text}, resampled linearly back to the input's grid and thresholded there at
+{node_threshold_of(ckpt):g}), and the mask is written as `<name>_nodes.nii.gz`.
 
     python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir /path/to/niftis
 

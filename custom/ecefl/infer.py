@@ -3,9 +3,9 @@ evidence (a PNG of two slices and the per-voxel evidence volume on the native CT
 
 Runs at the hospital. The CT is read with the same DICOM code as preprocessing (series chosen by the
 RTSTRUCT's reference, geometry checked), resampled to the model's plan grid with MONAI, segmented with sliding
-windows over the whole neck, classified by the mask-guided head, and the mask is resampled back to the native CT
-grid. The RTSTRUCT is written with rt-utils and references the input series; it goes back to the same hospital,
-so rt-utils copying the patient module into it is intended here.
+windows over the whole neck, classified by the mask-guided head; the node probability is resampled back to the
+native CT grid and thresholded there. The RTSTRUCT is written with rt-utils and references the input series; it
+goes back to the same hospital, so rt-utils copying the patient module into it is intended here.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, ResampleToMatch
 
 from .data import build_transforms, preprocessing_spec
-from .engine import predict_volume
+from .engine import node_probability_on, predict_volume
 from .checkpoint import load_model, node_threshold_of
 from .model import DualOutputSwinUNETR
 
@@ -111,11 +111,8 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
             region = torch.as_tensor(np.asarray(reg)).unsqueeze(0) > 0.5
         voxel_out, prob = predict_volume(model, torch.as_tensor(np.asarray(image)).unsqueeze(0).float(), plan,
                                          region=region, progress=progress, skip_air=skip_air)
-        pred_plan = DualOutputSwinUNETR.node_mask(voxel_out, node_threshold_of(ckpt)).float()
-        pred_meta = image.clone()
-        pred_meta.array = pred_plan.numpy()
-        back = ResampleToMatch(mode="nearest")(pred_meta, img_dst=native)
-        nodes_native = np.asarray(back[0]) > 0.5
+        # thresholded on the CT's own grid (the node probability resampled linearly), as validation scores it
+        nodes_native = node_probability_on(voxel_out, image, native) > node_threshold_of(ckpt)
         # each voxel's contribution to the ECE logit, on the CT grid a radiologist scrolls (trilinear: a field)
         evidence_plan = model.evidence_map(voxel_out)[0, 0]
         ev_meta = image.clone()
@@ -154,7 +151,8 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
         result["seg_not_written"] = f"{type(exc).__name__}: {exc}"
         log(f"warning: no DICOM SEG for this series ({result['seg_not_written']}); RTSTRUCT and NIfTI are written")
     evidence = evidence_plan.numpy()
-    _evidence_png(np.asarray(image[0]), pred_plan[0].numpy(), evidence, None if region is None else
+    nodes_plan = DualOutputSwinUNETR.node_mask(voxel_out, node_threshold_of(ckpt))[0].float().numpy()  # figure grid
+    _evidence_png(np.asarray(image[0]), nodes_plan, evidence, None if region is None else
                   region[0, 0].numpy(), result, out / "evidence.png")
     (out / "result.json").write_text(json.dumps(result, indent=1))
     log(f"p(ECE) = {prob:.3f} (threshold {threshold:.3f}: {'ECE+' if result['ece_positive'] else 'ECE-'}); "

@@ -188,7 +188,8 @@ show the pipeline works, not clinical performance.</p>
 <h2>Final global model: pooled and per-site validation (95 % CI)</h2>
 {metrics_table(final.get('pooled'), final.get('sites') or {})}
 <p><small>Operating threshold {final.get('threshold')} (Youden's J on the previous pooled ROC). CIs: case resampling
-(multinomial over the additive statistics). Dice above at node probability &gt; 0.5; {_node_threshold_note(final)}
+(multinomial over the additive statistics). Dice above at node probability &gt; 0.5, on each CT's own grid against the
+site's labels; {_node_threshold_note(final)}
 </small></p>
 {_refit_html(finetune.get("readout_refit"))}
 <h2>ROC</h2>{_img(roc_png)}
