@@ -334,6 +334,26 @@ def test_validation_scores_the_mask_infer_writes_on_the_cts_own_grid(model_file,
     assert 0.5 < dice(written, upsampled) < 1.0
 
 
+def test_validation_names_a_case_whose_label_lies_on_another_grid(model_file, preprocessed, tmp_path):
+    """A label file replaced by one on another grid (here shifted by 5 mm) is not scored voxel by voxel against
+    the CT: predict_cases stops, naming the case and what to do."""
+    import json as _json
+    from ecefl.checkpoint import load_model
+    from ecefl.engine import predict_cases
+    site = preprocessed["hospital-a"]
+    item = _json.loads((site / "datalist.json").read_text())["training"][0]
+    label = nib.load(site / item["label"])
+    affine = label.affine.copy()
+    affine[0, 3] += 5.0
+    moved = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), affine), moved)
+    case = {**item, "image": str(site / item["image"]), "label": str(moved)}
+    model, ckpt = load_model(model_file, kind="dual")
+    with pytest.raises(ValueError, match=f"case {item['case_id']}: its label and its CT lie on different grids"
+                                         r".*re-run `ecefl preprocess`"):
+        predict_cases(model, [case], ckpt["plan"], progress=False)
+
+
 def test_node_probability_resampled_linearly_recovers_a_finer_contour():
     """A sphere's node probability on a 2.5 mm grid (the fraction of each voxel inside it), resampled linearly to
     a 1 mm grid and thresholded at 0.5, matches the sphere drawn on the 1 mm grid better than the 2.5 mm mask

@@ -375,10 +375,13 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
     probs, labels, dices, voxels, outputs, dices_at = [], [], [], [], [], []
     for item in tqdm(items, desc="evaluate", unit="case", leave=False, disable=not progress):
         stored, planned = on_ct_and_plan_grids(item, plan)
-        if stored["label"].shape != stored["image"].shape:
-            raise ValueError(f"case {item['case_id']}: its label {tuple(stored['label'].shape[1:])} and its CT "
-                             f"{tuple(stored['image'].shape[1:])} differ in size (a damaged or replaced preprocessed "
-                             "file); re-run `ecefl preprocess` for this case or remove it from the datalist")
+        # the label is scored voxel by voxel on the CT's grid: both must be that grid (preprocessing writes them so)
+        if stored["label"].shape != stored["image"].shape or not np.allclose(
+                np.asarray(stored["label"].affine), np.asarray(stored["image"].affine), atol=1e-3):
+            raise ValueError(f"case {item['case_id']}: its label and its CT lie on different grids (size "
+                             f"{tuple(stored['label'].shape[1:])} vs {tuple(stored['image'].shape[1:])}, or position "
+                             "and spacing): a damaged or replaced preprocessed file; re-run `ecefl preprocess` for "
+                             "this case or remove it from the datalist")
         out, prob = predict_volume(model, planned["image"].as_tensor().unsqueeze(0).float(), plan)
         node_prob = node_probability_on(out, planned["image"], stored["image"])
         target = np.asarray(stored["label"][0]) > 0.5
