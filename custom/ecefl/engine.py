@@ -341,11 +341,11 @@ def flip_averaged(plan: Plan, volume: torch.Tensor, outputs) -> torch.Tensor:
     return (out + torch.flip(mirrored, dims=[LEFT_RIGHT])) / 2
 
 
-def on_ct_and_plan_grids(item: dict, plan: Plan) -> tuple[dict, dict]:
-    """A labelled case's CT and label as the site stored them (the CT's own grid, where its contours were drawn)
-    and on the plan grid the model runs on (MetaTensors: their affines map one onto the other)."""
+def on_ct_and_plan_grids(item: dict, plan: Plan, keys=("image", "label")) -> tuple[dict, dict]:
+    """A case's NIfTI files (item[key] paths: the CT, its label) as stored (the CT's own grid, where its contours
+    were drawn) and on the plan grid the model runs on (MetaTensors: their affines map one onto the other)."""
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
-    keys = ["image", "label"]
+    keys = list(keys)
     stored = Compose([LoadImaged(keys=keys, image_only=True), EnsureChannelFirstd(keys=keys)])(
         {k: item[k] for k in keys})
     planned = Compose(build_transforms(preprocessing_spec(plan, keys, load=False)))(

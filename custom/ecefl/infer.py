@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Compose, EnsureChannelFirst, LoadImage, ResampleToMatch
+from monai.transforms import Compose, ResampleToMatch
 
 from .data import build_transforms, preprocessing_spec
-from .engine import node_probability_on, predict_volume
+from .engine import node_probability_on, on_ct_and_plan_grids, predict_volume
 from .checkpoint import load_model, node_threshold_of
 from .model import DualOutputSwinUNETR
 
@@ -100,9 +100,9 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
     with tempfile.TemporaryDirectory() as tmp:
         native_path = Path(tmp) / "ct.nii.gz"
         write_nifti(native_path, ct.hu, ct.affine_ras)
-        native = Compose([LoadImage(image_only=True), EnsureChannelFirst()])(str(native_path))
-        # the training preprocessing itself (ecefl.data.preprocessing_spec), on the CT already read
-        image = Compose(build_transforms(preprocessing_spec(plan, ["image"], load=False)))({"image": native})["image"]
+        # the CT as read and through the training preprocessing itself (ecefl.data.preprocessing_spec), as validation
+        stored, planned = on_ct_and_plan_grids({"image": str(native_path)}, plan, keys=["image"])
+        native, image = stored["image"], planned["image"]
         region = None
         if region_native is not None:
             write_nifti(Path(tmp) / "region.nii.gz", region_native.astype(np.uint8), ct.affine_ras)

@@ -238,7 +238,7 @@ class Plan:
             raise ValueError(f"node_hu_range must be [low, high] HU with low < high, or [] (no gate), not "
                              f"{self.node_hu_range}")
         fat = self.readout_fat_hu
-        if fat and not (self.readout_hu_features and not isinstance(fat, str) and len(fat) == 2
+        if fat and not (self.readout_hu_features and len(fat) == 2
                         and all(isinstance(v, (int, float)) for v in fat) and fat[0] < fat[1]):
             raise ValueError(f"readout_fat_hu must be [low, high] HU with low < high, with readout_hu_features on, or "
                              f"[] (off), not {self.readout_fat_hu} (readout_hu_features {self.readout_hu_features})")
