@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss, FocalLoss
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 from tqdm import tqdm
 
 from . import metrics as M
@@ -190,7 +190,10 @@ class FineTuner(_EpochLoop):
                                     iterations=self.plan.iterations_per_epoch)
         self.schedule = _ScheduledSteps(self.optimizer, self.plan)
         fg_batch = self.plan.dice_foreground_batch
-        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=not fg_batch, batch=fg_batch)
+        if self.plan.dice_per_crop:
+            self.seg_loss = PerCropNodeDiceCE()
+        else:
+            self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=not fg_batch, batch=fg_batch)
         pos_weight = positive_weight(self.train_items)
         if self.plan.cls_loss == "focal":
             # alpha = weight of the positive class, from the label counts
@@ -238,6 +241,23 @@ class FineTuner(_EpochLoop):
         return (f"epoch {r['epoch']}/{total_epochs}: loss {r['loss']:.4f} (seg {r['seg_loss']:.4f}, "
                 f"cls {r['cls_loss']:.4f} x{r['cls_weight']:.2f}{', teacher forcing' if r['teacher_forcing'] else ''}"
                 f"{', classifier re-training' if r['cls_retrain'] else ''}) {r['seconds']:.1f}s")
+
+
+class PerCropNodeDiceCE(torch.nn.Module):
+    """Voxel cross-entropy + the node class's soft Dice loss of each crop holding at least one voxel of node,
+    averaged over those crops (plan.dice_per_crop): a crop without node adds its false positives through the CE
+    only (its own Dice would be 1 for any false positive voxel), and a small node weighs as much as a large one.
+    logits B2..., target B1... class indices."""
+
+    def __init__(self):
+        super().__init__()
+        self.dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=False, reduction="none")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long())
+        per_crop = self.dice(logits, target).flatten(1).mean(1)
+        holds_node = (target[:, 0].flatten(1).sum(1) >= 1.0).float()
+        return ce + (per_crop * holds_node).sum() / holds_node.sum().clamp_min(1.0)
 
 
 @dataclass
