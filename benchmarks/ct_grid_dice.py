@@ -51,13 +51,14 @@ def measure(model_path: str, items: list[dict]) -> list[dict]:
         linear = node_probability_on(out, planned["image"], stored["image"])
         plan_prob = torch.softmax(out[:, :2].float(), dim=1)[0, 1].numpy()
         label_plan, label = np.asarray(planned["label"][0]) > 0.5, np.asarray(stored["label"][0]) > 0.5
+        # nearest neighbour picks plan voxels, so thresholding before or after it gives the same mask: resample once
+        blocks = planned["image"].clone()
+        blocks.array = plan_prob[None].astype(np.float32)
+        nearest = np.asarray(ResampleToMatch(mode="nearest")(blocks, img_dst=stored["image"])[0])
         row = {"case_id": item["case_id"], "ece": int(item["ece"])}
         for t in M.NODE_THRESHOLDS:
-            blocks = planned["image"].clone()
-            blocks.array = (plan_prob > t)[None].astype(np.float32)
-            nearest = np.asarray(ResampleToMatch(mode="nearest")(blocks, img_dst=stored["image"])[0]) > 0.5
             row[f"plan_{t}"] = M.dice_from_counts(*M.voxel_counts(plan_prob > t, label_plan))
-            row[f"nearest_{t}"] = M.dice_from_counts(*M.voxel_counts(nearest, label))
+            row[f"nearest_{t}"] = M.dice_from_counts(*M.voxel_counts(nearest > t, label))
             row[f"linear_{t}"] = M.dice_from_counts(*M.voxel_counts(linear > t, label))
         rows.append(row)
         print(item["case_id"], {k: round(v, 3) for k, v in row.items() if k.endswith("_0.5")}, flush=True)
