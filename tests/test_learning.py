@@ -329,27 +329,6 @@ def test_per_crop_dice_weighs_a_small_missed_node_like_a_large_found_one_and_ign
     assert two - two_ce == pytest.approx(per_crop, abs=1e-5)
 
 
-def test_per_crop_dice_with_a_batch_share_also_counts_false_positives_in_crops_without_node():
-    """plan.dice_batch_share: share 1 is exactly the presets' batch Dice + CE, share 0.5 the midpoint of the two
-    Dice terms; false positives in a node-free crop then raise the Dice term, not only the CE."""
-    from monai.losses import DiceCELoss
-    from ecefl.engine import PerCropNodeDiceCE
-    target = torch.zeros(2, 1, 16, 16, 16)
-    target[0, 0, 4:12, 4:12, 4:12] = 1  # one node: 512 voxels
-    logits = torch.zeros(2, 2, 16, 16, 16)
-    logits[0, 1] = torch.where(target[0, 0] > 0, 20.0, -20.0)  # found exactly
-    logits[1, 1] = -20.0
-    logits[1, 1, 0:8, 0:8, 0:8] = 20.0  # 512 false positive voxels in the node-free crop
-    ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long()).item()
-    batch = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)(logits, target).item()
-    assert batch - ce == pytest.approx(1 / 3, abs=0.01)  # 1 - 2*512 / (1024 + 512)
-    assert PerCropNodeDiceCE()(logits, target).item() - ce == pytest.approx(0.0, abs=1e-4)  # blind to them
-    assert PerCropNodeDiceCE(batch_share=1.0)(logits, target).item() == pytest.approx(batch, abs=1e-5)
-    assert PerCropNodeDiceCE(batch_share=0.5)(logits, target).item() - ce == pytest.approx(1 / 6, abs=0.01)
-    with pytest.raises(ValueError, match="dice_batch_share"):
-        get_plan("test-tiny", dice_batch_share=1.5)
-
-
 def test_a_training_step_with_per_crop_dice_learns_from_real_crops(preprocessed):
     """The engine's fine-tuning step with plan.dice_per_crop on real node crops: finite
     loss and gradients, and a few steps on one batch lower its segmentation loss."""

@@ -191,7 +191,7 @@ class FineTuner(_EpochLoop):
         self.schedule = _ScheduledSteps(self.optimizer, self.plan)
         fg_batch = self.plan.dice_foreground_batch
         if self.plan.dice_per_crop:
-            self.seg_loss = PerCropNodeDiceCE(batch_share=self.plan.dice_batch_share)
+            self.seg_loss = PerCropNodeDiceCE()
         else:
             self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=not fg_batch, batch=fg_batch)
         pos_weight = positive_weight(self.train_items)
@@ -247,24 +247,17 @@ class PerCropNodeDiceCE(torch.nn.Module):
     """Voxel cross-entropy + the node class's soft Dice loss of each crop holding at least one voxel of node,
     averaged over those crops (plan.dice_per_crop): a crop without node adds its false positives through the CE
     only (its own Dice would be 1 for any false positive voxel), and a small node weighs as much as a large one.
-    With batch_share s > 0 the Dice term is (1 - s) x that + s x the node Dice over the whole batch, whose
-    denominator holds the false positives of every crop, node-free ones too (plan.dice_batch_share).
     logits B2..., target B1... class indices."""
 
-    def __init__(self, batch_share: float = 0.0):
+    def __init__(self):
         super().__init__()
-        self.batch_share = float(batch_share)
         self.dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=False, reduction="none")
-        self.batch_dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long())
         per_crop = self.dice(logits, target).flatten(1).mean(1)
         holds_node = (target[:, 0].flatten(1).sum(1) >= 1.0).float()
-        dice = (per_crop * holds_node).sum() / holds_node.sum().clamp_min(1.0)
-        if self.batch_share > 0:
-            dice = (1 - self.batch_share) * dice + self.batch_share * self.batch_dice(logits, target)
-        return ce + dice
+        return ce + (per_crop * holds_node).sum() / holds_node.sum().clamp_min(1.0)
 
 
 @dataclass

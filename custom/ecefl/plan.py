@@ -54,9 +54,6 @@ class Plan:
     # barely moves the loss, and the validation cases a model missed were small nodes (1-3 ml of label: the node and
     # its 3 mm perinodal rim). Off in the presets: small Dice gains, more nodal volume on real CT (session 33)
     dice_per_crop: bool = False
-    # with dice_per_crop: this share of the Dice term is the whole batch's node Dice instead, so false positives in
-    # crops without node count in a Dice too, not only in the CE
-    dice_batch_share: float = 0.0
     # "intensity": random intensity scale x(1 +- 0.1) and shift +-0.05 of the window (up to +-60 HU at fat);
     # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
@@ -215,8 +212,6 @@ class Plan:
             raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if not 0 <= self.cls_retrain_fraction < 1:
             raise ValueError(f"cls_retrain_fraction must lie in [0, 1), not {self.cls_retrain_fraction}")
-        if not 0 <= self.dice_batch_share <= 1:
-            raise ValueError(f"dice_batch_share must lie in [0, 1], not {self.dice_batch_share}")
         if not 0 <= self.neg_crop_fraction < 1 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("neg_crop_fraction and warmup_fraction must lie in [0, 1)")
         if self.evidence_hu_smoothing < 1 or self.evidence_hu_smoothing % 2 == 0:
