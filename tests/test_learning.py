@@ -330,7 +330,7 @@ def test_per_crop_dice_weighs_a_small_missed_node_like_a_large_found_one_and_ign
 
 
 def test_a_training_step_with_per_crop_dice_learns_from_real_crops(preprocessed):
-    """The engine's fine-tuning step with plan.dice_per_crop on real node crops: finite
+    """The engine's fine-tuning step with plan.dice_per_crop (the presets' setting) on real node crops: finite
     loss and gradients, and a few steps on one batch lower its segmentation loss."""
     from ecefl.engine import FineTuner, PerCropNodeDiceCE
     items, _ = load_datalist(preprocessed["hospital-a"] / "datalist.json")

@@ -417,3 +417,51 @@ def test_hu_gate_keeps_found_nodes_in_soft_tissue_and_changes_nothing_inside_it(
     with pytest.raises(ValueError, match="node_hu_range"):
         get_plan("test-tiny", node_hu_range=(200.0, -150.0))
     assert get_plan("test-tiny", node_hu_range=()).node_hu_range == ()  # [] turns a preset's gate off
+
+
+def test_found_nodes_are_kept_to_the_neck_beside_the_bodys_midline_and_not_the_shoulders(tmp_path):
+    """plan.node_max_lateral_mm: farther to the left or right of the body's midline on its slice (the shoulders) no
+    voxel is node and none carries pooling weight; nearer, the segmentation is the ungated model's. The midline
+    follows a body shifted on the table; a table apart from the body does not move it. The read-out refit's features
+    (ecefl.readout.case_features) see the same gate: the logit `ecefl infer` pools is their linear function."""
+    import nibabel as nib
+    import numpy as np
+    from ecefl import readout as R
+    from ecefl.engine import neck_region, predict_volume
+    plan = get_plan("test-tiny", node_prior=0.9, node_max_lateral_mm=60.0, tta_flip=True)
+    spacing = plan.spacing[0]
+    x_mm = (torch.arange(96) * spacing).view(-1, 1, 1)
+    z = torch.arange(64).view(1, 1, -1)
+    midline = torch.where(z < 32, 110.0, 125.0)  # the body lies 15 mm further left on the upper slices
+    half_width = torch.where(z < 32, 105.0, 45.0)  # shoulders (105 mm each side) below, the neck (45 mm) above
+    body = ((x_mm - midline).abs() <= half_width) & (torch.arange(64).view(1, -1, 1) >= 8)
+    torch.manual_seed(5)
+    image = torch.where(body, 0.4 + 0.1 * torch.rand(96, 64, 64), torch.tensor(0.0))
+    image[:, :3, :] = 0.5  # the table: wide, below the body, not touching it
+    image = image[None, None]
+    lateral = ((x_mm - midline).abs() > 60.0).expand(96, 64, 64)
+    assert torch.equal(neck_region(image, plan)[0, 0], ~lateral)
+    assert neck_region(image, plan.with_overrides(node_max_lateral_mm=0.0)) is None  # 0: off
+    model = DualOutputSwinUNETR(plan).eval()  # node_prior 0.9: untrained, it calls most voxels node
+    ungated = DualOutputSwinUNETR(plan.with_overrides(node_max_lateral_mm=0.0)).eval()
+    ungated.load_state_dict(model.state_dict())
+    out, prob = predict_volume(model, image, plan)
+    ref, _ = predict_volume(ungated, image, plan)
+    nodes, ref_nodes = DualOutputSwinUNETR.node_mask(out)[0], DualOutputSwinUNETR.node_mask(ref)[0]
+    assert ref_nodes[lateral & body].float().mean() > 0.5 and not nodes[lateral].any()
+    # no pooling weight in the shoulders beyond the perinodal shell of the nodes just inside the limit (3D: not
+    # within the shell's reach of the slices where the midline jumps)
+    beyond_shell = (((x_mm - midline).abs() > 60.0 + plan.shell_mm + spacing) & ((z - 31.5).abs() > 4)).expand(96, 64, 64)
+    assert out[0, 2][beyond_shell].abs().max() < 1e-6 < ref[0, 2][beyond_shell & body].abs().max()
+    assert torch.allclose(out[0, :2][:, ~lateral], ref[0, :2][:, ~lateral], atol=1e-5)  # the neck as it was
+    # the read-out refit reads the CT file through the same gate: logit = [z, s, 1] . theta
+    lo, hi = plan.hu_window
+    hu = (image[0, 0] * (hi - lo) + lo).numpy().astype(np.float32)
+    nib.save(nib.Nifti1Image(hu, np.diag([spacing] * 3 + [1.0])), tmp_path / "ct.nii.gz")
+    features = R.case_features(model, [{"image": str(tmp_path / "ct.nii.gz")}], plan)
+    logit = float((R.design(features) @ model.readout_parameters().double().numpy())[0])
+    assert logit == pytest.approx(float(torch.logit(torch.tensor(prob, dtype=torch.float64))), abs=1e-3)
+    ref_features = R.case_features(ungated, [{"image": str(tmp_path / "ct.nii.gz")}], plan)
+    assert np.abs(ref_features - features).max() > 1e-3
+    with pytest.raises(ValueError, match="node_max_lateral_mm"):
+        get_plan("test-tiny", node_max_lateral_mm=-1.0)

@@ -105,13 +105,16 @@ def export_bundle(model_path, out) -> Path:
     gate_text = (f", only at CT values within {list(plan.node_hu_range)} HU: soft tissue" if plan.node_hu_range
                  else "")
     flip_text = " averaged with those of the left-right mirrored CT" if plan.tta_flip else ""
+    neck_text = (f"\n`ecefl infer` also reads only the neck (the CT beyond {plan.node_max_lateral_mm:g} mm of the body's "
+                 "midline blanked: no cervical node lies in the shoulders); this bundle does not, so on a planning CT "
+                 "with the shoulders in view it may mark nodes there." if plan.node_max_lateral_mm else "")
     (out / "docs" / "README.md").write_text(f"""# ECE-FL nodal region segmentation bundle
 
 MONAI SwinUNETR (feature_size {plan.feature_size}, depths {list(plan.depths)}) from an ECE-FL global model.
 Input: CT NIfTI in HU (any orientation/spacing); it is reoriented to RAS, resampled to {list(plan.spacing)} mm,
 windowed {list(plan.hu_window)} HU -> [0, 1], segmented with {list(plan.patch_size)} sliding windows{flip_text} (nodes: node
 probability{gate_text}, resampled linearly back to the input's grid and thresholded there at
-{node_threshold_of(ckpt):g}), and the mask is written as `<name>_nodes.nii.gz`.
+{node_threshold_of(ckpt):g}), and the mask is written as `<name>_nodes.nii.gz`.{neck_text}
 
     python -m monai.bundle run --config_file configs/inference.json --bundle_root . --dataset_dir /path/to/niftis
 

@@ -320,22 +320,32 @@ def predict_volume(model: DualOutputSwinUNETR, image: torch.Tensor, plan: Plan, 
     model.eval().to(dev)  # a model loaded from a checkpoint is on the CPU; no-op when already on the device
     n_channels = model.n_output_channels
 
-    def predictor(x, r=None):
+    def predictor(x, r=None, allowed=None):
         if not skip_air:
-            return model.voxel_outputs(x, r).float()
+            return model.voxel_outputs(x, r, allowed=allowed).float()
         out = torch.zeros((x.shape[0], n_channels, *x.shape[2:]), device=x.device)
         out[:, 0] = AIR_BACKGROUND_LOGIT
         body = x.flatten(1).amax(1) > 0
         if body.any():
-            out[body] = model.voxel_outputs(x[body], None if r is None else r[body]).float()
+            out[body] = model.voxel_outputs(x[body], None if r is None else r[body],
+                                            allowed=None if allowed is None else allowed[body]).float()
         return out
 
-    inputs = image if region is None else torch.cat([image, region.float()], dim=1)
+    # extra input channels (mirrored and cut into windows with the CT): the teacher-forced region, the neck
+    within = neck_region(image, model.plan)
+    extra = [m.float() for m in (region, within) if m is not None]
+    inputs = torch.cat([image, *extra], dim=1) if extra else image
+
+    def split(x):
+        masks = iter(x[:, 1:].unbind(1))
+        r = next(masks).unsqueeze(1) > 0.5 if region is not None else None
+        allowed = next(masks).unsqueeze(1) > 0.5 if within is not None else None
+        return predictor(x[:, :1], r, allowed)
+
     # the model's own precision, layout and mirroring (its plan: what the read-out refit ran in); `plan` sets the
     # sliding window
     with model_precision(model.plan, dev), compute_layout(model, model.plan):
-        out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window(
-            plan, v, predictor if region is None else (lambda x: predictor(x[:, :1], x[:, 1:2] > 0.5)), progress))
+        out = flip_averaged(model.plan, inputs.to(dev), lambda v: sliding_window(plan, v, split, progress))
     prob = torch.sigmoid(model.pool(out)).item()
     return out.cpu(), float(prob)
 
@@ -349,6 +359,27 @@ def sliding_window(plan: Plan, volume: torch.Tensor, predictor, progress: bool =
 
 
 LEFT_RIGHT = 2  # the first spatial axis of (B, C, x, y, z) on the plan's RAS grid
+
+
+def neck_region(image: torch.Tensor, plan: Plan) -> torch.Tensor | None:
+    """(1, 1, x, y, z) bool: the voxels within plan.node_max_lateral_mm to the left or right of the body's midline
+    on their axial slice (image: the plan's RAS grid in window units); the model's node gate closes beyond them
+    (DualOutputSwinUNETR.voxel_outputs). The body is the largest connected region above the window floor (a table
+    apart from it does not count); its midline on a slice is the centre of its left-right extent there. None when
+    the plan's limit is 0 (off)."""
+    limit = float(plan.node_max_lateral_mm or 0.0)
+    if limit <= 0:
+        return None
+    from scipy import ndimage
+    body, n = ndimage.label(image[0, 0].cpu().numpy() > 0)
+    within = np.ones(body.shape, dtype=bool)
+    if n:
+        body = body == (np.argmax(np.bincount(body.ravel())[1:]) + 1)
+        x_mm = np.arange(body.shape[0]) * float(plan.spacing[0])
+        for k in np.nonzero(body.any((0, 1)))[0]:
+            occupied = np.nonzero(body[:, :, k].any(1))[0]
+            within[:, :, k] = (np.abs(x_mm - (x_mm[occupied[0]] + x_mm[occupied[-1]]) / 2) <= limit)[:, None]
+    return torch.from_numpy(within)[None, None]
 
 
 def flip_averaged(plan: Plan, volume: torch.Tensor, outputs) -> torch.Tensor:

@@ -166,16 +166,20 @@ class DualOutputSwinUNETR(nn.Module):
         return node * ((hu >= low) & (hu <= high)).to(node.dtype)
 
     def voxel_outputs(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
-                      body_grad: bool = True) -> torch.Tensor:
+                      body_grad: bool = True, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Channels (all but the first two additive over windows): 2 segmentation logits, pooling weight a,
         weighted evidence a*e, and the same two over the ungated soft region (used when no voxel is a node);
         with evidence_reference also the reference tissue r and r*e; with readout_fat_hu, last, the perinodal fat
         f (fat voxels of the confident nodes, no shell) and f*d, d the CT inputs' term (then not part of e).
-        body_grad False: the SwinUNETR runs without autograd (classifier re-training: only the head learns)."""
+        body_grad False: the SwinUNETR runs without autograd (classifier re-training: only the head learns).
+        allowed (B1..., bool; engine.neck_region): where a node may lie; elsewhere the node gate closes as the HU
+        gate's does (the neck beside the body's midline, plan.node_max_lateral_mm)."""
         with contextlib.nullcontext() if body_grad else torch.no_grad():
             seg = self.net(x)
             if self.plan.node_hu_range and not self.training:
                 seg = self.gate_nodes_by_hu(seg, x)
+            if allowed is not None:
+                seg = torch.cat([seg[:, :1], torch.where(allowed, seg[:, 1:2], seg[:, :1] - NODE_GATE_MARGIN)], 1)
         features = _scale_grad(self._decoder_features, self.plan.cls_feature_grad)
         hu, hu_inputs = self._hu_inputs(x)
         hidden = self.evidence_head[1](self.evidence_head[0](torch.cat([features, hu_inputs.to(features.dtype)], 1)))
@@ -247,13 +251,13 @@ class DualOutputSwinUNETR(nn.Module):
     # (ecefl.readout: a federated Newton refit from the sites' summed gradients and Hessians). With
     # readout_hu_features, h(v) also holds the voxel's CT inputs c(v) and w their weights u (e = w.h + u.c + b0).
     @torch.no_grad()
-    def readout_channels(self, x: torch.Tensor) -> torch.Tensor:
+    def readout_channels(self, x: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Channels additive over windows: gated weight a, a*h, soft weight, soft*h; with evidence_reference also
         the reference tissue r, r*h (h: the head's fs hidden features, + the 7 CT inputs with readout_hu_features)."""
         hidden = {}
         handle = self.evidence_head[1].register_forward_hook(lambda m, i, o: hidden.__setitem__("h", o))
         try:
-            out = self.voxel_outputs(x, None, body_grad=False)
+            out = self.voxel_outputs(x, None, body_grad=False, allowed=allowed)
         finally:
             handle.remove()
         h = hidden["h"].float()

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .data import plain_dataset, eval_transforms
-from .engine import device, flip_averaged, model_precision, positive_weight, sliding_window
+from .engine import device, flip_averaged, model_precision, neck_region, positive_weight, sliding_window
 from .model import DualOutputSwinUNETR, compute_layout
 from .plan import Plan
 
@@ -79,9 +79,12 @@ def case_features(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
     # for the outputs it is applied to
     with model_precision(model.plan, dev), compute_layout(model, model.plan):
         for i in tqdm(range(len(ds)), desc="read-out features", unit="case", leave=False, disable=not progress):
-            image = ds[i]["image"].unsqueeze(0).to(dev)
-            channels = flip_averaged(flip, image, lambda v: sliding_window(
-                plan, v, lambda x: model.readout_channels(x).float()))
+            image = ds[i]["image"].unsqueeze(0)
+            within = neck_region(image, model.plan)  # the neck gate's mask as a second channel (engine)
+            inputs = image if within is None else torch.cat([image, within.float()], dim=1)
+            channels = flip_averaged(flip, inputs.to(dev), lambda v: sliding_window(
+                plan, v, lambda x: model.readout_channels(
+                    x[:, :1], allowed=x[:, 1:2] > 0.5 if within is not None else None).float()))
             rows.append(model.readout_features(channels)[0]
                         .double().cpu().numpy())
     return np.stack(rows) if rows else np.zeros((0, len(model.readout_parameters()) - 1))
