@@ -105,9 +105,9 @@ def export_bundle(model_path, out) -> Path:
     gate_text = (f", only at CT values within {list(plan.node_hu_range)} HU: soft tissue" if plan.node_hu_range
                  else "")
     flip_text = " averaged with those of the left-right mirrored CT" if plan.tta_flip else ""
-    neck_text = (f"\n`ecefl infer` also reads only the neck (the CT beyond {plan.node_max_lateral_mm:g} mm of the body's "
-                 "midline blanked: no cervical node lies in the shoulders); this bundle does not, so on a planning CT "
-                 "with the shoulders in view it may mark nodes there." if plan.node_max_lateral_mm else "")
+    neck_text = (f"\n`ecefl infer` also keeps found nodes within {plan.node_max_lateral_mm:g} mm of the body's midline "
+                 "(no cervical node lies in the shoulders); this bundle does not, so on a planning CT with the "
+                 "shoulders in view it may mark nodes there." if plan.node_max_lateral_mm else "")
     (out / "docs" / "README.md").write_text(f"""# ECE-FL nodal region segmentation bundle
 
 MONAI SwinUNETR (feature_size {plan.feature_size}, depths {list(plan.depths)}) from an ECE-FL global model.

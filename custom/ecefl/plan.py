@@ -274,8 +274,8 @@ _LEARNING = dict(neg_crop_fraction=0.33, dice_foreground_batch=True, lr_schedule
                  # nodal volume over three seeds (docs/BENCHMARKS.md, sessions 33, 34)
                  dice_per_crop=True,
                  # found nodes kept within 10 cm of the body's midline: on the two real CTs half of the marked volume
-                 # lay in the shoulders (64 -> 32 and 123 -> 64 ml on the seed-1 model); nothing changes on synthetic
-                 # necks (docs/BENCHMARKS.md, session 34)
+                 # lay in the shoulders (64 -> 32 and 123 -> 64 ml on the seed-1 model); at the unseen hospital no
+                 # voxel of soft tissue lies beyond it, so nothing changes there (docs/BENCHMARKS.md, session 34)
                  node_max_lateral_mm=100.0,
                  # what differs between scanners (noise, blur, thicker slices, +-10 HU): with the read-out refit and
                  # the HU gate, unseen-hospital Dice +0.022 [+0.012, +0.032] and +0.013 [+0.003, +0.024] in two
