@@ -10,9 +10,9 @@ largest connected component, holes filled), the number of connected components, 
 (`where_nodes`): more than 10 cm to either side of the body's midline on its slice (the shoulders and arms: no
 cervical node lies there), inside the organs the CT's own RTSTRUCT contours (cord, brainstem, parotids), and inside
 bone rings (skull, spinal canal). A neck holds at most tens of ml of nodes, all inside the body. A coronal and a
-sagittal projection of the nodes over the CT go to OUT/<patient>_nodes.png. These CTs are downsampled to 7.5-7.8 mm pixels, coarser than any model here calls
-ECE on (`ecefl infer` flags them: ece_assessable false); their ECE probability is recorded, not judged. Prints and
-writes realct.json.
+sagittal projection of the nodes over the CT go to OUT/<patient>_nodes.png. These CTs are downsampled to 7.5-7.8 mm
+pixels, coarser than any model here calls ECE on (`ecefl infer` flags them: ece_assessable false); their ECE
+probability is recorded, not judged. Prints and writes realct.json.
 """
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def measure(model: str, out: Path) -> dict:
 
 def where_nodes(patient: Path, ct, pred, body) -> dict:
     """Predicted nodal volume (ml) by place: beyond 10 cm of the body's midline on each slice (patient left-right:
-    the centre of the body's extent along the CT columns), inside each organ the CT's RTSTRUCT contours (rasterised
+    the mean position of the CT columns the body occupies there; measured independently of the model's own neck gate,
+    engine.neck_region, which takes the centre of the body's extent on the plan grid), inside each organ the CT's RTSTRUCT contours (rasterised
     like the nodal ROIs at site preprocessing), inside bone rings (per slice, what bone above 300 HU encloses)."""
     import numpy as np
     from scipy import ndimage
