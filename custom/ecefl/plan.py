@@ -269,9 +269,9 @@ class Plan:
 _LEARNING = dict(neg_crop_fraction=0.33, dice_foreground_batch=True, lr_schedule="cosine", warmup_fraction=0.1,
                  cls_in_view_only=True,
                  # the node Dice per crop (finds the small nodes batch Dice missed): over three paired demos' 90
-                 # validation cases Dice +0.008 [-0.006, +0.023], at the unseen hospital +0.023 [+0.012, +0.035] over
-                 # seeds 0 and 1 (240 paired patients), AUC within noise; on the real CTs no systematic change in
-                 # nodal volume over three seeds (docs/BENCHMARKS.md, sessions 33, 34)
+                 # validation cases Dice +0.008 [-0.006, +0.023], at the unseen hospital +0.028 [+0.019, +0.039] over
+                 # three seeds (360 paired patients), AUC -0.012 [-0.039, +0.013]; on the real CTs no systematic
+                 # change in nodal volume over three seeds (docs/BENCHMARKS.md, sessions 33, 34)
                  dice_per_crop=True,
                  # found nodes kept within 10 cm of the body's midline: on the two real CTs half of the marked volume
                  # lay in the shoulders (64 -> 32 and 123 -> 64 ml on the seed-1 model); at the unseen hospital no
