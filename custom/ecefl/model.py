@@ -141,8 +141,13 @@ class DualOutputSwinUNETR(nn.Module):
         and the flip's averages keep the gate."""
         hu = self._window_to_hu(x)
         low, high = self.plan.node_hu_range
-        outside = (hu < low) | (hu > high)
-        node = torch.where(outside, seg[:, :1] - NODE_GATE_MARGIN, seg[:, 1:2])
+        return self.close_node_gate(seg, (hu < low) | (hu > high))
+
+    @staticmethod
+    def close_node_gate(seg: torch.Tensor, closed: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits with every voxel where `closed` holds read as certain background: its node logit
+        NODE_GATE_MARGIN below the background logit (the HU gate, the neck gate)."""
+        node = torch.where(closed, seg[:, :1] - NODE_GATE_MARGIN, seg[:, 1:2])
         return torch.cat([seg[:, :1], node], dim=1)
 
     def _hu_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +184,7 @@ class DualOutputSwinUNETR(nn.Module):
             if self.plan.node_hu_range and not self.training:
                 seg = self.gate_nodes_by_hu(seg, x)
             if allowed is not None:
-                seg = torch.cat([seg[:, :1], torch.where(allowed, seg[:, 1:2], seg[:, :1] - NODE_GATE_MARGIN)], 1)
+                seg = self.close_node_gate(seg, ~allowed)
         features = _scale_grad(self._decoder_features, self.plan.cls_feature_grad)
         hu, hu_inputs = self._hu_inputs(x)
         hidden = self.evidence_head[1](self.evidence_head[0](torch.cat([features, hu_inputs.to(features.dtype)], 1)))

@@ -264,8 +264,8 @@ class Plan:
 
 # What every preset takes from the learning A/B runs (docs/BENCHMARKS.md, "The model learns"): nodes anywhere in
 # the crop (crop_jitter = a quarter patch; without it whole-volume Dice was 0.00 at crop Dice 0.2), a third of the
-# crops anywhere in the neck, foreground batch Dice, warm-up then cosine decay over the global steps, and the
-# read-out refit after training.
+# crops anywhere in the neck, the node Dice per crop, warm-up then cosine decay over the global steps, found nodes
+# kept to the neck, and the read-out refit after training.
 _LEARNING = dict(neg_crop_fraction=0.33, dice_foreground_batch=True, lr_schedule="cosine", warmup_fraction=0.1,
                  cls_in_view_only=True,
                  # the node Dice per crop (finds the small nodes batch Dice missed): over three paired demos' 90
