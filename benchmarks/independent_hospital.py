@@ -420,7 +420,7 @@ def make_nodes(rng, nk, ece, subtle, z_lo, z_hi):
                    np.array([np.cos(toward), np.sin(toward), 0]) + 0.6 * rand_dir())
         ece_dir = ece_dir / np.linalg.norm(ece_dir) + [0, 0, rng.uniform(-0.3, 0.3)]
         ece_dir /= np.linalg.norm(ece_dir)
-        half_angle = np.radians(rng.uniform(80, 140) if grade == "overt" else rng.uniform(30, 60))
+        half_angle = np.radians(rng.uniform(80, 140) if grade == "overt" else rng.uniform(45, 75))
         n = NS(lobes=lobes, level=lv, infiltrates=infiltrates, side=int(s), short_mm=float(short), matted=matted,
                grade=grade, ece_dir=ece_dir, kappa=np.log(2) / (1 - np.cos(half_angle)),
                hu=rng.uniform(25, 50) + 5 * (nk.phase != "none"), halo_mm=rng.uniform(1.0, 2.5), necrosis_mm=0.0,
@@ -439,11 +439,11 @@ def make_nodes(rng, nk, ece, subtle, z_lo, z_hi):
         elif grade == "subtle":  # occult-looking: minimal irregularity, faint stranding
             waves = [(rand_dir(), rng.uniform(6, 12), rng.uniform(0.015, 0.03), rng.uniform(0, 6.3)) for _ in range(4)]
             tongues = [(ece_dir, rng.uniform(0.06, 0.12), rng.uniform(30, 60))] if rng.random() < 0.6 else []
-            n.strand_mm, n.strand_hu, n.haze = rng.uniform(2, 5), rng.uniform(-75, -45), rng.uniform(5, 12)
-            n.blur_mm, n.strand_width = rng.uniform(0.7, 1.2), 0.3
+            n.strand_mm, n.strand_hu, n.haze = rng.uniform(3, 7), rng.uniform(-60, -30), rng.uniform(12, 25)
+            n.blur_mm, n.strand_width = rng.uniform(0.8, 1.5), 0.3
         n.waves = waves
         lobes[0][3].extend([(d / np.linalg.norm(d), a, k) for d, a, k in tongues])
-        n.reach = node_reach(n, rng)
+        shape_bounds(n, rng)
         nodes.append(n)
         outer = centre[:2] + r_dir * np.array([np.cos(toward), np.sin(toward)])  # keep the node under the fat
         alpha = np.arctan2(outer[1], outer[0])
@@ -467,22 +467,44 @@ def surface(node, bumps, n):
 
 
 def node_field(node, pts):
-    """< 0 inside (normalised radius minus surface): the union of the node's lobes (two for a matted node)."""
+    """< 0 inside (normalised radius minus surface): the union of the node's lobes (two for a matted node). The
+    surface is evaluated only in the shell where it can lie; elsewhere the sign is already known."""
     f = np.full(len(pts), np.inf, np.float32)
-    for centre, axes, radii, bumps in node.lobes:
+    for (centre, axes, radii, bumps), (lo, hi) in zip(node.lobes, node.shell):
         rel = (pts - centre).astype(np.float32)
-        n = rel / (np.linalg.norm(rel, axis=1, keepdims=True) + 1e-6)
-        f = np.minimum(f, np.linalg.norm((rel @ axes) / radii, axis=1) - surface(node, bumps, n))
+        r = np.linalg.norm((rel @ axes) / radii, axis=1)
+        lobe_f = np.where(r < lo, r - lo, r - hi)
+        near = np.flatnonzero((r >= lo) & (r <= hi))
+        n = rel[near] / (np.linalg.norm(rel[near], axis=1, keepdims=True) + 1e-6)
+        lobe_f[near] = r[near] - surface(node, bumps, n)
+        f = np.minimum(f, lobe_f)
     return f
 
 
-def node_reach(node, rng):
-    """Largest distance of the node's surface from its first centre (sampled directions, + 5 %)."""
+def shape_bounds(node, rng):
+    """Per lobe, the range of its surface scale over sampled directions (with a margin), and the node's reach:
+    the largest distance of its surface from the first centre."""
     n = rng.normal(size=(4000, 3))
-    n = np.vstack([n / np.linalg.norm(n, axis=1, keepdims=True)] + [np.array([b[0] for b in lb[3]]).reshape(-1, 3)
-                                                                     for lb in node.lobes])
-    return max(np.linalg.norm(c - node.lobes[0][0]) + r.max() * surface(node, bm, n).max() * 1.05
-               for c, _, r, bm in node.lobes)
+    n = n / np.linalg.norm(n, axis=1, keepdims=True)
+    node.shell, reach = [], 0.0
+    for c, _, r, bumps in node.lobes:
+        surf = surface(node, bumps, np.vstack([n] + [b[0][None] for b in bumps]))
+        node.shell.append((0.95 * float(surf.min()) - 0.05, 1.05 * float(surf.max()) + 0.05))
+        reach = max(reach, np.linalg.norm(c - node.lobes[0][0]) + r.max() * node.shell[-1][1])
+    node.reach = reach
+
+
+def face_the_fat(node, rel, d_out, fatty):
+    """Rotate the ECE pattern (breach direction, rough margin, tongues) about z towards the fattiest sector."""
+    dirs = rel / (np.linalg.norm(rel, axis=1, keepdims=True) + 1e-6)
+    near = (d_out > 1) & (d_out < 8)
+    turns = [np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+             for a in np.radians(np.arange(0, 360, 30))]
+    weights = [np.exp(node.kappa * (dirs[near] @ (t @ node.ece_dir) - 1)) for t in turns]
+    turn = turns[int(np.argmax([(w * fatty[near]).sum() / (w.sum() + 1e-6) for w in weights]))]
+    node.ece_dir = turn @ node.ece_dir
+    node.waves = [(turn @ w, freq, amp, phase) for w, freq, amp, phase in node.waves]
+    node.lobes[0][3][:] = [(turn @ d, amp, kappa) for d, amp, kappa in node.lobes[0][3]]
 
 
 def render_node(cv, node, nk, rng):
@@ -498,8 +520,12 @@ def render_node(cv, node, nk, rng):
     inside = (node_field(node, pts) < 0).reshape(shape)
     sampling = (float(abs(cv.z[1] - cv.z[0])), float(cv.y[1] - cv.y[0]), float(cv.x[1] - cv.x[0]))
     d_out = ndimage.distance_transform_edt(~inside, sampling=sampling)
-    d_in = ndimage.distance_transform_edt(inside, sampling=sampling)
     rel = pts - c
+    if node.grade and not node.infiltrates:  # turn the breach to face perinodal fat, where stranding shows
+        face_the_fat(node, rel, d_out.ravel(), np.isin(cv.tissue[box], (FAT, SUBQ)).ravel())
+        inside = (node_field(node, pts) < 0).reshape(shape)
+        d_out = ndimage.distance_transform_edt(~inside, sampling=sampling)
+    d_in = ndimage.distance_transform_edt(inside, sampling=sampling)
     sector = (np.exp(node.kappa * (rel @ node.ece_dir / (np.linalg.norm(rel, axis=1) + 1e-6) - 1)).reshape(shape)
               if node.grade else np.zeros(shape))
     field = ndimage.gaussian_filter(rng.standard_normal(shape), [w / s for w, s in zip((2.0, 1.5, 1.5), sampling)])
@@ -562,7 +588,7 @@ def draw_scanner(rng):
               boost=[0.0, 0.2, rng.uniform(0.5, 1.0)][kind], iterative=rng.random() < 0.4,
               sigma=[rng.uniform(8, 16), rng.uniform(10, 20), rng.uniform(16, 30)][kind],
               hu_offset=rng.uniform(-10, 10),
-              matrix=matrix, pixel=round(rng.uniform(0.8, 1.4), 4), thickness=thickness, spacing=spacing, n=n,
+              matrix=matrix, pixel=round(rng.uniform(0.8, 1.4), 3), thickness=thickness, spacing=spacing, n=n,
               z_top=z_top, intercept=-1000 if rng.random() < 0.08 else -1024, descending=rng.random() < 0.5,
               offset=np.round([rng.uniform(-15, 15), rng.uniform(-210, -120), rng.uniform(-700, 200)], 2),
               fov_centre=(rng.uniform(-8, 8), rng.uniform(0, 15)), kvp=float(rng.choice([100, 120, 120, 140])))
@@ -615,9 +641,9 @@ def make_patient(seed, index, ece, subtle):
     rng = np.random.default_rng([seed, index])
     scan, nk = draw_scanner(rng), Neck(rng)
     z = np.round(scan.z_top - scan.spacing * np.arange(scan.n)[::-1], 2).astype(np.float32)  # ascending
-    half = (scan.matrix - 1) / 2 * scan.pixel
-    x = (np.float32(scan.fov_centre[0] - half) + np.arange(scan.matrix, dtype=np.float32) * np.float32(scan.pixel))
-    y = (np.float32(scan.fov_centre[1] - half) + np.arange(scan.matrix, dtype=np.float32) * np.float32(scan.pixel))
+    # pixel centres exactly as written (3 decimals) so that contours and pixels agree to float precision
+    x, y = ((round(c - (scan.matrix - 1) / 2 * scan.pixel, 3) + np.arange(scan.matrix) * scan.pixel).astype(np.float32)
+            for c in scan.fov_centre)
     nodes = make_nodes(rng, nk, ece, subtle, float(z[0]), float(z[-1]))
     while not nodes:
         nodes = make_nodes(rng, nk, ece, subtle, float(z[0]), float(z[-1]))
@@ -793,12 +819,13 @@ def _write_one(job):
 
 
 def generate(out, patients, seed, workers=1):
-    """Write the hospital; ECE labels balanced (a random half), ~28 % of positives subtle."""
+    """Write the hospital; ECE labels balanced (a random half), 28 % of the positives subtle."""
     out = Path(out)
     (out / "dicom").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 10 ** 6])
     ece = rng.permutation(np.arange(patients) % 2 == 1)
-    subtle = rng.random(patients) < 0.28
+    positives = np.flatnonzero(ece)
+    subtle = np.isin(np.arange(patients), rng.choice(positives, int(0.28 * len(positives) + 0.5), replace=False))
     jobs = [(out, seed, i, bool(ece[i]), bool(ece[i] and subtle[i])) for i in range(patients)]
     if workers > 1:
         with Pool(workers) as pool:

@@ -69,12 +69,14 @@ def perinodal_fat_hu(image, nodes) -> float:
 
 def test_ece_positive_nodes_have_denser_perinodal_fat(hospital):
     src, out, code, truth, ids = hospital
-    shell = {0: [], 1: []}
+    shell = {None: [], "subtle": [], "overt": []}
     for item in json.loads((out / "datalist.json").read_text())["training"]:
-        shell[item["ece"]].append(perinodal_fat_hu(nib.load(out / item["image"]), nib.load(out / item["nodes"])))
+        grade = truth[ids[item["case_id"]]["patient_id"]]["grade"]
+        shell[grade].append(perinodal_fat_hu(nib.load(out / item["image"]), nib.load(out / item["nodes"])))
     print("perinodal fat HU", shell)
-    assert max(shell[0]) < -70  # intact fat planes
-    assert np.mean(shell[1]) > np.mean(shell[0]) + 10
+    assert max(shell[None]) < -70  # intact fat planes around ECE- nodes
+    assert min(shell["overt"]) > max(shell[None]) + 15  # stranding, haze, ill-defined margin
+    assert np.mean(shell["overt"] + shell["subtle"]) > np.mean(shell[None]) + 10
 
 
 def test_slices_are_stacked_by_position_whatever_the_file_order(hospital):
