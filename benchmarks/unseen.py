@@ -15,6 +15,10 @@ into a calibration set (the site's own labelled cases) and a test set (default 4
    generator's truth (its synth_manifest.json) joined to the site's pseudonyms through the site's key, which this
    benchmark holds as the hospital it made. A model that reads only gross extension scores the subtle ones near 0.5.
 Prints and writes unseen_<model>.json.
+
+--hospital DIR scores a hospital someone else made instead: DIR/dicom (one folder of CT + RTSTRUCT per patient) and
+DIR/labels.csv (patient_id,ece), e.g. from benchmarks/independent_hospital.py, a generator written apart from
+`ecefl synth`, or a hospital's own labelled export. Step 3 then reads DIR/truth.json where it exists.
 """
 from __future__ import annotations
 
@@ -30,16 +34,21 @@ sys.path.insert(0, str(REPO / "custom"))
 sys.path.insert(0, str(REPO))
 
 
-def prepare_site(out: Path, patients: int, seed: int, profile_index: int) -> Path:
+def prepare_site(out: Path, patients: int, seed: int, profile_index: int, hospital: Path | None = None) -> Path:
     from site_preprocess.config import SiteConfig
     from site_preprocess.pipeline import run_preprocess
     from site_preprocess.synth import synthesize
     datalist = out / "site" / "datalist.json"
     if datalist.is_file():
         return datalist
-    site_dir = synthesize(out / "dicom", sites=profile_index + 1, cases_per_site=patients, unlabeled_per_site=0,
-                          seed=seed, progress=False, only=[profile_index],
-                          workers=os.cpu_count() or 2)[0]
+    if hospital is not None:
+        site_dir = hospital
+        if not (hospital / "dicom").is_dir() or not (hospital / "labels.csv").is_file():
+            raise SystemExit(f"--hospital {hospital} must hold dicom/ (a folder per patient) and labels.csv")
+    else:
+        site_dir = synthesize(out / "dicom", sites=profile_index + 1, cases_per_site=patients, unlabeled_per_site=0,
+                              seed=seed, progress=False, only=[profile_index],
+                              workers=os.cpu_count() or 2)[0]
     cfg = SiteConfig(secret_file=str(out / "site.key"))
     code = run_preprocess(site_dir / "dicom", site_dir / "labels.csv", out / "site", cfg, progress=False)
     if code not in (0, 3):
@@ -80,7 +89,8 @@ def auc_by_rendering(key_file: Path, manifest: Path, predictions: Path) -> dict:
     from sklearn.metrics import roc_auc_score
     from site_preprocess.pseudonym import case_id
     key = Path(key_file).read_bytes().strip()
-    subtle = {case_id(key, p["patient_id"]): bool(p.get("subtle"))
+    # ecefl synth writes "subtle": true/false; benchmarks/independent_hospital.py "grade": "subtle"/"overt"
+    subtle = {case_id(key, p["patient_id"]): bool(p.get("subtle") or p.get("grade") == "subtle")
               for p in json.loads(Path(manifest).read_text())["patients"]}
     rows = [r for r in csv.DictReader(open(predictions)) if r["case_id"] in subtle]
     result = {}
@@ -94,7 +104,9 @@ def auc_by_rendering(key_file: Path, manifest: Path, predictions: Path) -> dict:
     return result
 
 
-def generator_manifest(out: Path) -> Path:
+def generator_manifest(out: Path, hospital: Path | None) -> Path | None:
+    if hospital is not None:
+        return hospital / "truth.json" if (hospital / "truth.json").is_file() else None
     return next((out / "dicom").glob("*/synth_manifest.json"))
 
 
@@ -106,11 +118,15 @@ def main(argv=None) -> int:
     p.add_argument("--calibration-patients", type=int, default=40)
     p.add_argument("--seed", type=int, default=101, help="generator seed of the unseen hospital (not a training one)")
     p.add_argument("--profile", type=int, default=3, help="site profile index (3 = hospital-d, in no training run)")
+    p.add_argument("--hospital", help="score this hospital instead of writing one: a folder with dicom/ and labels.csv "
+                   "(all its labelled patients but the calibration ones are tested; --seed, --profile and "
+                   "--test-patients do not apply)")
     args = p.parse_args(argv)
+    hospital = Path(args.hospital).resolve() if args.hospital else None
     from ecefl.checkpoint import load_checkpoint
     from ecefl.stages import calibrate, evaluate
     out = Path(args.out).resolve()
-    datalist = prepare_site(out, args.test_patients + args.calibration_patients, args.seed, args.profile)
+    datalist = prepare_site(out, args.test_patients + args.calibration_patients, args.seed, args.profile, hospital)
     calib, test = split_datalist(datalist, args.calibration_patients)
     model_name = Path(args.model).stem
     held = evaluate(args.model, [test], out / f"eval_{model_name}", progress=False)
@@ -121,11 +137,13 @@ def main(argv=None) -> int:
     # the test cases' mean Dice at the node threshold the site chose on its calibration cases
     before["dice"] = held["dice"]
     after["dice"] = held["dice_at_node_threshold"][f"{record['node_threshold']:g}"]
-    result = {"model": str(args.model), "seed": args.seed, "profile": args.profile,
+    manifest = generator_manifest(out, hospital)
+    origin = {"hospital": str(hospital)} if hospital else {"seed": args.seed, "profile": args.profile}
+    result = {"model": str(args.model), **origin,
               "test": {k: held.get(k) for k in ("auc", "dice", "dice_at_node_threshold", "n_cases", "n_pos", "n_neg",
                                                 "ci")},
-              "auc_by_rendering": auc_by_rendering(out / "site.key", generator_manifest(out),
-                                                   out / f"eval_{model_name}" / "predictions.csv"),
+              "auc_by_rendering": auc_by_rendering(out / "site.key", manifest,
+                                                   out / f"eval_{model_name}" / "predictions.csv") if manifest else None,
               "before_calibration": before, "after_calibration": after,
               "calibration": {k: record[k] for k in ("method", "n_pos", "n_neg", "threshold_before", "threshold",
                                                      "node_threshold_before", "node_threshold", "dice_before",
