@@ -128,10 +128,6 @@ def write_patient(root, seed, index, ece, subtle):
     return dict(patient_id=patient_id, folder=folder.name, **truth, seconds=round(time.perf_counter() - t0, 2))
 
 
-def _write_one(job):
-    return write_patient(*job)
-
-
 def generate(out, patients, seed, workers=1):
     """Write the hospital; ECE labels balanced (a random half), 28 % of the positives subtle."""
     out = Path(out)
@@ -143,9 +139,9 @@ def generate(out, patients, seed, workers=1):
     jobs = [(out, seed, i, bool(ece[i]), bool(ece[i] and subtle[i])) for i in range(patients)]
     if workers > 1:
         with Pool(workers) as pool:
-            records = list(pool.imap(_write_one, jobs))
+            records = pool.starmap(write_patient, jobs)
     else:
-        records = [_write_one(j) for j in jobs]
+        records = [write_patient(*j) for j in jobs]
     with open(out / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["patient_id", "ece"])

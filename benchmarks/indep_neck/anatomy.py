@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from .canvas import AIR, BONE, DEVICE, FAT, GLAND, LUNG, MUSCLE, OTHER, SKIN, SUBQ, VESSEL, interp, superellipse_depth
 
+
 def paint_anatomy(cv, nk, rng):
     """Air, body, fat, muscles, bones, glands, airway and vessels, back to front (later layers win)."""
     K = len(cv.z)

@@ -10,7 +10,8 @@ from contourpy import contour_generator
 from scipy import ndimage
 
 from .canvas import AIR, DEVICE, scalars
-from .nodes import node_field
+from .nodes import node_slices
+
 
 def polygons(field_2d, gx, gy):
     """Closed polygons of field < 0 on a grid (contourpy), as (M, 2) arrays without the repeated last point."""
@@ -23,11 +24,7 @@ def node_contours(nodes, z_slices, step=0.4):
     linear interpolation places each vertex well inside a CT pixel."""
     out = []
     for node in nodes:
-        lo, hi = node.lobes[0][0] - node.reach - 1, node.lobes[0][0] + node.reach + 1
-        gx, gy = np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step)
-        for z in z_slices[(z_slices > lo[2]) & (z_slices < hi[2])]:
-            pts = np.stack(np.broadcast_arrays(gx[None, :], gy[:, None], z), -1).reshape(-1, 3)
-            f = node_field(node, pts).reshape(len(gy), len(gx))
+        for z, gx, gy, f in node_slices(node, z_slices, step):
             out += [np.column_stack([p, np.full(len(p), z)]) for p in polygons(f, gx, gy)] if (f < 0).any() else []
     return out
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from .canvas import interp
 
+
 class Neck:
     """One patient's anatomy as smooth functions of height z (mm above the sternal notch)."""
     KNOTS = [-60, -10, 20, 60, 95, 110, 130, 175]

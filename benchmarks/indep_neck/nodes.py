@@ -198,11 +198,17 @@ def render_node(cv, node, nk, rng):
         hu[bridge], tissue[bridge] = nk.muscle_hu - 5 + 3 * field[bridge], MUSCLE
 
 
-def node_volume_ml(node, step=0.5):
+def node_slices(node, z_values, step):
+    """(z, gx, gy, field) on a local axial grid of `step` mm around the node, for each z of z_values that the
+    node can reach (None: every `step` mm): the sub-voxel contours and the true volume both read it."""
     lo, hi = node.lobes[0][0] - node.reach - 1, node.lobes[0][0] + node.reach + 1
     gx, gy = np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step)
-    count = 0
-    for z in np.arange(lo[2], hi[2], step):
+    zs = np.arange(lo[2], hi[2], step) if z_values is None else z_values[(z_values > lo[2]) & (z_values < hi[2])]
+    for z in zs:
         pts = np.stack(np.broadcast_arrays(gx[None, :], gy[:, None], z), -1).reshape(-1, 3)
-        count += int((node_field(node, pts) < 0).sum())
+        yield z, gx, gy, node_field(node, pts).reshape(len(gy), len(gx))
+
+
+def node_volume_ml(node, step=0.5):
+    count = sum(int((f < 0).sum()) for _, _, _, f in node_slices(node, None, step))
     return count * step ** 3 / 1000.0
