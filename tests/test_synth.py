@@ -95,34 +95,92 @@ def test_the_neck_holds_node_mimics_that_leave_the_nodes_and_their_fat_plane_alo
     assert planes and np.median(planes) < -20  # the clean fat rim of an ECE- node is kept
 
 
-def test_the_scan_reaches_into_the_thoracic_inlet_with_lung_apices_below_every_node():
-    """Planning CTs reach below the neck: some scans are placed lower (every node still 5 mm inside), and below
-    the shoulders the lung apices appear, as air inside the body beside the spine, never at a node's height."""
+def test_scans_reach_up_into_the_mouth_or_down_into_the_thoracic_inlet_with_every_node_inside():
+    """Planning CTs are placed and sized differently: some reach up into the oral cavity (tongue in view), others
+    down below the shoulders, where the lung apices appear as air inside the body beside the spine, never at a
+    node's height; every node stays 5 mm inside the scan."""
     from site_preprocess.synth.generate import scan_start
     from site_preprocess.synth.phantom import make_patient, render_hu
-    extent, dz, lowered, lung_slices = 110.0, 2.0, [], 0
+    from site_preprocess.synth.scanner import draw_scan
+    dz, lung_slices, mouths, chests = 2.0, 0, 0, 0
     for n in range(24):
         rng = np.random.default_rng([9, 1, n])
         patient = make_patient(rng, ece=bool(n % 2))
-        n_slices = int(extent / dz) + 1
+        n_slices = int(110.0 * draw_scan(patient.texture_seed).length_scale / dz) + 1
+        extent = (n_slices - 1) * dz
         z0 = scan_start(patient, n_slices, dz)
         assert scan_start(patient, n_slices, dz) == z0  # deterministic per patient
         top, bottom = z0 + extent, z0
         for nd in patient.nodes:
-            assert bottom + 5.0 <= nd.center[2] - nd.max_extent() and nd.center[2] + nd.max_extent() <= top - 5.0 + 1e-6
-        lowered.append(patient.z_center - extent / 2 - z0)
+            assert bottom + 5.0 - 1e-6 <= nd.center[2] - nd.max_extent()
+            assert nd.center[2] + nd.max_extent() <= top - 5.0 + 1e-6
+        anatomy = patient.anatomy
+        mouths += int(top > patient.z_center + anatomy.upper.tongue[0][2])
+        chests += int(bottom < patient.z_center + anatomy.shoulder_dz - 10.0)
         lowest_node = min(nd.center[2] - nd.max_extent() for nd in patient.nodes)
-        apex = patient.z_center + patient.anatomy.lung_apex_dz
+        apex = patient.z_center + anatomy.lung_apex_dz
         assert apex <= lowest_node - 6.0 + 1e-6
+        anatomy.fixation.mask_gap = None  # the mask's shell would close the air around the body into "body"
         sx, sy = patient.neck_shift
         zs = np.arange(z0, top + 1e-6, 4.0)
         g = np.arange(-90, 90, 2.0)
         gz, gy, gx = np.meshgrid(zs, g, g, indexing="ij")
         hu = render_hu(patient, np.stack([gx, gy, gz], axis=-1), np.array([4.0, 2.0, 2.0]), 0.0, rng)
         body = ndimage.binary_fill_holes(hu > -500, structure=np.ones((1, 3, 3)))
-        airway = (np.abs(gx - sx) < 12) & (np.abs(gy - sy + 24) < 10)
-        lung = (hu < -700) & body & ~airway
+        lung = (hu < -700) & body & (np.abs(gx - sx) > 16)  # beside the airways in the midline
         assert not lung[zs > apex].any()
         lung_slices += int(lung.any(axis=(1, 2)).sum())
-    assert np.mean(lowered) > 5.0 and min(lowered) >= 0.0
+    assert mouths >= 4 and chests >= 4
     assert lung_slices > 24  # the apices are in view in a share of the scans
+
+def test_the_signs_of_ece_vary_and_none_separates_the_classes_alone():
+    """Real ECE shows any mix of its signs and ECE-negative nodes sometimes show one of them (Aiken 2015): no sign,
+    nor the size, is a label by itself; and each patient's scan differs (kernel, noise, field of view, length)."""
+    from site_preprocess.synth.phantom import make_patient
+    from site_preprocess.synth.scanner import draw_scan
+    pos, neg, scans = [], [], []
+    for n in range(80):
+        patient = make_patient(np.random.default_rng([11, 2, n]), ece=bool(n % 2))
+        scans.append(draw_scan(patient.texture_seed))
+        for nd in patient.nodes:
+            (pos if nd.ece else neg).append(nd)
+
+    def share(nodes, sign):
+        return np.mean([bool(sign(nd)) for nd in nodes])
+
+    overt = [nd for nd in pos if not nd.subtle]
+    assert 0.2 < share(overt, lambda nd: nd.halo_cos > -1) < 0.7  # stranding on one side only
+    assert 0.2 < share(overt, lambda nd: nd.blur_mm > 0) < 0.8  # ill-defined margin
+    assert share(overt, lambda nd: not nd.spicules) > 0.05
+    subtle = [nd for nd in pos if nd.subtle]
+    assert subtle and share(subtle, lambda nd: nd.halo_mm > 0) < 0.9
+    assert share(neg, lambda nd: nd.lobulation) > 0.1 and share(neg, lambda nd: nd.hilum > 0) > 0.1
+    assert share(neg, lambda nd: nd.necrosis > 0) > 0.1 and share(neg, lambda nd: nd.halo_mm > 0) > 0.02
+    assert share(neg, lambda nd: nd.halo_mm == 0 and nd.rim_mm > 0) > 0.8  # most keep their clean fat plane
+    big_negative = np.percentile([nd.semi_axes.max() for nd in neg], 90)
+    assert big_negative > np.median([nd.semi_axes.max() for nd in pos])  # size overlaps
+    for field in ("noise_scale", "fov_scale", "length_scale"):
+        values = [getattr(s, field) for s in scans]
+        assert max(values) / min(values) > 1.3
+    assert 0.1 < np.mean([s.sharpen > 0 for s in scans]) < 0.5  # edge-enhancing kernels
+
+
+def test_the_oral_cavity_holds_node_like_tonsils_in_fat_that_are_never_contoured():
+    """Above the floor of the mouth: palatine tonsils at a node's HU in their parapharyngeal fat,
+    outside every contoured node."""
+    from site_preprocess.synth.phantom import make_patient, nodes_level, render_hu
+    tonsil_hu, fat_beside = [], []
+    for n in range(12):
+        rng = np.random.default_rng([13, 0, n])
+        patient = make_patient(rng, ece=bool(n % 2))
+        sx, sy = patient.neck_shift
+        for centre, semi, _ in patient.anatomy.upper.tonsils:
+            # a line of points outwards from the tonsil's centre, 0.5 mm apart
+            out = np.sign(centre[0]) * np.arange(0, 40) * 0.5
+            pts = np.stack([centre[0] + sx + out, np.full(40, centre[1] + sy),
+                            np.full(40, patient.z_center + centre[2])], axis=-1)
+            assert (nodes_level(patient.nodes, pts) > 0).all()
+            hu = render_hu(patient, pts[:, None, None, :], np.full(3, 100.0), 0.0, rng)[:, 0, 0]
+            tonsil_hu.append(hu[0])
+            fat_beside.append(hu[int(round((semi[0] + 2.0) / 0.5))])
+    assert 40 <= np.median(tonsil_hu) <= 90 and np.median(fat_beside) < -60

@@ -17,6 +17,7 @@ from .contours import ellipse_polygon, trace_slice
 from .dicom_writer import det_uid, write_ct_series, write_rtstruct
 from .phantom import Patient, make_patient, nodes_level, render_hu
 from .profiles import SiteProfile, site_profile
+from .scanner import draw_scan
 
 FIRST_NAMES = ("Avery", "Blake", "Casey", "Dana", "Emery", "Finley", "Gray", "Harper", "Indy", "Jules")
 
@@ -88,13 +89,19 @@ def _phi(profile: SiteProfile, site_index: int, n: int, rng: np.random.Generator
 
 
 def scan_start(patient: Patient, n_slices: int, dz: float) -> float:
-    """z of the lowest slice: the scan centred on the neck, or reaching lower into the thoracic inlet (as planning
-    CTs do), never so low that a node comes within 5 mm of its top. Drawn apart from the patient's other draws, so a
-    seed keeps its nodes and noise."""
-    top = max(nd.center[2] + nd.max_extent() for nd in patient.nodes) - patient.z_center
-    room = max((n_slices - 1) * dz / 2 - top - 5.0, 0.0)
-    lower = np.random.default_rng([patient.texture_seed, 13]).uniform(0, room)
-    return patient.z_center - (n_slices - 1) * dz / 2 - lower
+    """z of the lowest slice. Planning CTs of the neck are placed differently: some reach up into the oral cavity,
+    others down into the thoracic inlet; every node stays at least 5 mm inside the scan, which ends at most 5 cm
+    above the floor of the mouth and 6 cm below the shoulders. Drawn apart from the patient's other draws, so a seed
+    keeps its nodes and noise."""
+    length = (n_slices - 1) * dz
+    top = max(nd.center[2] + nd.max_extent() for nd in patient.nodes)
+    bottom = min(nd.center[2] - nd.max_extent() for nd in patient.nodes)
+    anatomy = patient.anatomy
+    lowest = max(top + 5.0 - length, patient.z_center + anatomy.shoulder_dz - 60.0)
+    highest = min(bottom - 5.0, patient.z_center + anatomy.mandible_dz + 50.0 - length)
+    if highest < lowest:  # a short scan: the nodes decide
+        lowest = highest = min(max((lowest + highest) / 2, top + 5.0 - length), bottom - 5.0)
+    return float(np.random.default_rng([patient.texture_seed, 13]).uniform(lowest, highest))
 
 
 def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: int, ece: int | None,
@@ -102,9 +109,10 @@ def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: i
     rng = np.random.default_rng([seed, site_index, n])
     patient = make_patient(rng, None if ece is None else bool(ece))
     phi = _phi(profile, site_index, n, rng, seed)
-    dr, dc = profile.pixel_spacing
+    scan = draw_scan(patient.texture_seed)
+    dr, dc = (round(v * scan.fov_scale, 4) for v in profile.pixel_spacing)
     dz = profile.slice_thickness
-    n_slices = int(round(profile.z_extent_mm / dz)) + 1
+    n_slices = int(round(profile.z_extent_mm * scan.length_scale / dz)) + 1
     x0 = -profile.cols * dc / 2 + rng.uniform(-3, 3)
     y0 = -profile.rows * dr / 2 + rng.uniform(-3, 3)
     z0 = scan_start(patient, n_slices, dz) + rng.uniform(-1, 1)
@@ -113,7 +121,7 @@ def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: i
     ys = y0 + dr * np.arange(profile.rows)
     gz, gy, gx = np.meshgrid(zs, ys, xs, indexing="ij")
     pts = np.stack([gx, gy, gz], axis=-1)
-    hu = render_hu(patient, pts, np.array([dz, dr, dc]), profile.noise_hu, rng)
+    hu = render_hu(patient, pts, np.array([dz, dr, dc]), profile.noise_hu, rng, scan)
 
     patient_dir = dicom_root / phi["patient_id"]
     series_uid = det_uid(seed, profile.name, n, "ct-series")
@@ -136,7 +144,10 @@ def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: i
     record = {"patient_id": phi["patient_id"], "ece": ece, "labelled": ece is not None,
               "subtle": any(nd.subtle for nd in patient.nodes),
               "node_diameters_mm": [round(float(2 * nd.semi_axes.max()), 1) for nd in patient.nodes],
-              "n_slices": n_slices, "pixel_spacing": [dr, dc], "slice_thickness": dz}
+              "n_slices": n_slices, "pixel_spacing": [dr, dc], "slice_thickness": dz,
+              "scan": {"psf_mm": list(scan.psf_mm), "sharpen": scan.sharpen,
+                       "noise_hu": profile.noise_hu * scan.noise_scale,
+                       "dental_metal": patient.anatomy.upper.metal is not None}}
     if ece is not None:
         rois = _rois(patient, profile, zs)
         write_rtstruct(patient_dir / "RTSTRUCT.dcm", rois, phi, series_uid, sop_uids, list(zs),

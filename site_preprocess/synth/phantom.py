@@ -3,53 +3,33 @@
 The anatomy and the lymph nodes are continuous shapes, so every site samples the same kind of patient on its own
 grid, and the planning-system contours are traced from the shapes at sub-voxel precision (not from voxels).
 
-ECE appearance follows the CT literature: ECE-positive nodes have lobulated/irregular margins, spiculated strands
-into the perinodal fat, fat stranding (raised fat HU), loss of the fat plane, frequent central necrosis and
-sometimes matted nodes; ECE-negative nodes are smooth ovals with a preserved fat plane. A share of positives are
-"subtle" (mild irregularity and stranding only), as real ECE is often occult on CT.
+The nodes (`nodes.py`) sit at levels Ib-V, each in its own fat, and show ECE as CT shows it: any mix of irregular or
+ill-defined margins, spiculated strands, perinodal fat stranding (all round or on one side), necrosis, matting;
+ECE-negative nodes mostly keep a smooth margin and a clean fat plane, but not always. A share of positives are
+"subtle", as real ECE is often occult on CT.
 
 The neck around the nodes holds the structures a node is mistaken for on real CT (see `Anatomy`): vessels whose
 HU follows the contrast phase (unenhanced planning CTs show veins at node HU), small muscles running along the
-neck, submandibular glands and the mandible above, shoulders, clavicles and the lung apices of the thoracic inlet
-below (planning CTs reach into the upper chest; a network that never saw it marks its fat and muscle as nodes).
-They are drawn from the patient's own seed, apart from the nodes, so the nodes, labels and contours do not depend
-on them.
+neck, submandibular glands, normal small nodes (never contoured), the mandible and above it the oral cavity with
+tongue, tonsils, sublingual glands, teeth and dental streaks (`upper_neck.py`), and below the shoulders,
+clavicles and the lung apices of the thoracic inlet: planning CTs reach from the mouth into the upper chest, and a
+network that never saw those marks their fat and soft tissue as nodes. Outside the skin: the couch and, in most
+scans, a thermoplastic mask (`immobilisation.py`). They are drawn from the patient's own seed,
+apart from the nodes, so the nodes, labels and contours do not depend on them; so is the scan (`scanner.py`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from .immobilisation import Fixation, make_fixation, paint_fixation
+from .nodes import Node, make_node, node_centre, paint_envelope, paint_node, random_rotation, small_normal_node
+from .scanner import NOMINAL, Scan, reconstruct
+from .upper_neck import UpperNeck, add_metal_streaks, make_upper_neck, paint_upper_neck
+
 HU_AIR, HU_FAT, HU_MUSCLE, HU_CSF = -1000.0, -95.0, 50.0, 15.0
-
-
-@dataclass
-class Node:
-    center: np.ndarray  # (3,) LPS mm
-    semi_axes: np.ndarray  # (3,) mm
-    rotation: np.ndarray  # (3, 3) node frame -> patient
-    lobulation: list[tuple[np.ndarray, float, float]]  # (direction, frequency, amplitude) margin ripples
-    hu: float
-    necrosis: float  # 0 = none, else relative radius of the necrotic core
-    ece: bool
-    subtle: bool
-    spicules: list[tuple[np.ndarray, float, float]] = field(default_factory=list)  # (dir, length mm, radius mm)
-    group: int = 0  # which nodal ROI contains it (matted nodes share one contour)
-
-    def level(self, pts: np.ndarray) -> np.ndarray:
-        """Signed shape function: < 0 inside the node body, 0 on its margin (scaled radial distance)."""
-        q = (pts - self.center) @ self.rotation / self.semi_axes
-        r = np.linalg.norm(q, axis=-1)
-        unit = q / np.maximum(r, 1e-9)[..., None]
-        radius = np.ones_like(r)
-        for direction, freq, amp in self.lobulation:
-            radius = radius + amp * np.cos(freq * np.arccos(np.clip(unit @ direction, -1, 1)))
-        return r - radius
-
-    def max_extent(self) -> float:
-        return float(self.semi_axes.max() * (1 + sum(abs(a) for _, _, a in self.lobulation)))
 
 
 @dataclass
@@ -64,6 +44,9 @@ class Anatomy:
     shoulder_dz: float  # shoulders and clavicles below this height
     lung_apex_dz: float  # the lung apices' domes below this height
     lungs: list[tuple[float, float, float, float]]  # per side: centre x, y (neck frame) and full semi-axes x, y
+    upper: UpperNeck  # oral cavity and oropharynx above the mandible's lower border
+    small_nodes: list[Node]  # normal lymph nodes (never contoured), in patient coordinates
+    fixation: Fixation  # couch and thermoplastic mask
 
 
 @dataclass
@@ -79,14 +62,12 @@ class Patient:
     anatomy: Anatomy
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    return q * np.sign(np.linalg.det(q))
-
-
 def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None = None) -> Patient:
     """Draw one patient; ece=None draws nodes without a defined label (unlabelled CT)."""
-    body = (rng.uniform(58, 70), rng.uniform(52, 62))
+    body = (rng.uniform(54, 74), rng.uniform(48, 66))
+    fat_thickness = rng.uniform(4, 14)
+    neck_shift = (rng.uniform(-4, 4), rng.uniform(-4, 4))
+    inner = (body[0] - fat_thickness, body[1] - fat_thickness)  # the muscle compartment's semi-axes
     z_center = rng.uniform(-40, 40)
     n_nodes = n_nodes or int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
     is_positive = bool(ece) if ece is not None else bool(rng.random() < 0.4)
@@ -97,28 +78,22 @@ def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None
     sides = rng.permutation([-1.0, 1.0])
     for i in range(n_nodes):
         side = sides[i % 2]
-        diameter = rng.uniform(12, 30) if ece_nodes[i] else rng.uniform(8, 24)
-        semi = diameter / 2 * np.array([1.0, rng.uniform(0.7, 0.95), rng.uniform(0.8, 1.3)])
-        center = np.array([
-            side * rng.uniform(34, 44),
-            rng.uniform(-10, 12),
-            z_center + rng.uniform(-28, 28),
-        ])
-        nodes.append(_make_node(rng, center, semi, ece_nodes[i], subtle, group=i))
+        diameter = rng.uniform(10, 32) if ece_nodes[i] else rng.uniform(8, 28)
+        semi = diameter / 2 * np.array([1.0, rng.uniform(0.6, 0.95), rng.uniform(0.7, 1.4)])
+        center = node_centre(rng, side, z_center, inner, neck_shift, float(semi.max()) * 1.25)
+        nodes.append(make_node(rng, center, semi, ece_nodes[i], subtle, group=i))
         if ece_nodes[i] and not subtle and rng.random() < 0.2:  # matted: a second, fused node
-            offset = _random_rotation(rng)[:, 0] * semi.max() * 0.9
+            offset = random_rotation(rng)[:, 0] * semi.max() * 0.9
             offset[2] *= 0.5
-            nodes.append(_make_node(rng, center + offset, semi * rng.uniform(0.6, 0.8), True, False, group=i))
-    fat_thickness = rng.uniform(5, 11)
-    neck_shift = (rng.uniform(-4, 4), rng.uniform(-4, 4))
+            nodes.append(make_node(rng, center + offset, semi * rng.uniform(0.6, 0.8), True, False, group=i))
     has_primary = bool(rng.random() < 0.7)
     texture_seed = int(rng.integers(0, 2**31 - 1))
-    anatomy = _make_anatomy(np.random.default_rng([texture_seed, 11]), nodes, neck_shift, z_center)
+    anatomy = _make_anatomy(np.random.default_rng([texture_seed, 11]), nodes, neck_shift, z_center, inner)
     return Patient(body_axes=body, fat_thickness=fat_thickness, neck_shift=neck_shift, nodes=nodes, ece=is_positive,
                    has_primary=has_primary, z_center=z_center, texture_seed=texture_seed, anatomy=anatomy)
 
 
-def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_center: float) -> Anatomy:
+def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_center: float, inner) -> Anatomy:
     """The node mimics of one patient, kept clear of its nodes (a mimic touching a node would blur its contour)."""
     phase = rng.choice(["unenhanced", "venous", "arterial"], p=[0.35, 0.4, 0.25])
     blood = rng.uniform(35, 55)  # unenhanced blood: the HU of a node
@@ -170,33 +145,23 @@ def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_cen
     # the apices rise up to ~2 cm above the clavicles, beside the spine, and stay below the lowest node
     lungs = [(float(side * rng.uniform(36, 46)), float(rng.uniform(6, 18)), float(rng.uniform(20, 28)),
               float(rng.uniform(18, 26))) for side in (-1.0, 1.0)]
+    mandible_dz = float(max(rng.uniform(35, 55), top + 3.0))
+    small = []
+    for _ in range(int(rng.integers(0, 5))):  # normal nodes at any level, clear of the contoured ones by 4 mm
+        centre = node_centre(rng, float(rng.choice([-1.0, 1.0])), z_center, inner, neck_shift, 6.0)
+        candidate = small_normal_node(rng, centre)
+        if all(np.linalg.norm(candidate.center - nd.center) > nd.max_extent() + candidate.max_extent() + 4.0
+               for nd in nodes):
+            small.append(candidate)
     return Anatomy(artery_hu=float(artery), vein_hu=float(vein), jugular_axes=jugular, tubes=tubes, glands=glands,
-                   mandible_dz=float(max(rng.uniform(35, 55), top + 3.0)), shoulder_dz=shoulder_dz,
-                   lung_apex_dz=float(min(shoulder_dz + rng.uniform(-10, 18), bottom - 6.0)), lungs=lungs)
-
-
-def _make_node(rng: np.random.Generator, center, semi, ece: bool, subtle: bool, group: int) -> Node:
-    lobes = []
-    if ece:
-        n_lobes, amp = (2, 0.06) if subtle else (int(rng.integers(3, 6)), rng.uniform(0.12, 0.22))
-        for _ in range(n_lobes):
-            d = rng.normal(size=3)
-            lobes.append((d / np.linalg.norm(d), float(rng.integers(3, 7)), float(amp * rng.uniform(0.6, 1.0))))
-    necrosis_p = 0.55 if ece else 0.2
-    node = Node(center=np.asarray(center, float), semi_axes=np.asarray(semi, float),
-                rotation=_random_rotation(rng), lobulation=lobes, hu=float(rng.uniform(35, 60)),
-                necrosis=float(rng.uniform(0.35, 0.6)) if rng.random() < necrosis_p else 0.0,
-                ece=ece, subtle=subtle, group=group)
-    if ece and not subtle:
-        for _ in range(int(rng.integers(4, 9))):
-            d = rng.normal(size=3)
-            node.spicules.append((d / np.linalg.norm(d), float(rng.uniform(4, 10)), float(rng.uniform(0.6, 1.2))))
-    return node
+                   mandible_dz=mandible_dz, shoulder_dz=shoulder_dz,
+                   lung_apex_dz=float(min(shoulder_dz + rng.uniform(-10, 18), bottom - 6.0)), lungs=lungs,
+                   upper=make_upper_neck(rng, mandible_dz), small_nodes=small, fixation=make_fixation(rng))
 
 
 def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_hu: float,
-              rng: np.random.Generator) -> np.ndarray:
-    """HU at voxel centres `points` (shape (..., 3) LPS mm, a regular grid), with scanner blur and noise."""
+              rng: np.random.Generator, scan: Scan = NOMINAL) -> np.ndarray:
+    """HU at voxel centres `points` (shape (..., 3) LPS mm, a regular grid), through the scan's kernel and noise."""
     x, y, z = points[..., 0], points[..., 1], points[..., 2]
     sx, sy = patient.neck_shift
     x, y = x - sx, y - sy
@@ -219,33 +184,37 @@ def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_
     def disc(cx, cy, rx, ry):
         return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
 
+    for side in (-1.0, 1.0):
+        hu[disc(side * 38, 0, 17, 21) & (inner <= 1.0)] = HU_FAT  # lateral neck fat where most nodes sit
+    flat = points.reshape(-1, 3)
+    hu_flat = hu.reshape(-1)  # a view: painting it paints hu
+    for node in patient.nodes + anatomy.small_nodes:  # each node in its fat
+        paint_envelope(node, flat, hu_flat, (inner <= 1.0).reshape(-1))
     for k, side in enumerate((-1.0, 1.0)):
-        hu[disc(side * 38, 0, 17, 21) & (inner <= 1.0)] = HU_FAT  # lateral neck fat where nodes sit
         hu[disc(side * 47, -17, 8, 19)] = 55.0  # sternocleidomastoid
         hu[disc(side * 22, -6, 3.5, 3.5)] = anatomy.artery_hu  # common/internal carotid
         hu[disc(side * 30, -1, *anatomy.jugular_axes[k])] = anatomy.vein_hu  # internal jugular vein
+    # the oral cavity first: the glands in its floor's fat and the mandible come with the mimics
+    paint_upper_neck(anatomy.upper, x, y, dz, inner <= 1.0, hu, disc, (muscle - HU_MUSCLE) / 8.0)
     _paint_mimics(anatomy, x, y, dz, z, e_body <= 1.0, inner <= 1.0, hu, disc)
     hu[disc(0, 22, 14, 12)] = 330.0  # vertebral body (cancellous)
     hu[disc(0, 22, 14, 12) & ~disc(0, 22, 12, 10)] = 800.0  # cortex
     hu[disc(0, 38, 11, 10)] = 650.0  # posterior arch
     hu[disc(0, 38, 7, 6.5)] = HU_CSF  # spinal canal
-    hu[disc(0, -24, 9, 7)] = -30.0  # larynx wall
-    hu[disc(0, -24, 7, 5)] = -960.0  # airway
+    larynx = dz <= anatomy.upper.floor_dz  # above it the oropharynx (upper_neck)
+    hu[disc(0, -24, 9, 7) & larynx] = -30.0  # larynx wall
+    hu[disc(0, -24, 7, 5) & larynx] = -960.0  # airway
     if patient.has_primary:  # a primary tumour beside the airway on upper slices
         hu[disc(7, -20, 10, 8) & (dz > 10) & (dz < 40)] = 65.0
 
-    flat = points.reshape(-1, 3)
+    paint_fixation(anatomy.fixation, x, y, z, np.sqrt(e_body), (ax + ay) / 2, ay, hu)
     hu_flat = hu.reshape(-1)
-    for node in patient.nodes:
-        _paint_node(node, flat, hu_flat, rng)
+    for node in anatomy.small_nodes + patient.nodes:
+        paint_node(node, flat, hu_flat, rng)
     hu = hu_flat.reshape(hu.shape)
-    # Scanner point-spread (≈1.6 mm FWHM in-plane, thinner along z) then correlated noise.
+    add_metal_streaks(anatomy.upper, x, y, dz, hu)
     # Arrays are (slices, rows, cols); voxel_mm is in that order.
-    sigma_vox = np.array([0.55, 0.7, 0.7]) / np.maximum(voxel_mm, 0.3)
-    hu = ndimage.gaussian_filter(hu, sigma=sigma_vox)
-    noise = ndimage.gaussian_filter(rng.normal(size=hu.shape).astype(np.float32), sigma=0.7)
-    noise *= noise_hu / max(float(noise.std()), 1e-6)
-    return (hu + noise).astype(np.float32)
+    return reconstruct(hu, voxel_mm, noise_hu, scan, rng)
 
 
 def _paint_mimics(anatomy: Anatomy, x, y, dz, z, body, inside, hu, disc) -> None:
@@ -276,44 +245,6 @@ def _paint_mimics(anatomy: Anatomy, x, y, dz, z, body, inside, hu, disc) -> None
         lung = (depth > 0) & inside & (((x - cx) / np.maximum(rx * scale, 1e-3)) ** 2
                                        + ((y - cy) / np.maximum(ry * scale, 1e-3)) ** 2 <= 1.0)
         hu[lung] = -840.0
-
-
-def _paint_node(node: Node, pts: np.ndarray, hu: np.ndarray, rng: np.random.Generator) -> None:
-    reach = node.max_extent() + 12.0
-    near = np.all(np.abs(pts - node.center) <= reach, axis=1)
-    idx = np.nonzero(near)[0]
-    if idx.size == 0:
-        return
-    p = pts[idx]
-    f = node.level(p)
-    # Surface distance in mm, approximately: scaled radial distance times the mean radius.
-    mean_r = float(node.semi_axes.mean())
-    dist = f * mean_r
-    values = hu[idx]
-    fat_like = values < -40
-    if node.ece:
-        # Perinodal fat stranding and loss of the fat plane.
-        halo = (dist > 0) & (dist < (3.0 if node.subtle else 6.0)) & fat_like
-        raise_to = -60.0 if node.subtle else float(rng.uniform(-25, 5))
-        values[halo] = np.maximum(values[halo], raise_to + 10.0 * (rng.random(int(halo.sum())) - 0.5))
-        for direction, length, radius in node.spicules:
-            start = node.center + direction * node.semi_axes.min()
-            rel = p - start
-            t = np.clip(rel @ direction, 0.0, length + node.semi_axes.max())
-            off = np.linalg.norm(rel - t[:, None] * direction, axis=1)
-            strand = (off < radius) & (dist > 0) & (dist < length)
-            values[strand] = node.hu - 5.0
-    else:
-        # Preserved fat plane: a thin clean fat rim around the smooth node.
-        rim = (dist > 0) & (dist < 1.8)
-        values[rim] = np.minimum(values[rim], HU_FAT + 10.0)
-    body = f <= 0
-    values[body] = node.hu
-    if node.necrosis > 0:
-        q = (p - node.center) @ node.rotation / node.semi_axes
-        core = np.linalg.norm(q, axis=1) < node.necrosis
-        values[core] = float(rng.uniform(8, 22))
-    hu[idx] = values
 
 
 def _smooth_field(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
