@@ -95,8 +95,41 @@ def test_the_neck_holds_node_mimics_that_leave_the_nodes_and_their_fat_plane_alo
     assert planes and np.median(planes) < -20  # the clean fat rim of an ECE- node is kept
 
 
-def test_scans_reach_up_into_the_mouth_or_down_into_the_thoracic_inlet_with_every_node_inside():
-    """Planning CTs are placed and sized differently: some reach up into the oral cavity (tongue in view), others
+def test_the_scan_reaches_into_the_thoracic_inlet_with_lung_apices_below_every_node():
+    """Planning CTs reach below the neck: some scans are placed lower (every node still 5 mm inside), and below
+    the shoulders the lung apices appear, as air inside the body beside the spine, never at a node's height."""
+    from site_preprocess.synth.generate import scan_start
+    from site_preprocess.synth.phantom import make_patient, render_hu
+    extent, dz, lowered, lung_slices = 110.0, 2.0, [], 0
+    for n in range(24):
+        rng = np.random.default_rng([9, 1, n])
+        patient = make_patient(rng, ece=bool(n % 2))
+        n_slices = int(extent / dz) + 1
+        z0 = scan_start(patient, n_slices, dz)
+        assert scan_start(patient, n_slices, dz) == z0  # deterministic per patient
+        top, bottom = z0 + extent, z0
+        for nd in patient.nodes:
+            assert bottom + 5.0 <= nd.center[2] - nd.max_extent() and nd.center[2] + nd.max_extent() <= top - 5.0 + 1e-6
+        lowered.append(patient.z_center - extent / 2 - z0)
+        lowest_node = min(nd.center[2] - nd.max_extent() for nd in patient.nodes)
+        apex = patient.z_center + patient.anatomy.lung_apex_dz
+        assert apex <= lowest_node - 6.0 + 1e-6
+        sx, sy = patient.neck_shift
+        zs = np.arange(z0, top + 1e-6, 4.0)
+        g = np.arange(-90, 90, 2.0)
+        gz, gy, gx = np.meshgrid(zs, g, g, indexing="ij")
+        hu = render_hu(patient, np.stack([gx, gy, gz], axis=-1), np.array([4.0, 2.0, 2.0]), 0.0, rng)
+        body = ndimage.binary_fill_holes(hu > -500, structure=np.ones((1, 3, 3)))
+        airway = (np.abs(gx - sx) < 12) & (np.abs(gy - sy + 24) < 10)
+        lung = (hu < -700) & body & ~airway
+        assert not lung[zs > apex].any()
+        lung_slices += int(lung.any(axis=(1, 2)).sum())
+    assert np.mean(lowered) > 5.0 and min(lowered) >= 0.0
+    assert lung_slices > 24  # the apices are in view in a share of the scans
+
+
+def test_varied_scans_reach_up_into_the_mouth_or_down_into_the_thoracic_inlet_with_every_node_inside():
+    """The varied generator: planning CTs are placed and sized differently: some reach up into the oral cavity (tongue in view), others
     down below the shoulders, where the lung apices appear as air inside the body beside the spine, never at a
     node's height; every node stays 5 mm inside the scan."""
     from site_preprocess.synth.generate import scan_start
@@ -105,7 +138,7 @@ def test_scans_reach_up_into_the_mouth_or_down_into_the_thoracic_inlet_with_ever
     dz, lung_slices, mouths, chests = 2.0, 0, 0, 0
     for n in range(24):
         rng = np.random.default_rng([9, 1, n])
-        patient = make_patient(rng, ece=bool(n % 2))
+        patient = make_patient(rng, ece=bool(n % 2), varied=True)
         n_slices = int(110.0 * draw_scan(patient.texture_seed).length_scale / dz) + 1
         extent = (n_slices - 1) * dz
         z0 = scan_start(patient, n_slices, dz)
@@ -134,13 +167,13 @@ def test_scans_reach_up_into_the_mouth_or_down_into_the_thoracic_inlet_with_ever
     assert lung_slices > 24  # the apices are in view in a share of the scans
 
 def test_the_signs_of_ece_vary_and_none_separates_the_classes_alone():
-    """Real ECE shows any mix of its signs and ECE-negative nodes sometimes show one of them (Aiken 2015): no sign,
+    """The varied generator: real ECE shows any mix of its signs and ECE-negative nodes sometimes show one of them (Aiken 2015): no sign,
     nor the size, is a label by itself; and each patient's scan differs (kernel, noise, field of view, length)."""
     from site_preprocess.synth.phantom import make_patient
     from site_preprocess.synth.scanner import draw_scan
     pos, neg, scans = [], [], []
     for n in range(80):
-        patient = make_patient(np.random.default_rng([11, 2, n]), ece=bool(n % 2))
+        patient = make_patient(np.random.default_rng([11, 2, n]), ece=bool(n % 2), varied=True)
         scans.append(draw_scan(patient.texture_seed))
         for nd in patient.nodes:
             (pos if nd.ece else neg).append(nd)
@@ -166,13 +199,13 @@ def test_the_signs_of_ece_vary_and_none_separates_the_classes_alone():
 
 
 def test_the_oral_cavity_holds_node_like_tonsils_in_fat_that_are_never_contoured():
-    """Above the floor of the mouth: palatine tonsils at a node's HU in their parapharyngeal fat,
+    """The varied generator: above the floor of the mouth, palatine tonsils at a node's HU in their parapharyngeal fat,
     outside every contoured node."""
     from site_preprocess.synth.phantom import make_patient, nodes_level, render_hu
     tonsil_hu, fat_beside = [], []
     for n in range(12):
         rng = np.random.default_rng([13, 0, n])
-        patient = make_patient(rng, ece=bool(n % 2))
+        patient = make_patient(rng, ece=bool(n % 2), varied=True)
         sx, sy = patient.neck_shift
         for centre, semi, _ in patient.anatomy.upper.tonsils:
             # a line of points outwards from the tonsil's centre, 0.5 mm apart
@@ -184,3 +217,32 @@ def test_the_oral_cavity_holds_node_like_tonsils_in_fat_that_are_never_contoured
             tonsil_hu.append(hu[0])
             fat_beside.append(hu[int(round((semi[0] + 2.0) / 0.5))])
     assert 40 <= np.median(tonsil_hu) <= 90 and np.median(fat_beside) < -60
+
+
+def test_a_varied_hospital_is_deterministic_and_preprocesses_with_its_nodes(tmp_path):
+    """`ecefl synth --varied`: the same bytes in one or two processes, a scan per patient (field of view, length),
+    and the site preprocessing takes every case with node masks of the generator's size (the nodes' volume and the
+    3 mm soft-tissue dilation: no contour lost to the new anatomy)."""
+    import nibabel as nib
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.pipeline import run_preprocess
+    synthesize(tmp_path / "a", sites=1, cases_per_site=4, unlabeled_per_site=0, seed=2, progress=False, varied=True)
+    synthesize(tmp_path / "b", sites=1, cases_per_site=4, unlabeled_per_site=0, seed=2, progress=False, varied=True,
+               workers=2)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    site = tmp_path / "a" / "hospital-a"
+    manifest = json.loads((site / "synth_manifest.json").read_text())
+    assert manifest["varied"] and len({tuple(p["pixel_spacing"]) for p in manifest["patients"]}) == 4
+    assert len({p["n_slices"] for p in manifest["patients"]}) >= 3
+    assert run_preprocess(site / "dicom", site / "labels.csv", tmp_path / "pre", SiteConfig(), progress=False) == 0
+    datalist = json.loads((tmp_path / "pre" / "datalist.json").read_text())["training"]
+    assert len(datalist) == 4
+    volumes = []
+    for item in datalist:
+        img = nib.load(tmp_path / "pre" / item["nodes"])
+        volumes.append(float(np.asarray(img.dataobj).astype(bool).sum() * np.prod(img.header.get_zooms()[:3])) / 1e3)
+    # ml, an ellipsoid of the largest diameter with the mean axis ratios (~0.6 of the sphere), per patient
+    drawn = [sum(4 / 3 * np.pi * (d / 2) ** 3 * 0.6 for d in p["node_diameters_mm"]) / 1e3
+             for p in manifest["patients"]]
+    ratios = np.array(sorted(volumes)) / np.array(sorted(drawn))  # case ids are pseudonyms: matched by rank
+    assert ((ratios > 0.6) & (ratios < 1.8)).all(), ratios

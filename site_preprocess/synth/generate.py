@@ -17,16 +17,19 @@ from .contours import ellipse_polygon, trace_slice
 from .dicom_writer import det_uid, write_ct_series, write_rtstruct
 from .phantom import Patient, make_patient, nodes_level, render_hu
 from .profiles import SiteProfile, site_profile
-from .scanner import draw_scan
+from .scanner import NOMINAL, draw_scan
 
 FIRST_NAMES = ("Avery", "Blake", "Casey", "Dana", "Emery", "Finley", "Gray", "Harper", "Indy", "Jules")
 
 
 def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_per_site: int = 8,
-               seed: int = 0, progress: bool = True, only: list[int] | None = None, workers: int = 1) -> list[Path]:
+               seed: int = 0, progress: bool = True, only: list[int] | None = None, workers: int = 1,
+               varied: bool = False) -> list[Path]:
     """only: synthesise just these site indices (each site's data depends on its index alone, so a subset is
     identical to those sites of the full set). workers > 1: patients are written in that many processes (each
-    patient depends on (seed, site, index) alone, so the files are identical)."""
+    patient depends on (seed, site, index) alone, so the files are identical). varied: the varied generator
+    (domain randomisation: oral cavity, fixation, normal nodes, nodes at levels Ib-V with varied ECE renderings,
+    per-patient scans; docs/BENCHMARKS.md, session 36); off, the plain generator's bytes of before."""
     out = Path(out)
     site_dirs = []
     pool = None
@@ -45,9 +48,11 @@ def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_pe
         labels = np.array([1] * n_pos + [0] * (cases_per_site - n_pos))
         site_rng.shuffle(labels)
         manifest, label_rows = {"site": profile.name, "seed": seed, "patients": []}, []
+        if varied:
+            manifest["varied"] = True
         total = cases_per_site + unlabeled_per_site
         eces = [int(labels[n]) if n < cases_per_site else None for n in range(total)]
-        args = [(site_dir / "dicom", profile, site_index, n, eces[n], seed) for n in range(total)]
+        args = [(site_dir / "dicom", profile, site_index, n, eces[n], seed, varied) for n in range(total)]
         records = pool.map(_write_patient_args, args) if pool else map(_write_patient_args, args)
         for n, record in enumerate(tqdm(records, total=total, desc=f"synth {profile.name}", unit="patient",
                                         disable=not progress)):
@@ -89,11 +94,17 @@ def _phi(profile: SiteProfile, site_index: int, n: int, rng: np.random.Generator
 
 
 def scan_start(patient: Patient, n_slices: int, dz: float) -> float:
-    """z of the lowest slice. Planning CTs of the neck are placed differently: some reach up into the oral cavity,
+    """z of the lowest slice, drawn apart from the patient's other draws, so a seed keeps its nodes and noise.
+    Plain generator: the scan centred on the neck or reaching lower into the thoracic inlet, never so low that a node
+    comes within 5 mm of its top. Varied: planning CTs are placed differently, some reaching up into the oral cavity,
     others down into the thoracic inlet; every node stays at least 5 mm inside the scan, which ends at most 5 cm
-    above the floor of the mouth and 6 cm below the shoulders. Drawn apart from the patient's other draws, so a seed
-    keeps its nodes and noise."""
+    above the floor of the mouth and 6 cm below the shoulders."""
     length = (n_slices - 1) * dz
+    if not patient.varied:
+        top = max(nd.center[2] + nd.max_extent() for nd in patient.nodes) - patient.z_center
+        room = max(length / 2 - top - 5.0, 0.0)
+        lower = np.random.default_rng([patient.texture_seed, 13]).uniform(0, room)
+        return patient.z_center - length / 2 - lower
     top = max(nd.center[2] + nd.max_extent() for nd in patient.nodes)
     bottom = min(nd.center[2] - nd.max_extent() for nd in patient.nodes)
     anatomy = patient.anatomy
@@ -105,12 +116,12 @@ def scan_start(patient: Patient, n_slices: int, dz: float) -> float:
 
 
 def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: int, ece: int | None,
-                   seed: int) -> dict:
+                   seed: int, varied: bool = False) -> dict:
     rng = np.random.default_rng([seed, site_index, n])
-    patient = make_patient(rng, None if ece is None else bool(ece))
+    patient = make_patient(rng, None if ece is None else bool(ece), varied=varied)
     phi = _phi(profile, site_index, n, rng, seed)
-    scan = draw_scan(patient.texture_seed)
-    dr, dc = (round(v * scan.fov_scale, 4) for v in profile.pixel_spacing)
+    scan = draw_scan(patient.texture_seed) if varied else NOMINAL
+    dr, dc = (round(v * scan.fov_scale, 4) for v in profile.pixel_spacing) if varied else profile.pixel_spacing
     dz = profile.slice_thickness
     n_slices = int(round(profile.z_extent_mm * scan.length_scale / dz)) + 1
     x0 = -profile.cols * dc / 2 + rng.uniform(-3, 3)
@@ -144,10 +155,11 @@ def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: i
     record = {"patient_id": phi["patient_id"], "ece": ece, "labelled": ece is not None,
               "subtle": any(nd.subtle for nd in patient.nodes),
               "node_diameters_mm": [round(float(2 * nd.semi_axes.max()), 1) for nd in patient.nodes],
-              "n_slices": n_slices, "pixel_spacing": [dr, dc], "slice_thickness": dz,
-              "scan": {"psf_mm": list(scan.psf_mm), "sharpen": scan.sharpen,
-                       "noise_hu": profile.noise_hu * scan.noise_scale,
-                       "dental_metal": patient.anatomy.upper.metal is not None}}
+              "n_slices": n_slices, "pixel_spacing": [dr, dc], "slice_thickness": dz}
+    if varied:
+        record["scan"] = {"psf_mm": list(scan.psf_mm), "sharpen": scan.sharpen,
+                          "noise_hu": profile.noise_hu * scan.noise_scale,
+                          "dental_metal": patient.anatomy.upper.metal is not None}
     if ece is not None:
         rois = _rois(patient, profile, zs)
         write_rtstruct(patient_dir / "RTSTRUCT.dcm", rois, phi, series_uid, sop_uids, list(zs),

@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from .immobilisation import Fixation, make_fixation, paint_fixation
 from .nodes import Node, make_node, node_centre, paint_envelope, paint_node, random_rotation, small_normal_node
+from .plain_nodes import make_plain_node, paint_plain_node
 from .scanner import NOMINAL, Scan, reconstruct
 from .upper_neck import UpperNeck, add_metal_streaks, make_upper_neck, paint_upper_neck
 
@@ -44,9 +45,10 @@ class Anatomy:
     shoulder_dz: float  # shoulders and clavicles below this height
     lung_apex_dz: float  # the lung apices' domes below this height
     lungs: list[tuple[float, float, float, float]]  # per side: centre x, y (neck frame) and full semi-axes x, y
-    upper: UpperNeck  # oral cavity and oropharynx above the mandible's lower border
+    # the varied generator's (None / empty in the plain one):
+    upper: UpperNeck | None  # oral cavity and oropharynx above the mandible's lower border
     small_nodes: list[Node]  # normal lymph nodes (never contoured), in patient coordinates
-    fixation: Fixation  # couch and thermoplastic mask
+    fixation: Fixation | None  # couch and thermoplastic mask
 
 
 @dataclass
@@ -60,14 +62,21 @@ class Patient:
     z_center: float  # patient z of the neck centre (table position differs per patient)
     texture_seed: int
     anatomy: Anatomy
+    varied: bool = False  # drawn by the varied generator (nodes.py, upper_neck.py, immobilisation.py, scanner.py)
 
 
-def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None = None) -> Patient:
-    """Draw one patient; ece=None draws nodes without a defined label (unlabelled CT)."""
-    body = (rng.uniform(54, 74), rng.uniform(48, 66))
-    fat_thickness = rng.uniform(4, 14)
-    neck_shift = (rng.uniform(-4, 4), rng.uniform(-4, 4))
-    inner = (body[0] - fat_thickness, body[1] - fat_thickness)  # the muscle compartment's semi-axes
+def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None = None,
+                 varied: bool = False) -> Patient:
+    """Draw one patient; ece=None draws nodes without a defined label (unlabelled CT). varied: the varied generator
+    (wider habitus, nodes at levels Ib-V with varied ECE renderings, oral cavity, fixation); otherwise the plain one,
+    whose draws are kept as they were so a seed gives the same patient."""
+    if varied:
+        body = (rng.uniform(54, 74), rng.uniform(48, 66))
+        fat_thickness = rng.uniform(4, 14)
+        neck_shift = (rng.uniform(-4, 4), rng.uniform(-4, 4))
+        inner = (body[0] - fat_thickness, body[1] - fat_thickness)  # the muscle compartment's semi-axes
+    else:
+        body = (rng.uniform(58, 70), rng.uniform(52, 62))
     z_center = rng.uniform(-40, 40)
     n_nodes = n_nodes or int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
     is_positive = bool(ece) if ece is not None else bool(rng.random() < 0.4)
@@ -78,22 +87,34 @@ def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None
     sides = rng.permutation([-1.0, 1.0])
     for i in range(n_nodes):
         side = sides[i % 2]
-        diameter = rng.uniform(10, 32) if ece_nodes[i] else rng.uniform(8, 28)
-        semi = diameter / 2 * np.array([1.0, rng.uniform(0.6, 0.95), rng.uniform(0.7, 1.4)])
-        center = node_centre(rng, side, z_center, inner, neck_shift, float(semi.max()) * 1.25)
-        nodes.append(make_node(rng, center, semi, ece_nodes[i], subtle, group=i))
+        if varied:
+            diameter = rng.uniform(10, 32) if ece_nodes[i] else rng.uniform(8, 28)
+            semi = diameter / 2 * np.array([1.0, rng.uniform(0.6, 0.95), rng.uniform(0.7, 1.4)])
+            center = node_centre(rng, side, z_center, inner, neck_shift, float(semi.max()) * 1.25)
+        else:
+            diameter = rng.uniform(12, 30) if ece_nodes[i] else rng.uniform(8, 24)
+            semi = diameter / 2 * np.array([1.0, rng.uniform(0.7, 0.95), rng.uniform(0.8, 1.3)])
+            center = np.array([side * rng.uniform(34, 44), rng.uniform(-10, 12), z_center + rng.uniform(-28, 28)])
+        new_node = make_node if varied else make_plain_node
+        nodes.append(new_node(rng, center, semi, ece_nodes[i], subtle, group=i))
         if ece_nodes[i] and not subtle and rng.random() < 0.2:  # matted: a second, fused node
             offset = random_rotation(rng)[:, 0] * semi.max() * 0.9
             offset[2] *= 0.5
-            nodes.append(make_node(rng, center + offset, semi * rng.uniform(0.6, 0.8), True, False, group=i))
+            nodes.append(new_node(rng, center + offset, semi * rng.uniform(0.6, 0.8), True, False, group=i))
+    if not varied:
+        fat_thickness = rng.uniform(5, 11)
+        neck_shift = (rng.uniform(-4, 4), rng.uniform(-4, 4))
+        inner = (body[0] - fat_thickness, body[1] - fat_thickness)
     has_primary = bool(rng.random() < 0.7)
     texture_seed = int(rng.integers(0, 2**31 - 1))
-    anatomy = _make_anatomy(np.random.default_rng([texture_seed, 11]), nodes, neck_shift, z_center, inner)
+    anatomy = _make_anatomy(np.random.default_rng([texture_seed, 11]), nodes, neck_shift, z_center, inner, varied)
     return Patient(body_axes=body, fat_thickness=fat_thickness, neck_shift=neck_shift, nodes=nodes, ece=is_positive,
-                   has_primary=has_primary, z_center=z_center, texture_seed=texture_seed, anatomy=anatomy)
+                   has_primary=has_primary, z_center=z_center, texture_seed=texture_seed, anatomy=anatomy,
+                   varied=varied)
 
 
-def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_center: float, inner) -> Anatomy:
+def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_center: float, inner,
+                  varied: bool) -> Anatomy:
     """The node mimics of one patient, kept clear of its nodes (a mimic touching a node would blur its contour)."""
     phase = rng.choice(["unenhanced", "venous", "arterial"], p=[0.35, 0.4, 0.25])
     blood = rng.uniform(35, 55)  # unenhanced blood: the HU of a node
@@ -147,7 +168,7 @@ def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_cen
               float(rng.uniform(18, 26))) for side in (-1.0, 1.0)]
     mandible_dz = float(max(rng.uniform(35, 55), top + 3.0))
     small = []
-    for _ in range(int(rng.integers(0, 5))):  # normal nodes at any level, clear of the contoured ones by 4 mm
+    for _ in range(int(rng.integers(0, 5)) if varied else 0):  # normal nodes, clear of the contoured ones by 4 mm
         centre = node_centre(rng, float(rng.choice([-1.0, 1.0])), z_center, inner, neck_shift, 6.0)
         candidate = small_normal_node(rng, centre)
         if all(np.linalg.norm(candidate.center - nd.center) > nd.max_extent() + candidate.max_extent() + 4.0
@@ -156,7 +177,8 @@ def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_cen
     return Anatomy(artery_hu=float(artery), vein_hu=float(vein), jugular_axes=jugular, tubes=tubes, glands=glands,
                    mandible_dz=mandible_dz, shoulder_dz=shoulder_dz,
                    lung_apex_dz=float(min(shoulder_dz + rng.uniform(-10, 18), bottom - 6.0)), lungs=lungs,
-                   upper=make_upper_neck(rng, mandible_dz), small_nodes=small, fixation=make_fixation(rng))
+                   upper=make_upper_neck(rng, mandible_dz) if varied else None, small_nodes=small,
+                   fixation=make_fixation(rng) if varied else None)
 
 
 def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_hu: float,
@@ -188,31 +210,34 @@ def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_
         hu[disc(side * 38, 0, 17, 21) & (inner <= 1.0)] = HU_FAT  # lateral neck fat where most nodes sit
     flat = points.reshape(-1, 3)
     hu_flat = hu.reshape(-1)  # a view: painting it paints hu
-    for node in patient.nodes + anatomy.small_nodes:  # each node in its fat
-        paint_envelope(node, flat, hu_flat, (inner <= 1.0).reshape(-1))
+    if patient.varied:
+        for node in patient.nodes + anatomy.small_nodes:  # each node in its fat
+            paint_envelope(node, flat, hu_flat, (inner <= 1.0).reshape(-1))
     for k, side in enumerate((-1.0, 1.0)):
         hu[disc(side * 47, -17, 8, 19)] = 55.0  # sternocleidomastoid
         hu[disc(side * 22, -6, 3.5, 3.5)] = anatomy.artery_hu  # common/internal carotid
         hu[disc(side * 30, -1, *anatomy.jugular_axes[k])] = anatomy.vein_hu  # internal jugular vein
-    # the oral cavity first: the glands in its floor's fat and the mandible come with the mimics
-    paint_upper_neck(anatomy.upper, x, y, dz, inner <= 1.0, hu, disc, (muscle - HU_MUSCLE) / 8.0)
+    if anatomy.upper:  # the oral cavity first: the glands in its floor's fat and the mandible come with the mimics
+        paint_upper_neck(anatomy.upper, x, y, dz, inner <= 1.0, hu, disc, (muscle - HU_MUSCLE) / 8.0)
     _paint_mimics(anatomy, x, y, dz, z, e_body <= 1.0, inner <= 1.0, hu, disc)
     hu[disc(0, 22, 14, 12)] = 330.0  # vertebral body (cancellous)
     hu[disc(0, 22, 14, 12) & ~disc(0, 22, 12, 10)] = 800.0  # cortex
     hu[disc(0, 38, 11, 10)] = 650.0  # posterior arch
     hu[disc(0, 38, 7, 6.5)] = HU_CSF  # spinal canal
-    larynx = dz <= anatomy.upper.floor_dz  # above it the oropharynx (upper_neck)
+    larynx = dz <= (anatomy.upper.floor_dz if anatomy.upper else np.inf)  # above it the oropharynx (upper_neck)
     hu[disc(0, -24, 9, 7) & larynx] = -30.0  # larynx wall
     hu[disc(0, -24, 7, 5) & larynx] = -960.0  # airway
     if patient.has_primary:  # a primary tumour beside the airway on upper slices
         hu[disc(7, -20, 10, 8) & (dz > 10) & (dz < 40)] = 65.0
 
-    paint_fixation(anatomy.fixation, x, y, z, np.sqrt(e_body), (ax + ay) / 2, ay, hu)
+    if anatomy.fixation:
+        paint_fixation(anatomy.fixation, x, y, z, np.sqrt(e_body), (ax + ay) / 2, ay, hu)
     hu_flat = hu.reshape(-1)
     for node in anatomy.small_nodes + patient.nodes:
-        paint_node(node, flat, hu_flat, rng)
+        (paint_node if patient.varied else paint_plain_node)(node, flat, hu_flat, rng)
     hu = hu_flat.reshape(hu.shape)
-    add_metal_streaks(anatomy.upper, x, y, dz, hu)
+    if anatomy.upper:
+        add_metal_streaks(anatomy.upper, x, y, dz, hu)
     # Arrays are (slices, rows, cols); voxel_mm is in that order.
     return reconstruct(hu, voxel_mm, noise_hu, scan, rng)
 

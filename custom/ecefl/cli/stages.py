@@ -19,6 +19,9 @@ def _synth(sub) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes writing patients (the files do not depend on it; default: the CPU count)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--varied", action="store_true",
+                   help="the varied generator: oral cavity, couch and mask, normal nodes, nodes at levels Ib-V with "
+                        "varied ECE renderings, a scan per patient (docs/BENCHMARKS.md, session 36)")
 
     def run(args) -> int:
         from site_preprocess.synth import synthesize
@@ -26,7 +29,7 @@ def _synth(sub) -> None:
             print("error: --sites must be >= 1 and case counts >= 0", file=sys.stderr)
             return 2
         dirs = synthesize(args.out, args.sites, args.cases_per_site, args.unlabeled_per_site, args.seed,
-                          progress=not args.no_progress, workers=max(1, args.workers))
+                          progress=not args.no_progress, workers=max(1, args.workers), varied=args.varied)
         for d in dirs:
             print(f"{d.name}: {d}/dicom, {d}/labels.csv")
         return 0
@@ -134,6 +137,7 @@ def _demo(sub) -> None:
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--varied-synth", action="store_true", help="hospitals from `ecefl synth --varied`")
     add_set_argument(p)
 
     def run(args) -> int:
@@ -145,7 +149,8 @@ def _demo(sub) -> None:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         run_demo(args.out, args.preset, args.sites, args.cases_per_site, args.unlabeled_per_site, args.mae_rounds,
-                 args.rounds, args.local_epochs, args.seed, progress=not args.no_progress, **overrides)
+                 args.rounds, args.local_epochs, args.seed, progress=not args.no_progress,
+                 varied_synth=args.varied_synth, **overrides)
         return 0
     p.set_defaults(func=run)
 
