@@ -91,3 +91,13 @@ def test_log_level_before_or_after_the_command_and_timestamped_lines_on_stderr(c
     assert re.search(stamp + r"WARNING ecefl.stages: shown at WARNING$", printed.err, re.M)
     assert re.search(stamp + r"DEBUG +ecefl.stages: shown at DEBUG$", printed.err, re.M)
     assert "hidden" not in printed.err
+
+
+def test_synth_varied_writes_the_varied_generator_s_hospitals(tmp_path):
+    """`ecefl synth --varied`: its hospitals carry the flag in the manifest and a scan record per patient."""
+    import json
+    assert main(["synth", "--out", str(tmp_path), "--sites", "1", "--cases-per-site", "2", "--unlabeled-per-site",
+                 "0", "--varied", "--workers", "1", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "hospital-a" / "synth_manifest.json").read_text())
+    assert manifest["varied"] is True
+    assert all(p["scan"]["noise_hu"] > 0 for p in manifest["patients"])
