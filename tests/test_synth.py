@@ -95,11 +95,24 @@ def test_the_neck_holds_node_mimics_that_leave_the_nodes_and_their_fat_plane_alo
     assert planes and np.median(planes) < -20  # the clean fat rim of an ECE- node is kept
 
 
+def _lungs(patient, z0: float, top: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The scan rendered on a 4 x 2 x 2 mm grid: its slice heights and its air inside the body beside the midline's
+    airways (lung)."""
+    from site_preprocess.synth.phantom import render_hu
+    sx, _ = patient.neck_shift
+    zs = np.arange(z0, top + 1e-6, 4.0)
+    g = np.arange(-90, 90, 2.0)
+    gz, gy, gx = np.meshgrid(zs, g, g, indexing="ij")
+    hu = render_hu(patient, np.stack([gx, gy, gz], axis=-1), np.array([4.0, 2.0, 2.0]), 0.0, rng)
+    body = ndimage.binary_fill_holes(hu > -500, structure=np.ones((1, 3, 3)))
+    return zs, (hu < -700) & body & (np.abs(gx - sx) > 16)
+
+
 def test_the_scan_reaches_into_the_thoracic_inlet_with_lung_apices_below_every_node():
     """Planning CTs reach below the neck: some scans are placed lower (every node still 5 mm inside), and below
     the shoulders the lung apices appear, as air inside the body beside the spine, never at a node's height."""
     from site_preprocess.synth.generate import scan_start
-    from site_preprocess.synth.phantom import make_patient, render_hu
+    from site_preprocess.synth.phantom import make_patient
     extent, dz, lowered, lung_slices = 110.0, 2.0, [], 0
     for n in range(24):
         rng = np.random.default_rng([9, 1, n])
@@ -114,14 +127,7 @@ def test_the_scan_reaches_into_the_thoracic_inlet_with_lung_apices_below_every_n
         lowest_node = min(nd.center[2] - nd.max_extent() for nd in patient.nodes)
         apex = patient.z_center + patient.anatomy.lung_apex_dz
         assert apex <= lowest_node - 6.0 + 1e-6
-        sx, sy = patient.neck_shift
-        zs = np.arange(z0, top + 1e-6, 4.0)
-        g = np.arange(-90, 90, 2.0)
-        gz, gy, gx = np.meshgrid(zs, g, g, indexing="ij")
-        hu = render_hu(patient, np.stack([gx, gy, gz], axis=-1), np.array([4.0, 2.0, 2.0]), 0.0, rng)
-        body = ndimage.binary_fill_holes(hu > -500, structure=np.ones((1, 3, 3)))
-        airway = (np.abs(gx - sx) < 12) & (np.abs(gy - sy + 24) < 10)
-        lung = (hu < -700) & body & ~airway
+        zs, lung = _lungs(patient, z0, top, rng)
         assert not lung[zs > apex].any()
         lung_slices += int(lung.any(axis=(1, 2)).sum())
     assert np.mean(lowered) > 5.0 and min(lowered) >= 0.0
@@ -129,11 +135,11 @@ def test_the_scan_reaches_into_the_thoracic_inlet_with_lung_apices_below_every_n
 
 
 def test_varied_scans_reach_up_into_the_mouth_or_down_into_the_thoracic_inlet_with_every_node_inside():
-    """The varied generator: planning CTs are placed and sized differently: some reach up into the oral cavity (tongue in view), others
-    down below the shoulders, where the lung apices appear as air inside the body beside the spine, never at a
-    node's height; every node stays 5 mm inside the scan."""
+    """The varied generator: planning CTs are placed and sized differently. Some reach up into the oral cavity
+    (tongue in view), others down below the shoulders, where the lung apices appear as air inside the body beside
+    the spine, never at a node's height; every node stays 5 mm inside the scan."""
     from site_preprocess.synth.generate import scan_start
-    from site_preprocess.synth.phantom import make_patient, render_hu
+    from site_preprocess.synth.phantom import make_patient
     from site_preprocess.synth.scanner import draw_scan
     dz, lung_slices, mouths, chests = 2.0, 0, 0, 0
     for n in range(24):
@@ -154,21 +160,17 @@ def test_varied_scans_reach_up_into_the_mouth_or_down_into_the_thoracic_inlet_wi
         apex = patient.z_center + anatomy.lung_apex_dz
         assert apex <= lowest_node - 6.0 + 1e-6
         anatomy.fixation.mask_gap = None  # the mask's shell would close the air around the body into "body"
-        sx, sy = patient.neck_shift
-        zs = np.arange(z0, top + 1e-6, 4.0)
-        g = np.arange(-90, 90, 2.0)
-        gz, gy, gx = np.meshgrid(zs, g, g, indexing="ij")
-        hu = render_hu(patient, np.stack([gx, gy, gz], axis=-1), np.array([4.0, 2.0, 2.0]), 0.0, rng)
-        body = ndimage.binary_fill_holes(hu > -500, structure=np.ones((1, 3, 3)))
-        lung = (hu < -700) & body & (np.abs(gx - sx) > 16)  # beside the airways in the midline
+        zs, lung = _lungs(patient, z0, top, rng)
         assert not lung[zs > apex].any()
         lung_slices += int(lung.any(axis=(1, 2)).sum())
     assert mouths >= 4 and chests >= 4
     assert lung_slices > 24  # the apices are in view in a share of the scans
 
+
 def test_the_signs_of_ece_vary_and_none_separates_the_classes_alone():
-    """The varied generator: real ECE shows any mix of its signs and ECE-negative nodes sometimes show one of them (Aiken 2015): no sign,
-    nor the size, is a label by itself; and each patient's scan differs (kernel, noise, field of view, length)."""
+    """The varied generator: real ECE shows any mix of its signs and ECE-negative nodes sometimes show one of them
+    (Aiken 2015): no sign, nor the size, is a label by itself; and each patient's scan differs (kernel, noise, field
+    of view, length)."""
     from site_preprocess.synth.phantom import make_patient
     from site_preprocess.synth.scanner import draw_scan
     pos, neg, scans = [], [], []

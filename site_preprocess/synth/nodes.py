@@ -159,10 +159,24 @@ def paint_envelope(node: Node, pts: np.ndarray, hu: np.ndarray, allowed: np.ndar
         hu[idx[inside]] = HU_FAT
 
 
+def paint_spicules(node: Node, p: np.ndarray, dist: np.ndarray, values: np.ndarray) -> None:
+    """Strands of node density reaching into the perinodal fat (p: points, dist: their distance off the node)."""
+    for direction, length, radius in node.spicules:
+        start = node.center + direction * node.semi_axes.min()
+        rel = p - start
+        t = np.clip(rel @ direction, 0.0, length + node.semi_axes.max())
+        off = np.linalg.norm(rel - t[:, None] * direction, axis=1)
+        strand = (off < radius) & (dist > 0) & (dist < length)
+        values[strand] = node.hu - 5.0
+
+
+def points_near(node: Node, pts: np.ndarray, margin: float) -> np.ndarray:
+    """Indices of the points within the node's bounding cube grown by margin mm (what painting it can touch)."""
+    return np.nonzero(np.all(np.abs(pts - node.center) <= node.max_extent() + margin, axis=1))[0]
+
+
 def paint_node(node: Node, pts: np.ndarray, hu: np.ndarray, rng: np.random.Generator) -> None:
-    reach = node.max_extent() + max(node.halo_mm, node.blur_mm, node.rim_mm) + 12.0
-    near = np.all(np.abs(pts - node.center) <= reach, axis=1)
-    idx = np.nonzero(near)[0]
+    idx = points_near(node, pts, max(node.halo_mm, node.blur_mm, node.rim_mm) + 12.0)
     if idx.size == 0:
         return
     p = pts[idx]
@@ -175,13 +189,7 @@ def paint_node(node: Node, pts: np.ndarray, hu: np.ndarray, rng: np.random.Gener
         facing = ((p - node.center) @ node.halo_dir) / np.maximum(np.linalg.norm(p - node.center, axis=1), 1e-6)
         halo = (dist > 0) & (dist < node.halo_mm) & fat_like & (facing > node.halo_cos)
         values[halo] = np.maximum(values[halo], node.halo_hu + 10.0 * (rng.random(int(halo.sum())) - 0.5))
-    for direction, length, radius in node.spicules:
-        start = node.center + direction * node.semi_axes.min()
-        rel = p - start
-        t = np.clip(rel @ direction, 0.0, length + node.semi_axes.max())
-        off = np.linalg.norm(rel - t[:, None] * direction, axis=1)
-        strand = (off < radius) & (dist > 0) & (dist < length)
-        values[strand] = node.hu - 5.0
+    paint_spicules(node, p, dist, values)
     if not node.ece:  # preserved fat plane: a thin clean fat rim around the node
         rim = (dist > 0) & (dist < node.rim_mm)
         values[rim] = np.minimum(values[rim], HU_FAT + 10.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .nodes import Node, random_rotation
+from .nodes import Node, paint_spicules, points_near, random_rotation
 
 HU_FAT = -95.0
 
@@ -31,9 +31,7 @@ def make_plain_node(rng: np.random.Generator, center, semi, ece: bool, subtle: b
 
 
 def paint_plain_node(node: Node, pts: np.ndarray, hu: np.ndarray, rng: np.random.Generator) -> None:
-    reach = node.max_extent() + 12.0
-    near = np.all(np.abs(pts - node.center) <= reach, axis=1)
-    idx = np.nonzero(near)[0]
+    idx = points_near(node, pts, 12.0)
     if idx.size == 0:
         return
     p = pts[idx]
@@ -48,13 +46,7 @@ def paint_plain_node(node: Node, pts: np.ndarray, hu: np.ndarray, rng: np.random
         halo = (dist > 0) & (dist < (3.0 if node.subtle else 6.0)) & fat_like
         raise_to = -60.0 if node.subtle else float(rng.uniform(-25, 5))
         values[halo] = np.maximum(values[halo], raise_to + 10.0 * (rng.random(int(halo.sum())) - 0.5))
-        for direction, length, radius in node.spicules:
-            start = node.center + direction * node.semi_axes.min()
-            rel = p - start
-            t = np.clip(rel @ direction, 0.0, length + node.semi_axes.max())
-            off = np.linalg.norm(rel - t[:, None] * direction, axis=1)
-            strand = (off < radius) & (dist > 0) & (dist < length)
-            values[strand] = node.hu - 5.0
+        paint_spicules(node, p, dist, values)
     else:
         # Preserved fat plane: a thin clean fat rim around the smooth node.
         rim = (dist > 0) & (dist < 1.8)
