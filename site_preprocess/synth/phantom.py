@@ -3,19 +3,21 @@
 The anatomy and the lymph nodes are continuous shapes, so every site samples the same kind of patient on its own
 grid, and the planning-system contours are traced from the shapes at sub-voxel precision (not from voxels).
 
-The nodes (`nodes.py`) sit at levels Ib-V, each in its own fat, and show ECE as CT shows it: any mix of irregular or
-ill-defined margins, spiculated strands, perinodal fat stranding (all round or on one side), necrosis, matting;
-ECE-negative nodes mostly keep a smooth margin and a clean fat plane, but not always. A share of positives are
-"subtle", as real ECE is often occult on CT.
+Two generators share this neck. The plain one (the default; `plain_nodes.py`) follows the CT literature in one
+rendering: ECE-positive nodes have lobulated margins, spiculated strands into the perinodal fat, fat stranding all
+round, frequent necrosis and sometimes matted nodes; ECE-negative nodes are smooth ovals with a preserved fat plane;
+a share of positives are "subtle" (mild irregularity and stranding only). The varied one (`varied=True`;
+`nodes.py`) puts nodes at levels Ib-V, each in its own fat, and shows ECE as any mix of its signs (irregular or
+ill-defined margins, spicules, stranding all round or on one side, necrosis), ECE-negative nodes mostly but not
+always clean; it adds normal small nodes (never contoured), the oral cavity (`upper_neck.py`), the couch and a
+thermoplastic mask (`immobilisation.py`) and a scan per patient (`scanner.py`).
 
 The neck around the nodes holds the structures a node is mistaken for on real CT (see `Anatomy`): vessels whose
 HU follows the contrast phase (unenhanced planning CTs show veins at node HU), small muscles running along the
-neck, submandibular glands, normal small nodes (never contoured), the mandible and above it the oral cavity with
-tongue, tonsils, sublingual glands, teeth and dental streaks (`upper_neck.py`), and below the shoulders,
-clavicles and the lung apices of the thoracic inlet: planning CTs reach from the mouth into the upper chest, and a
-network that never saw those marks their fat and soft tissue as nodes. Outside the skin: the couch and, in most
-scans, a thermoplastic mask (`immobilisation.py`). They are drawn from the patient's own seed,
-apart from the nodes, so the nodes, labels and contours do not depend on them; so is the scan (`scanner.py`).
+neck, submandibular glands and the mandible above, shoulders, clavicles and the lung apices of the thoracic inlet
+below (planning CTs reach into the upper chest; a network that never saw it marks its fat and muscle as nodes).
+They are drawn from the patient's own seed, apart from the nodes, so the nodes, labels and contours do not depend
+on them.
 """
 from __future__ import annotations
 
