@@ -27,12 +27,12 @@ import numpy as np
 from scipy import ndimage
 
 from .immobilisation import Fixation, make_fixation, paint_fixation
-from .nodes import Node, make_node, node_centre, paint_envelope, paint_node, random_rotation, small_normal_node
+from .nodes import HU_FAT, Node, make_node, node_centre, paint_envelope, paint_node, random_rotation, small_normal_node
 from .plain_nodes import make_plain_node, paint_plain_node
 from .scanner import NOMINAL, Scan, reconstruct
-from .upper_neck import UpperNeck, add_metal_streaks, make_upper_neck, paint_upper_neck
+from .upper_neck import UpperNeck, add_metal_streaks, ellipsoid, make_upper_neck, paint_upper_neck
 
-HU_AIR, HU_FAT, HU_MUSCLE, HU_CSF = -1000.0, -95.0, 50.0, 15.0
+HU_AIR, HU_MUSCLE, HU_CSF = -1000.0, 50.0, 15.0
 
 
 @dataclass
@@ -203,25 +203,26 @@ def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_
     hu[e_body <= 1.0] = HU_FAT
     tex_rng = np.random.default_rng(patient.texture_seed)
     muscle = HU_MUSCLE + 8.0 * _smooth_field(tex_rng, hu.shape, 3.0)
-    hu = np.where(inner <= 1.0, muscle, hu)
+    inside = inner <= 1.0  # under the subcutaneous fat
+    hu = np.where(inside, muscle, hu)
 
     def disc(cx, cy, rx, ry):
         return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
 
     for side in (-1.0, 1.0):
-        hu[disc(side * 38, 0, 17, 21) & (inner <= 1.0)] = HU_FAT  # lateral neck fat where most nodes sit
+        hu[disc(side * 38, 0, 17, 21) & inside] = HU_FAT  # lateral neck fat where most nodes sit
     flat = points.reshape(-1, 3)
     hu_flat = hu.reshape(-1)  # a view: painting it paints hu
     if patient.varied:
         for node in patient.nodes + anatomy.small_nodes:  # each node in its fat
-            paint_envelope(node, flat, hu_flat, (inner <= 1.0).reshape(-1))
+            paint_envelope(node, flat, hu_flat, inside.reshape(-1))
     for k, side in enumerate((-1.0, 1.0)):
         hu[disc(side * 47, -17, 8, 19)] = 55.0  # sternocleidomastoid
         hu[disc(side * 22, -6, 3.5, 3.5)] = anatomy.artery_hu  # common/internal carotid
         hu[disc(side * 30, -1, *anatomy.jugular_axes[k])] = anatomy.vein_hu  # internal jugular vein
     if anatomy.upper:  # the oral cavity first: the glands in its floor's fat and the mandible come with the mimics
-        paint_upper_neck(anatomy.upper, x, y, dz, inner <= 1.0, hu, disc, (muscle - HU_MUSCLE) / 8.0)
-    _paint_mimics(anatomy, x, y, dz, z, e_body <= 1.0, inner <= 1.0, hu, disc)
+        paint_upper_neck(anatomy.upper, x, y, dz, inside, hu, disc, (muscle - HU_MUSCLE) / 8.0)
+    _paint_mimics(anatomy, x, y, dz, z, e_body <= 1.0, inside, hu, disc)
     hu[disc(0, 22, 14, 12)] = 330.0  # vertebral body (cancellous)
     hu[disc(0, 22, 14, 12) & ~disc(0, 22, 12, 10)] = 800.0  # cortex
     hu[disc(0, 38, 11, 10)] = 650.0  # posterior arch
@@ -250,13 +251,8 @@ def _paint_mimics(anatomy: Anatomy, x, y, dz, z, body, inside, hu, disc) -> None
     for cx, cy, rx, ry, tx, ty, value in anatomy.tubes:
         hu[disc(cx + tx * dz, cy + ty * dz, rx, ry) & body] = value
     for centre, semi, value in anatomy.glands:  # in a fat capsule, as a node sits in fat
-
-        def within(pad):
-            return (((x - centre[0]) / (semi[0] + pad)) ** 2 + ((y - centre[1]) / (semi[1] + pad)) ** 2
-                    + ((z - centre[2]) / (semi[2] + pad)) ** 2) <= 1.0
-
-        hu[within(3.0) & inside] = HU_FAT
-        hu[within(0.0) & inside] = value
+        hu[ellipsoid(x, y, z, centre, semi, pad=3.0) & inside] = HU_FAT
+        hu[ellipsoid(x, y, z, centre, semi) & inside] = value
     ring = disc(0, -8, 42, 44) & ~disc(0, -8, 36, 38) & (y < -8)  # the mandible's anterior arc
     hu[ring & (dz > anatomy.mandible_dz) & inside] = 900.0
     below = dz < anatomy.shoulder_dz  # the shoulders' muscle comes with the widened body

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .nodes import Node, paint_spicules, points_near, random_rotation
-
-HU_FAT = -95.0
+from .nodes import HU_FAT, Node, paint_spicules, points_near, random_rotation
 
 
 def make_plain_node(rng: np.random.Generator, center, semi, ece: bool, subtle: bool, group: int) -> Node:

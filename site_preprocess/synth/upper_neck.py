@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HU_FAT = -95.0
+from .nodes import HU_FAT
 
 
 @dataclass
@@ -44,9 +44,10 @@ def make_upper_neck(rng: np.random.Generator, floor_dz: float) -> UpperNeck:
                      teeth_dz=float(teeth_dz), metal=metal)
 
 
-def _ellipsoid(x, y, dz, centre, semi, pad=0.0):
+def ellipsoid(x, y, z, centre, semi, pad=0.0):
+    """Inside an axis-aligned ellipsoid (semi-axes grown by pad mm), in whatever frame x, y, z and centre share."""
     return (((x - centre[0]) / (semi[0] + pad)) ** 2 + ((y - centre[1]) / (semi[1] + pad)) ** 2
-            + ((dz - centre[2]) / (semi[2] + pad)) ** 2) <= 1.0
+            + ((z - centre[2]) / (semi[2] + pad)) ** 2) <= 1.0
 
 
 def paint_upper_neck(up: UpperNeck, x, y, dz, inside, hu, disc, texture: np.ndarray) -> None:
@@ -56,14 +57,14 @@ def paint_upper_neck(up: UpperNeck, x, y, dz, inside, hu, disc, texture: np.ndar
     floor = above & disc(0, -30, 30, 16) & (dz < up.floor_dz + 14)
     hu[floor] = HU_FAT
     for centre, semi, value in up.sublingual:
-        hu[_ellipsoid(x, y, dz, centre, semi) & above] = value
+        hu[ellipsoid(x, y, dz, centre, semi) & above] = value
     centre, semi, value = up.tongue
-    tongue = _ellipsoid(x, y, dz, centre, semi) & above
+    tongue = ellipsoid(x, y, dz, centre, semi) & above
     hu[tongue] = value + 10.0 * texture[tongue]
     hu[tongue & (np.abs(x - centre[0]) < 1.0)] = -40.0  # the lingual septum (fat and fibres)
     for centre, semi, value in up.tonsils:  # in the parapharyngeal fat
-        hu[_ellipsoid(x, y, dz, centre, semi, pad=4.0) & above & ~tongue] = HU_FAT
-        tonsil = _ellipsoid(x, y, dz, centre, semi) & above
+        hu[ellipsoid(x, y, dz, centre, semi, pad=4.0) & above & ~tongue] = HU_FAT
+        tonsil = ellipsoid(x, y, dz, centre, semi) & above
         hu[tonsil] = value + 6.0 * texture[tonsil]
     # the oropharyngeal airway: a slit behind the tongue between the tonsils
     hu[above & disc(0, -5, 9, 3.5) & (dz < up.teeth_dz + 20)] = -950.0
