@@ -94,10 +94,18 @@ def test_log_level_before_or_after_the_command_and_timestamped_lines_on_stderr(c
 
 
 def test_synth_varied_writes_the_varied_generator_s_hospitals(tmp_path):
-    """`ecefl synth --varied`: its hospitals carry the flag in the manifest and a scan record per patient."""
+    """`ecefl synth --varied [--plain-ece-signs]`: its hospitals carry the flags in the manifest and a scan record per
+    patient; --plain-ece-signs alone is refused."""
     import json
     assert main(["synth", "--out", str(tmp_path), "--sites", "1", "--cases-per-site", "2", "--unlabeled-per-site",
                  "0", "--varied", "--workers", "1", "--no-progress"]) == 0
     manifest = json.loads((tmp_path / "hospital-a" / "synth_manifest.json").read_text())
-    assert manifest["varied"] is True
+    assert manifest["varied"] is True and manifest["ece_signs"] == "varied"
     assert all(p["scan"]["noise_hu"] > 0 for p in manifest["patients"])
+    # the plain rendering of ECE in the varied neck; the plain generator has no other to swap
+    assert main(["synth", "--out", str(tmp_path / "p"), "--sites", "1", "--cases-per-site", "2",
+                 "--unlabeled-per-site", "0", "--varied", "--plain-ece-signs", "--workers", "1", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "p" / "hospital-a" / "synth_manifest.json").read_text())
+    assert manifest["varied"] is True and manifest["ece_signs"] == "plain"
+    assert main(["synth", "--out", str(tmp_path / "q"), "--plain-ece-signs", "--no-progress"]) == 2
+    assert not (tmp_path / "q").exists()

@@ -200,6 +200,39 @@ def test_the_signs_of_ece_vary_and_none_separates_the_classes_alone():
     assert 0.1 < np.mean([s.sharpen > 0 for s in scans]) < 0.5  # edge-enhancing kernels
 
 
+def test_plain_ece_signs_in_the_varied_neck_keep_its_neck_and_the_plain_rendering():
+    """`--varied --plain-ece-signs` (session 37's A/B): the varied neck (levels Ib-V, each node in its own irregular
+    fat, oral cavity, fixation) with the plain generator's nodes: every overt ECE node spiculated and lobulated,
+    every ECE-negative one a smooth oval, and on the rendered CT the fat around positives stranded, around
+    negatives clean."""
+    from site_preprocess.synth.nodes import HU_FAT
+    from site_preprocess.synth.phantom import make_patient, render_hu
+    shell_hu = {True: [], False: []}
+    levels_off_the_plain_range = 0
+    for n in range(16):
+        patient = make_patient(np.random.default_rng([12, 1, n]), ece=bool(n % 2), varied=True, plain_signs=True)
+        assert patient.varied and patient.plain_signs and patient.anatomy.upper and patient.anatomy.fixation
+        for nd in patient.nodes:
+            assert np.any(nd.envelope_stretch > 1.0) and 2.5 <= nd.envelope_mm <= 6.0  # the varied neck's fat
+            assert nd.halo_mm == 0 and nd.blur_mm == 0 and nd.hilum == 0  # none of nodes.py's renderings
+            if nd.ece and not nd.subtle:
+                assert 4 <= len(nd.spicules) <= 8 and len(nd.lobulation) >= 3
+            elif not nd.ece:
+                assert not nd.spicules and not nd.lobulation
+        node = patient.nodes[0]
+        levels_off_the_plain_range += not (-10 <= node.center[1] - patient.neck_shift[1] <= 12)
+        # a 1 mm grid around the first node; its perinodal shell (0.5-1.5 mm outside) on the noiseless CT
+        axis = np.arange(-24.0, 24.0, 1.0)
+        gz, gy, gx = np.meshgrid(axis, axis, axis, indexing="ij")
+        pts = np.stack([gx, gy, gz], axis=-1) + node.center
+        hu = render_hu(patient, pts, np.ones(3), 0.0, np.random.default_rng(0))
+        dist = node.level(pts.reshape(-1, 3)).reshape(hu.shape) * float(node.semi_axes.mean())
+        if not node.ece or not node.subtle:
+            shell_hu[node.ece].append(float(np.median(hu[(dist > 0.5) & (dist < 1.5)])))
+    assert levels_off_the_plain_range >= 1  # nodes at levels Ib or V, not only the plain generator's II-IV
+    assert max(shell_hu[False]) < HU_FAT + 40 < min(shell_hu[True])  # clean plane vs stranded fat
+
+
 def test_the_oral_cavity_holds_node_like_tonsils_in_fat_that_are_never_contoured():
     """The varied generator: above the floor of the mouth, palatine tonsils at a node's HU in their parapharyngeal fat,
     outside every contoured node."""

@@ -94,7 +94,7 @@ def make_node(rng: np.random.Generator, center, semi, ece: bool, subtle: bool, g
     node = Node(center=np.asarray(center, float), semi_axes=np.asarray(semi, float), rotation=random_rotation(rng),
                 lobulation=[], hu=float(rng.uniform(30, 65)), necrosis=0.0, ece=ece, subtle=subtle, group=group,
                 envelope_mm=float(rng.uniform(2.5, 6.0)))
-    _irregular_envelope(rng, node)
+    irregular_envelope(rng, node)
     if ece and not subtle:
         for _ in range(int(rng.integers(2, 7))):
             node.lobulation.append((_unit(rng), float(rng.integers(3, 7)), float(rng.uniform(0.06, 0.2))))
@@ -136,11 +136,11 @@ def small_normal_node(rng: np.random.Generator, center) -> Node:
                 rotation=random_rotation(rng), lobulation=[], hu=float(rng.uniform(30, 55)), necrosis=0.0,
                 ece=False, subtle=False, rim_mm=1.0, envelope_mm=float(rng.uniform(2.0, 4.0)),
                 hilum=float(rng.uniform(0.3, 0.5)) if rng.random() < 0.6 else 0.0)
-    _irregular_envelope(rng, node)
+    irregular_envelope(rng, node)
     return node
 
 
-def _irregular_envelope(rng: np.random.Generator, node: Node) -> None:
+def irregular_envelope(rng: np.random.Generator, node: Node) -> None:
     """Fat planes follow the muscles, not the node: the fat is an off-centre ellipsoid, longer along some axes."""
     node.envelope_stretch = rng.uniform(1.0, 3.0, size=3)
     node.envelope_shift = rng.uniform(-1, 1, size=3) * node.envelope_mm

@@ -27,7 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from .immobilisation import Fixation, make_fixation, paint_fixation
-from .nodes import HU_FAT, Node, make_node, node_centre, paint_envelope, paint_node, random_rotation, small_normal_node
+from .nodes import (HU_FAT, Node, irregular_envelope, make_node, node_centre, paint_envelope, paint_node,
+                    random_rotation, small_normal_node)
 from .plain_nodes import make_plain_node, paint_plain_node
 from .scanner import NOMINAL, Scan, reconstruct
 from .upper_neck import UpperNeck, add_metal_streaks, ellipsoid, make_upper_neck, paint_upper_neck
@@ -65,13 +66,17 @@ class Patient:
     texture_seed: int
     anatomy: Anatomy
     varied: bool = False  # drawn by the varied generator (nodes.py, upper_neck.py, immobilisation.py, scanner.py)
+    plain_signs: bool = True  # the contoured nodes drawn and painted as the plain generator does (plain_nodes.py)
 
 
 def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None = None,
-                 varied: bool = False) -> Patient:
+                 varied: bool = False, plain_signs: bool = False) -> Patient:
     """Draw one patient; ece=None draws nodes without a defined label (unlabelled CT). varied: the varied generator
     (wider habitus, nodes at levels Ib-V with varied ECE renderings, oral cavity, fixation); otherwise the plain one,
-    whose draws are kept as they were so a seed gives the same patient."""
+    whose draws are kept as they were so a seed gives the same patient. plain_signs (with varied): the varied neck
+    and scan, its nodes at levels Ib-V in their own fat, but sized, shaped and painted as the plain generator does
+    (one rendering of ECE), to tell what the varied neck does from what the varied signs do."""
+    plain_signs = plain_signs or not varied
     if varied:
         body = (rng.uniform(54, 74), rng.uniform(48, 66))
         fat_thickness = rng.uniform(4, 14)
@@ -89,15 +94,17 @@ def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None
     sides = rng.permutation([-1.0, 1.0])
     for i in range(n_nodes):
         side = sides[i % 2]
-        if varied:
-            diameter = rng.uniform(10, 32) if ece_nodes[i] else rng.uniform(8, 28)
-            semi = diameter / 2 * np.array([1.0, rng.uniform(0.6, 0.95), rng.uniform(0.7, 1.4)])
-            center = node_centre(rng, side, z_center, inner, neck_shift, float(semi.max()) * 1.25)
-        else:
+        if plain_signs:
             diameter = rng.uniform(12, 30) if ece_nodes[i] else rng.uniform(8, 24)
             semi = diameter / 2 * np.array([1.0, rng.uniform(0.7, 0.95), rng.uniform(0.8, 1.3)])
+        else:
+            diameter = rng.uniform(10, 32) if ece_nodes[i] else rng.uniform(8, 28)
+            semi = diameter / 2 * np.array([1.0, rng.uniform(0.6, 0.95), rng.uniform(0.7, 1.4)])
+        if varied:
+            center = node_centre(rng, side, z_center, inner, neck_shift, float(semi.max()) * 1.25)
+        else:
             center = np.array([side * rng.uniform(34, 44), rng.uniform(-10, 12), z_center + rng.uniform(-28, 28)])
-        new_node = make_node if varied else make_plain_node
+        new_node = _plain_node_in_its_fat if varied and plain_signs else make_plain_node if plain_signs else make_node
         nodes.append(new_node(rng, center, semi, ece_nodes[i], subtle, group=i))
         if ece_nodes[i] and not subtle and rng.random() < 0.2:  # matted: a second, fused node
             offset = random_rotation(rng)[:, 0] * semi.max() * 0.9
@@ -112,7 +119,15 @@ def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None
     anatomy = _make_anatomy(np.random.default_rng([texture_seed, 11]), nodes, neck_shift, z_center, inner, varied)
     return Patient(body_axes=body, fat_thickness=fat_thickness, neck_shift=neck_shift, nodes=nodes, ece=is_positive,
                    has_primary=has_primary, z_center=z_center, texture_seed=texture_seed, anatomy=anatomy,
-                   varied=varied)
+                   varied=varied, plain_signs=plain_signs)
+
+
+def _plain_node_in_its_fat(rng: np.random.Generator, center, semi, ece: bool, subtle: bool, group: int) -> Node:
+    """A plain generator's node with the varied neck's fat around it (as `make_node` draws it)."""
+    node = make_plain_node(rng, center, semi, ece, subtle, group)
+    node.envelope_mm = float(rng.uniform(2.5, 6.0))
+    irregular_envelope(rng, node)
+    return node
 
 
 def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_center: float, inner,
@@ -236,8 +251,10 @@ def render_hu(patient: Patient, points: np.ndarray, voxel_mm: np.ndarray, noise_
     if anatomy.fixation:
         paint_fixation(anatomy.fixation, x, y, z, np.sqrt(e_body), (ax + ay) / 2, ay, hu)
     hu_flat = hu.reshape(-1)
-    for node in anatomy.small_nodes + patient.nodes:
-        (paint_node if patient.varied else paint_plain_node)(node, flat, hu_flat, rng)
+    for node in anatomy.small_nodes:  # normal nodes, never contoured: drawn by nodes.py whatever the signs
+        paint_node(node, flat, hu_flat, rng)
+    for node in patient.nodes:
+        (paint_plain_node if patient.plain_signs else paint_node)(node, flat, hu_flat, rng)
     hu = hu_flat.reshape(hu.shape)
     if anatomy.upper:
         add_metal_streaks(anatomy.upper, x, y, dz, hu)

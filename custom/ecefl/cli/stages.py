@@ -22,14 +22,22 @@ def _synth(sub) -> None:
     p.add_argument("--varied", action="store_true",
                    help="the varied generator: oral cavity, couch and mask, normal nodes, nodes at levels Ib-V with "
                         "varied ECE renderings, a scan per patient (docs/BENCHMARKS.md, session 36)")
+    p.add_argument("--plain-ece-signs", action="store_true",
+                   help="with --varied: its neck and scans, but the nodes sized and ECE rendered as the plain "
+                        "generator does (docs/BENCHMARKS.md, session 37)")
 
     def run(args) -> int:
         from site_preprocess.synth import synthesize
         if args.sites < 1 or args.cases_per_site < 0 or args.unlabeled_per_site < 0:
             print("error: --sites must be >= 1 and case counts >= 0", file=sys.stderr)
             return 2
+        if args.plain_ece_signs and not args.varied:
+            print("error: --plain-ece-signs goes with --varied (the plain generator always renders ECE so)",
+                  file=sys.stderr)
+            return 2
         dirs = synthesize(args.out, args.sites, args.cases_per_site, args.unlabeled_per_site, args.seed,
-                          progress=not args.no_progress, workers=max(1, args.workers), varied=args.varied)
+                          progress=not args.no_progress, workers=max(1, args.workers), varied=args.varied,
+                          plain_signs=args.plain_ece_signs)
         for d in dirs:
             print(f"{d.name}: {d}/dicom, {d}/labels.csv")
         return 0
@@ -138,6 +146,8 @@ def _demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--varied-synth", action="store_true", help="hospitals from `ecefl synth --varied`")
+    p.add_argument("--plain-ece-signs", action="store_true",
+                   help="with --varied-synth: hospitals from `ecefl synth --varied --plain-ece-signs`")
     add_set_argument(p)
 
     def run(args) -> int:
@@ -148,9 +158,12 @@ def _demo(sub) -> None:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if args.plain_ece_signs and not args.varied_synth:
+            print("error: --plain-ece-signs goes with --varied-synth", file=sys.stderr)
+            return 2
         run_demo(args.out, args.preset, args.sites, args.cases_per_site, args.unlabeled_per_site, args.mae_rounds,
                  args.rounds, args.local_epochs, args.seed, progress=not args.no_progress,
-                 varied_synth=args.varied_synth, **overrides)
+                 varied_synth=args.varied_synth, plain_ece_signs=args.plain_ece_signs, **overrides)
         return 0
     p.set_defaults(func=run)
 
