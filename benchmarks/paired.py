@@ -2,7 +2,7 @@
 
     python benchmarks/paired.py A/predictions.csv B/predictions.csv [--draws 2000]
 
-Reads the site-local predictions.csv that `ecefl evaluate` writes (case_id, probability, ece, dice); cases are
+Reads the site-local predictions.csv that `ecefl evaluate` writes (case_id, probability, ece, dice, ...); cases are
 matched by id, and each bootstrap draw resamples cases (both models' scores of a case together).
 """
 from __future__ import annotations

@@ -111,7 +111,7 @@ def test_train_refits_the_readout_on_its_training_cases(runs):
     assert np.abs(np.array(refit["theta"]) - np.array(refit["theta_joint"])).max() > 1e-3
 
 
-def test_evaluate_outputs(runs):
+def test_evaluate_outputs(runs, preprocessed):
     metrics = json.loads((runs / "eval" / "metrics.json").read_text())
     assert set(KEYS) <= set(metrics) and metrics["n_cases"] == 9
     assert len(metrics["per_site"]) == 3  # one entry per datalist (named by its folder)
@@ -120,6 +120,20 @@ def test_evaluate_outputs(runs):
     rows = list(csv.DictReader(open(runs / "eval" / "predictions.csv")))
     assert len(rows) == 9 and all(0 <= float(r["probability"]) <= 1 for r in rows)
     assert all(r["case_id"].startswith("case-") for r in rows)
+    # each case's reference volume is its label's on the CT grid; the found nodes' volume bounds its Dice
+    import nibabel as nib
+    import numpy as np
+    labels = {}
+    for site in ("hospital-a", "hospital-b", "hospital-c"):
+        root = preprocessed[site]
+        labels.update({it["case_id"]: root / it["label"]
+                       for it in json.loads((root / "datalist.json").read_text())["training"]})
+    for r in rows:
+        label = nib.load(labels[r["case_id"]])
+        ml = float((np.asarray(label.dataobj) > 0.5).sum() * np.prod(label.header.get_zooms()[:3]) / 1000)
+        assert float(r["reference_ml"]) == pytest.approx(ml, abs=2e-3) and ml > 0.1
+        found, ref = float(r["predicted_ml"]), float(r["reference_ml"])
+        assert found >= 0 and float(r["dice"]) <= 2 * min(found, ref) / (found + ref) + 1e-3
 
 
 def test_init_message_counts_every_encoder_tensor(preprocessed, tmp_path, capsys, runs):

@@ -423,7 +423,7 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
     infer` writes, on the CT's own grid, against the site's label there: node probability (node_probability_on)
     > node_threshold (the model file's); "dices_at" holds each case's Dice at every candidate of
     metrics.NODE_THRESHOLDS (the choice of the threshold). keep_outputs: the plan-grid volumes (report figures)."""
-    probs, labels, dices, voxels, outputs, dices_at = [], [], [], [], [], []
+    probs, labels, dices, voxels, outputs, dices_at, voxel_ml = [], [], [], [], [], [], []
     for item in tqdm(items, desc="evaluate", unit="case", leave=False, disable=not progress):
         stored, planned = on_ct_and_plan_grids(item, plan)
         # the label is scored voxel by voxel on the CT's grid: both must be that grid (preprocessing writes them so)
@@ -442,6 +442,7 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
         labels.append(int(item["ece"]))
         dices.append(M.dice_from_counts(tp, fp, fn))
         voxels.append((tp, fp, fn))
+        voxel_ml.append(float(np.prod(np.asarray(stored["image"].pixdim[:3], float))) / 1000.0)
         dices_at.append([M.dice_from_counts(*M.voxel_counts(node_prob > t, target)) for t in M.NODE_THRESHOLDS])
         if keep_outputs:
             outputs.append({"image": np.asarray(planned["image"][0]), "label": np.asarray(planned["label"][0]) > 0.5,
@@ -449,7 +450,8 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
                             "evidence": model.evidence_map(out)[0, 0].numpy()})
     result = {"probs": np.array(probs), "labels": np.array(labels, int), "dices": np.array(dices),
               "voxels": np.array(voxels, float).reshape(-1, 3), "case_ids": [it["case_id"] for it in items],
-              "dices_at": np.array(dices_at, float).reshape(-1, len(M.NODE_THRESHOLDS))}
+              "dices_at": np.array(dices_at, float).reshape(-1, len(M.NODE_THRESHOLDS)),
+              "voxel_ml": np.array(voxel_ml, float)}
     if keep_outputs:
         result["outputs"] = outputs
     return result
@@ -460,7 +462,8 @@ def evaluate_cases(pred: dict, threshold: float, n_boot: int = 1000, seed: int =
                                      n_boot=n_boot, seed=seed))
 
 
-PREDICTION_COLUMNS = ["case_id", "probability", "ece", "dice"]
+# predicted_ml / reference_ml: the found nodes' and the contours' volumes on the CT's grid (over- or under-marking)
+PREDICTION_COLUMNS = ["case_id", "probability", "ece", "dice", "predicted_ml", "reference_ml"]
 # where a federated site keeps the final global model's per-case results on its validation split (relative to its
 # datalist's folder; written by the site's client, read by the demo's evidence figures, never sent)
 FINAL_PREDICTIONS = "predictions/final_validation.csv"
@@ -476,8 +479,9 @@ def write_predictions(path, pred: dict) -> None:
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(PREDICTION_COLUMNS)
-        for cid, p, y, d in zip(pred["case_ids"], pred["probs"], pred["labels"], pred["dices"]):
-            writer.writerow([cid, f"{p:.6f}", int(y), f"{d:.6f}"])
+        for cid, p, y, d, (tp, fp, fn), ml in zip(pred["case_ids"], pred["probs"], pred["labels"], pred["dices"],
+                                                  pred["voxels"], pred["voxel_ml"]):
+            writer.writerow([cid, f"{p:.6f}", int(y), f"{d:.6f}", f"{(tp + fp) * ml:.3f}", f"{(tp + fn) * ml:.3f}"])
     tmp.replace(path)
 
 
