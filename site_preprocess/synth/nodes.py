@@ -91,10 +91,9 @@ def node_centre(rng: np.random.Generator, side: float, z_center: float, inner_ax
 
 
 def make_node(rng: np.random.Generator, center, semi, ece: bool, subtle: bool, group: int) -> Node:
-    node = Node(center=np.asarray(center, float), semi_axes=np.asarray(semi, float), rotation=random_rotation(rng),
-                lobulation=[], hu=float(rng.uniform(30, 65)), necrosis=0.0, ece=ece, subtle=subtle, group=group,
-                envelope_mm=float(rng.uniform(2.5, 6.0)))
-    irregular_envelope(rng, node)
+    node = in_irregular_fat(rng, Node(center=np.asarray(center, float), semi_axes=np.asarray(semi, float),
+                                      rotation=random_rotation(rng), lobulation=[], hu=float(rng.uniform(30, 65)),
+                                      necrosis=0.0, ece=ece, subtle=subtle, group=group))
     if ece and not subtle:
         for _ in range(int(rng.integers(2, 7))):
             node.lobulation.append((_unit(rng), float(rng.integers(3, 7)), float(rng.uniform(0.06, 0.2))))
@@ -136,11 +135,18 @@ def small_normal_node(rng: np.random.Generator, center) -> Node:
                 rotation=random_rotation(rng), lobulation=[], hu=float(rng.uniform(30, 55)), necrosis=0.0,
                 ece=False, subtle=False, rim_mm=1.0, envelope_mm=float(rng.uniform(2.0, 4.0)),
                 hilum=float(rng.uniform(0.3, 0.5)) if rng.random() < 0.6 else 0.0)
-    irregular_envelope(rng, node)
+    _irregular_envelope(rng, node)
     return node
 
 
-def irregular_envelope(rng: np.random.Generator, node: Node) -> None:
+def in_irregular_fat(rng: np.random.Generator, node: Node) -> Node:
+    """A contoured node's fat (both generators' nodes in the varied neck): 2.5-6 mm around it at least, irregular."""
+    node.envelope_mm = float(rng.uniform(2.5, 6.0))
+    _irregular_envelope(rng, node)
+    return node
+
+
+def _irregular_envelope(rng: np.random.Generator, node: Node) -> None:
     """Fat planes follow the muscles, not the node: the fat is an off-centre ellipsoid, longer along some axes."""
     node.envelope_stretch = rng.uniform(1.0, 3.0, size=3)
     node.envelope_shift = rng.uniform(-1, 1, size=3) * node.envelope_mm

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .immobilisation import Fixation, make_fixation, paint_fixation
-from .nodes import (HU_FAT, Node, irregular_envelope, make_node, node_centre, paint_envelope, paint_node,
+from .nodes import (HU_FAT, Node, in_irregular_fat, make_node, node_centre, paint_envelope, paint_node,
                     random_rotation, small_normal_node)
 from .plain_nodes import make_plain_node, paint_plain_node
 from .scanner import NOMINAL, Scan, reconstruct
@@ -124,10 +124,7 @@ def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None
 
 def _plain_node_in_its_fat(rng: np.random.Generator, center, semi, ece: bool, subtle: bool, group: int) -> Node:
     """A plain generator's node with the varied neck's fat around it (as `make_node` draws it)."""
-    node = make_plain_node(rng, center, semi, ece, subtle, group)
-    node.envelope_mm = float(rng.uniform(2.5, 6.0))
-    irregular_envelope(rng, node)
-    return node
+    return in_irregular_fat(rng, make_plain_node(rng, center, semi, ece, subtle, group))
 
 
 def _make_anatomy(rng: np.random.Generator, nodes: list[Node], neck_shift, z_center: float, inner,
