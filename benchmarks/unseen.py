@@ -14,6 +14,8 @@ into a calibration set (the site's own labelled cases) and a test set (default 4
 3. The AUC of the subtle and of the overt ECE-positive test patients, each against the ECE-negative ones: the
    generator's truth (its synth_manifest.json) joined to the site's pseudonyms through the site's key, which this
    benchmark holds as the hospital it made. A model that reads only gross extension scores the subtle ones near 0.5.
+4. What the found nodes are (from predictions.csv's volumes): precision and recall of the marked volume, the marked /
+   contoured volume, the share of patients marked under half or over twice their nodes' volume.
 Prints and writes unseen_<model>.json.
 
 --hospital DIR scores a hospital someone else made instead: DIR/dicom (one folder of CT + RTSTRUCT per patient) and
@@ -83,6 +85,27 @@ def rates_at(predictions: Path, threshold: float) -> dict:
     return {"threshold": threshold, **M.rates(**M.confusion(probs, labels, threshold))}
 
 
+def found_nodes(predictions: Path) -> dict:
+    """What the found nodes are, from each case's Dice and volumes (predictions.csv): the share of the marked volume
+    that is node (precision) and of the nodes' volume that is marked (recall), pooled over the cases and as medians
+    of the cases', and the marked / contoured volume. Low Dice from marking too little (nodes not recognised) and
+    from marking elsewhere (other structures taken for nodes) call for different levers."""
+    import numpy as np
+    rows = list(csv.DictReader(open(predictions)))
+    dice = np.array([float(r["dice"]) for r in rows])
+    marked = np.array([float(r["predicted_ml"]) for r in rows])
+    contoured = np.array([float(r["reference_ml"]) for r in rows])
+    overlap = dice * (marked + contoured) / 2  # Dice = 2 |P & R| / (|P| + |R|)
+    ratio = marked / np.maximum(contoured, 1e-9)
+    return {"pooled_precision": float(overlap.sum() / max(marked.sum(), 1e-9)),
+            "pooled_recall": float(overlap.sum() / max(contoured.sum(), 1e-9)),
+            "median_precision": float(np.median(overlap / np.maximum(marked, 1e-9))),
+            "median_recall": float(np.median(overlap / np.maximum(contoured, 1e-9))),
+            "median_marked_ml": float(np.median(marked)), "median_contoured_ml": float(np.median(contoured)),
+            "median_volume_ratio": float(np.median(ratio)),
+            "share_under_half": float((ratio < 0.5).mean()), "share_over_twice": float((ratio > 2).mean())}
+
+
 def auc_by_rendering(key_file: Path, manifest: Path, predictions: Path) -> dict:
     """AUC of the subtle and of the overt ECE-positive patients against the ECE-negative ones (step 3), for the
     patients of `predictions` that the manifest holds."""
@@ -144,6 +167,7 @@ def main(argv=None) -> int:
                                                 "ci")},
               "auc_by_rendering": auc_by_rendering(out / "site.key", manifest,
                                                    out / f"eval_{model_name}" / "predictions.csv") if manifest else None,
+              "found_nodes": found_nodes(out / f"eval_{model_name}" / "predictions.csv"),
               "before_calibration": before, "after_calibration": after,
               "calibration": {k: record[k] for k in ("method", "n_pos", "n_neg", "threshold_before", "threshold",
                                                      "node_threshold_before", "node_threshold", "dice_before",

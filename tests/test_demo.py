@@ -102,3 +102,15 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
     assert unseen_benchmark.auc_by_rendering(wrong_key, out / "hospitals" / "hospital-b" / "synth_manifest.json",
                                              tmp_path / "eval" / "predictions.csv") == {
         "subtle_vs_negative": None, "n_subtle": 0, "overt_vs_negative": None, "n_overt": 0}
+
+    # benchmarks/unseen.py's found nodes: precision and recall of the marked volume from each case's Dice and volumes
+    found = unseen_benchmark.found_nodes(tmp_path / "eval" / "predictions.csv")
+    assert 0 <= found["pooled_precision"] <= 1 + 1e-3 and 0 <= found["pooled_recall"] <= 1 + 1e-3
+    assert found["median_contoured_ml"] > 0
+    made = tmp_path / "made.csv"  # by hand: 1 ml marked, all node, of 3 ml; 4 ml marked, 1 node, of 1 ml
+    made.write_text("case_id,probability,ece,dice,predicted_ml,reference_ml\n"
+                    "a,0.5,1,0.5,1.0,3.0\nb,0.5,0,0.4,4.0,1.0\n")
+    assert unseen_benchmark.found_nodes(made) == pytest.approx(
+        {"pooled_precision": 2 / 5, "pooled_recall": 2 / 4, "median_precision": (1 + 0.25) / 2,
+         "median_recall": (1 / 3 + 1) / 2, "median_marked_ml": 2.5, "median_contoured_ml": 2.0,
+         "median_volume_ratio": (1 / 3 + 4) / 2, "share_under_half": 0.5, "share_over_twice": 0.5})
