@@ -58,11 +58,6 @@ class Plan:
     # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
     augmentation: str = "intensity"
-    # s > 0: a share of the training crops zoomed by one random factor in [1 - s, 1 + s] on all three axes (shape
-    # kept, the crop's centre fixed), so nodes and neck come in more sizes than the training hospitals' own (nnU-Net
-    # zooms by 0.7-1.4). At a hospital drawn by another generator the models marked a third of the nodes' volume
-    # (docs/BENCHMARKS.md, session 37). HU untouched. 0: off (the affine's +-10 % per axis remains either way)
-    zoom_augmentation: float = 0.0
     # bf16 autocast on a CPU with bf16 matrix units (Intel AMX), in training and in every forward pass after it;
     # fp32 on other CPUs whatever this says (engine.uses_bf16). benchmarks/step.py measures it
     cpu_bf16: bool = False
@@ -218,8 +213,6 @@ class Plan:
             raise ValueError(f"mae_cube {self.mae_cube} must divide patch_size {self.patch_size} and be even")
         if self.augmentation not in ("intensity", "ct"):
             raise ValueError(f"augmentation must be intensity or ct, not {self.augmentation}")
-        if not 0 <= self.zoom_augmentation < 1:
-            raise ValueError(f"zoom_augmentation must lie in [0, 1) (0: off), not {self.zoom_augmentation}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if not 0 <= self.cls_retrain_fraction < 1:
