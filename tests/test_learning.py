@@ -351,3 +351,50 @@ def test_a_training_step_with_per_crop_dice_learns_from_real_crops(preprocessed)
         tuner.optimizer.step()
         losses.append(logged["seg_loss"].item())
     assert losses[-1] < losses[0]
+
+
+def test_node_copy_paste_puts_a_copy_of_the_case_own_node_elsewhere_in_the_neck(preprocessed):
+    """plan.node_copy_paste: a copy of one of the volume's own nodes (its labelled voxels and their CT values, with
+    the fat around them blended in) lands elsewhere inside the body, off the nodes and out of bone and air; nothing
+    else in the volume changes. On a real preprocessed synthetic case (plan grid, HU window)."""
+    from scipy import ndimage
+
+    from ecefl.copy_paste import RandNodeCopyPasted
+    from ecefl.data import eval_transforms
+    items, _ = load_datalist(preprocessed["hospital-a"] / "datalist.json")
+    plan = get_plan("cpu-small")
+    volume = eval_transforms(plan)(items[0])
+    img0, lab0 = volume["image"][0].numpy(), volume["label"][0].numpy() > 0.5
+    sizes0 = np.bincount(ndimage.label(lab0)[0].ravel())[1:]
+    transform = RandNodeCopyPasted(prob=1.0)
+    pasted = 0
+    for seed in range(12):
+        transform.set_random_state(seed)
+        out = transform(volume)
+        img, lab = out["image"][0].numpy(), out["label"][0].numpy() > 0.5
+        assert (lab | lab0).sum() == lab.sum()  # the case's own nodes stay as they were
+        if lab.sum() == lab0.sum():
+            assert np.array_equal(img, img0)  # no place found: the volume is untouched
+            continue
+        pasted += 1
+        new = lab & ~lab0
+        # one whole node of the case, mirrored at most: as many voxels, the same CT values inside it
+        assert ndimage.label(new)[1] == 1 and new.sum() in sizes0
+        source = ndimage.label(lab0)[0] == 1 + int(np.flatnonzero(sizes0 == new.sum())[0])
+        assert np.allclose(np.sort(img[new]), np.sort(img0[source]), atol=1e-6)
+        # off the case's nodes (its fat context too) and inside the body, neither air nor bone under it
+        assert ndimage.distance_transform_edt(~lab0)[new].min() > 3
+        assert np.mean(img0[new] <= 0.1) <= 0.02 and np.mean(img0[new] >= 0.75) <= 0.02
+        # blended in within a few voxels of the copy; the rest of the CT unchanged
+        assert np.array_equal(img[~ndimage.binary_dilation(new, iterations=5)],
+                              img0[~ndimage.binary_dilation(new, iterations=5)])
+    assert pasted >= 9  # the neck has room for a copy of these nodes (12 of 12 seeds when written)
+    # nothing to copy: no node in the volume
+    empty = {"image": volume["image"], "label": torch.zeros_like(volume["label"])}
+    assert torch.equal(transform(empty)["image"], volume["image"])
+    # in the training transforms only when asked for, and a probability
+    assert any(isinstance(t, RandNodeCopyPasted) for t in train_transforms(plan.with_overrides(
+        node_copy_paste=0.5)).transforms)
+    assert not any(isinstance(t, RandNodeCopyPasted) for t in train_transforms(plan).transforms)
+    with pytest.raises(ValueError, match="node_copy_paste"):
+        plan.with_overrides(node_copy_paste=1.5).validate()
