@@ -12,7 +12,6 @@ from monai.transforms import (Compose, EnsureTyped, RandAffined, RandCropByPosNe
                               RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd,
                               RandSimulateLowResolutiond, RandSpatialCropd, SpatialPadd)
 
-from .copy_paste import RandNodeCopyPasted
 from .plan import Plan
 
 _log = logging.getLogger(__name__)
@@ -152,7 +151,6 @@ def eval_transforms(plan: Plan, with_label: bool = True) -> Compose:
 def train_transforms(plan: Plan) -> Compose:
     keys = ["image", "label"]
     return Compose(_geometry(plan, keys) + [
-        *([RandNodeCopyPasted(keys=keys, prob=plan.node_copy_paste)] if plan.node_copy_paste else []),
         SpatialPadd(keys=keys, spatial_size=plan.patch_size),
         # mostly node-centred crops (the case's nodes and ECE evidence in view), a share anywhere in the neck;
         # with crop_jitter, a larger node-centred crop and then a random patch inside it, so the node sits anywhere

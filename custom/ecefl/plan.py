@@ -58,10 +58,6 @@ class Plan:
     # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
     augmentation: str = "intensity"
-    # p > 0: with this probability a training volume gets a copy of one of its own nodes (with the fat around it)
-    # blended in elsewhere in the neck before its crops are drawn (ecefl.copy_paste), so nodes are seen where the
-    # training anatomy never put one. 0: off
-    node_copy_paste: float = 0.0
     # bf16 autocast on a CPU with bf16 matrix units (Intel AMX), in training and in every forward pass after it;
     # fp32 on other CPUs whatever this says (engine.uses_bf16). benchmarks/step.py measures it
     cpu_bf16: bool = False
@@ -217,8 +213,6 @@ class Plan:
             raise ValueError(f"mae_cube {self.mae_cube} must divide patch_size {self.patch_size} and be even")
         if self.augmentation not in ("intensity", "ct"):
             raise ValueError(f"augmentation must be intensity or ct, not {self.augmentation}")
-        if not 0 <= self.node_copy_paste <= 1:
-            raise ValueError(f"node_copy_paste must be a probability in [0, 1] (0: off), not {self.node_copy_paste}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if not 0 <= self.cls_retrain_fraction < 1:
