@@ -351,3 +351,40 @@ def test_a_training_step_with_per_crop_dice_learns_from_real_crops(preprocessed)
         tuner.optimizer.step()
         losses.append(logged["seg_loss"].item())
     assert losses[-1] < losses[0]
+
+
+def test_context_shuffle_rearranges_the_neck_away_from_the_nodes(preprocessed):
+    """plan.context_shuffle: in a training crop the 16^3 blocks that hold no voxel within 4 of a node trade places;
+    the blocks near the node, the label and the crop's tissue (its histogram) stay as they were."""
+    from scipy import ndimage
+
+    from ecefl.context_shuffle import RandContextShuffled
+    items, _ = load_datalist(preprocessed["hospital-a"] / "datalist.json")
+    plan = get_plan("cpu-small", neg_crop_fraction=0.0, crop_jitter=16, augmentation="ct")
+    loader = cached_loader(items, train_transforms(plan.with_overrides(augmentation="ct")), 1, shuffle=True, seed=3,
+                           iterations=1)
+    crop = next(iter(loader))
+    img, lab = crop["image"][0, 0].numpy(), crop["label"][0, 0].numpy() > 0.5
+    assert lab.any()
+    transform = RandContextShuffled(prob=1.0)
+    transform.set_random_state(1)
+    out = transform({"image": crop["image"][0], "label": crop["label"][0]})
+    shuffled = out["image"][0].numpy()
+    assert torch.equal(out["label"], crop["label"][0])
+    near = ndimage.binary_dilation(lab, iterations=4)
+    blocks = [(i, j, k) for i in range(4) for j in range(4) for k in range(4)]
+    kept = [b for b in blocks if near[tuple(slice(16 * x, 16 * x + 16) for x in b)].any()]
+    moved = [b for b in blocks if b not in kept]
+    block = lambda a, b: a[tuple(slice(16 * x, 16 * x + 16) for x in b)]
+    assert kept and len(moved) > 20
+    assert all(np.array_equal(block(shuffled, b), block(img, b)) for b in kept)  # the node and its surroundings
+    # every block away from the node is one of those blocks, most of them elsewhere than they were
+    digest = lambda a, b: hash(block(a, b).tobytes())
+    assert sorted(digest(shuffled, b) for b in moved) == sorted(digest(img, b) for b in moved)
+    assert sum(not np.array_equal(block(shuffled, b), block(img, b)) for b in moved) > len(moved) / 2
+    assert np.array_equal(np.sort(shuffled, axis=None), np.sort(img, axis=None))
+    assert any(isinstance(t, RandContextShuffled) for t in train_transforms(plan.with_overrides(
+        context_shuffle=0.5)).transforms)
+    assert not any(isinstance(t, RandContextShuffled) for t in train_transforms(plan).transforms)
+    with pytest.raises(ValueError, match="context_shuffle"):
+        plan.with_overrides(context_shuffle=2.0).validate()
