@@ -1,6 +1,6 @@
 """`ecefl demo` at a tiny setting: report files exist and summary.json repeats pooled_metrics.json exactly; the
 read-out benchmark re-runs the demo's federated refit on its body and reproduces it, and the ridge benchmark's
-scores are those `ecefl evaluate` gives; the unseen-hospital benchmark finds each patient's ECE rendering."""
+scores are those `ecefl evaluate` gives; the unseen-hospital benchmark finds each patient's ECE rendering; the node-context benchmark moves whole nodes."""
 from __future__ import annotations
 
 import json
@@ -16,10 +16,11 @@ from ecefl.cli import main as ecefl_main
 sys.path.insert(0, str(REPO / "benchmarks"))
 import readout as readout_benchmark  # noqa: E402
 import ridge as ridge_benchmark  # noqa: E402
+import node_context as node_context_benchmark  # noqa: E402
 import unseen as unseen_benchmark  # noqa: E402
 
 
-def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
+def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert ecefl_main(["demo", "--out", str(out), "--preset", "test-tiny", "--sites", "2", "--cases-per-site", "4",
                        "--unlabeled-per-site", "1", "--mae-rounds", "1", "--rounds", "1", "--no-progress",
@@ -114,3 +115,27 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys):
         {"pooled_precision": 2 / 5, "pooled_recall": 2 / 4, "median_precision": (1 + 0.25) / 2,
          "median_recall": (1 / 3 + 1) / 2, "median_marked_ml": 2.5, "median_contoured_ml": 2.0,
          "median_volume_ratio": (1 / 3 + 4) / 2, "share_under_half": 0.5, "share_over_twice": 0.5})
+
+    # benchmarks/node_context.py: one node of each site at home, moved into the other site's neck and its own, and
+    # with its neck made fat; a moved node is the node's own voxels and CT values, elsewhere
+    sites = out / "sites"
+    monkeypatch.setattr(sys, "argv", [
+        "node_context.py", "--model", str(out / "fl" / "ece_finetune" / "best_global_model.pt"),
+        "--site-a", str(sites / "hospital-a"), "--datalist-a", "datalist.json", "--site-b", str(sites / "hospital-b"),
+        "--cases", "1", "--fat-beyond-mm", "16", "--out", str(tmp_path / "nc")])
+    node_context_benchmark.main()
+    moved = json.loads((tmp_path / "nc" / "node_context.json").read_text())
+    row = moved["patients"][0]
+    assert set(moved["median"]) == {"a_home", "b_home", "a_in_b", "b_in_a", "a_in_a", "b_in_b", "a_fat_beyond_16"}
+    assert all(v is None or 0.0 <= v <= 1.0 for k, v in row.items() if not k.startswith("case"))
+    assert row["case_a"].startswith("case-") and moved["n"]["a_home"] == 1
+    rng = np.random.default_rng(0)
+    img = np.full((40, 40, 40), (-95 + 250) / 600, np.float32)  # fat
+    img[:, :, :4] = 0.0  # air below
+    nodes = np.zeros(img.shape, bool)
+    nodes[5:10, 5:10, 8:13] = True
+    img[nodes] = (40 + 250) / 600
+    piece = node_context_benchmark.cut_out(img, nodes)
+    out_img, mask = node_context_benchmark.paste_into_fat(img, nodes, piece, (-250.0, 350.0), rng)
+    assert mask.sum() == nodes.sum() and not (mask & nodes).any()
+    assert np.allclose(out_img[mask], (40 + 250) / 600) and np.array_equal(out_img[nodes], img[nodes])
