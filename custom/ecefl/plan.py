@@ -58,9 +58,6 @@ class Plan:
     # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
     augmentation: str = "intensity"
-    # p > 0: with this probability a training crop's blocks away from its nodes trade places (ecefl.context_shuffle),
-    # so a node is seen in anatomy arranged otherwise than the training hospitals' necks. 0: off
-    context_shuffle: float = 0.0
     # bf16 autocast on a CPU with bf16 matrix units (Intel AMX), in training and in every forward pass after it;
     # fp32 on other CPUs whatever this says (engine.uses_bf16). benchmarks/step.py measures it
     cpu_bf16: bool = False
@@ -216,8 +213,6 @@ class Plan:
             raise ValueError(f"mae_cube {self.mae_cube} must divide patch_size {self.patch_size} and be even")
         if self.augmentation not in ("intensity", "ct"):
             raise ValueError(f"augmentation must be intensity or ct, not {self.augmentation}")
-        if not 0 <= self.context_shuffle <= 1:
-            raise ValueError(f"context_shuffle must be a probability in [0, 1] (0: off), not {self.context_shuffle}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if not 0 <= self.cls_retrain_fraction < 1:
