@@ -48,12 +48,17 @@ def cut_out(img: np.ndarray, node: np.ndarray, context: int = 2):
     return img[box].copy(), node[box], weight
 
 
+def in_window(hu: float, window) -> float:
+    """A CT value in the plan's window units (its HU window mapped to [0, 1])."""
+    return (hu - window[0]) / (window[1] - window[0])
+
+
 def paste_into_fat(img, nodes, piece, window, rng, tries: int = 400):
     """(image with the piece blended in, its node mask) at a random place of img whose covered voxels are inside the
     body, under 2 % bone, off the nodes and at least half fat; None where no such place is found."""
     from scipy import ndimage
     src, node, weight = piece
-    unit = lambda hu: (hu - window[0]) / (window[1] - window[0])  # noqa: E731
+    unit = lambda hu: in_window(hu, window)  # noqa: E731
     near = ndimage.binary_dilation(nodes, iterations=3)
     candidates = np.argwhere((img > unit(-190)) & (img < unit(200)) & ~near)
     size, covered = np.array(src.shape), weight > 0
@@ -107,7 +112,7 @@ def main() -> None:
     entries = [[e for e in json.loads((site / name).read_text())["training"] if e.get("nodes")][:args.cases]
                for site, name in ((args.site_a, args.datalist_a), (args.site_b, args.datalist_b))]
     rng = np.random.default_rng(args.seed)
-    fat = (FAT_HU - window[0]) / (window[1] - window[0])
+    fat = in_window(FAT_HU, window)
     rows = []
     for entry_a, entry_b in zip(*entries):
         img_a, nodes_a = load(args.site_a, entry_a)
@@ -123,7 +128,7 @@ def main() -> None:
             row[name] = node_probability(*moved) if moved else None
         distance = ndimage.distance_transform_edt(~node_a, sampling=plan.spacing)
         for d in args.fat_beyond_mm:
-            far = (distance > d) & (img_a > (-190 - window[0]) / (window[1] - window[0]))
+            far = (distance > d) & (img_a > in_window(-190, window))  # inside the body: air stays air
             row[f"a_fat_beyond_{d:g}"] = node_probability(np.where(far, fat, img_a), node_a)
         rows.append(row)
         print(" ".join(f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float)), flush=True)

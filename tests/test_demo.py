@@ -1,6 +1,7 @@
 """`ecefl demo` at a tiny setting: report files exist and summary.json repeats pooled_metrics.json exactly; the
 read-out benchmark re-runs the demo's federated refit on its body and reproduces it, and the ridge benchmark's
-scores are those `ecefl evaluate` gives; the unseen-hospital benchmark finds each patient's ECE rendering; the node-context benchmark moves whole nodes."""
+scores are those `ecefl evaluate` gives; the unseen-hospital benchmark finds each patient's ECE rendering; the
+node-context benchmark moves whole nodes."""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from ecefl.checkpoint import load_checkpoint
 from ecefl.cli import main as ecefl_main
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import node_context as node_context_benchmark  # noqa: E402
 import readout as readout_benchmark  # noqa: E402
 import ridge as ridge_benchmark  # noqa: E402
-import node_context as node_context_benchmark  # noqa: E402
 import unseen as unseen_benchmark  # noqa: E402
 
 
