@@ -120,10 +120,9 @@ def main() -> None:
         node_a, node_b = largest_node(nodes_a), largest_node(nodes_b)
         row = {"case_a": entry_a["case_id"], "case_b": entry_b["case_id"],
                "a_home": node_probability(img_a, node_a), "b_home": node_probability(img_b, node_b)}
-        for name, piece, (img, nodes) in (("a_in_b", cut_out(img_a, node_a), (img_b, nodes_b)),
-                                          ("b_in_a", cut_out(img_b, node_b), (img_a, nodes_a)),
-                                          ("a_in_a", cut_out(img_a, node_a), (img_a, nodes_a)),
-                                          ("b_in_b", cut_out(img_b, node_b), (img_b, nodes_b))):
+        piece_a, piece_b = cut_out(img_a, node_a), cut_out(img_b, node_b)  # read-only below: each cut once
+        for name, piece, (img, nodes) in (("a_in_b", piece_a, (img_b, nodes_b)), ("b_in_a", piece_b, (img_a, nodes_a)),
+                                          ("a_in_a", piece_a, (img_a, nodes_a)), ("b_in_b", piece_b, (img_b, nodes_b))):
             moved = paste_into_fat(img, nodes, piece, window, rng)
             row[name] = node_probability(*moved) if moved else None
         distance = ndimage.distance_transform_edt(~node_a, sampling=plan.spacing)
