@@ -77,6 +77,18 @@ def paste_into_fat(img, nodes, piece, window, rng, tries: int = 400):
     return None
 
 
+def labelled_with_nodes(datalist: Path, cases: int) -> list[dict]:
+    """The first `cases` entries of a preprocessed datalist that name their per-node mask; exits with what to do."""
+    if not datalist.is_file():
+        raise SystemExit(f"{datalist} does not exist: give a site folder that `ecefl preprocess` wrote (for site A "
+                         "usually the site/ folder `benchmarks/unseen.py` made, whose datalist_test.json it reads)")
+    entries = [e for e in json.loads(datalist.read_text()).get("training", []) if e.get("nodes")][:cases]
+    if not entries:
+        raise SystemExit(f"{datalist} lists no labelled case with a nodes mask; re-run `ecefl preprocess` for that "
+                         "site (it writes nodes/ beside labels/)")
+    return entries
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -109,7 +121,7 @@ def main() -> None:
             out, _ = predict_volume(model, torch.as_tensor(np.ascontiguousarray(img))[None, None].float(), plan)
         return float(torch.softmax(out[:, :2].float(), 1)[0, 1].numpy()[mask].mean())
 
-    entries = [[e for e in json.loads((site / name).read_text())["training"] if e.get("nodes")][:args.cases]
+    entries = [labelled_with_nodes(site / name, args.cases)
                for site, name in ((args.site_a, args.datalist_a), (args.site_b, args.datalist_b))]
     rng = np.random.default_rng(args.seed)
     fat = in_window(FAT_HU, window)
