@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ecefl.model import DualOutputSwinUNETR, MaskedPretrainer, encoder_keys, load_encoder
-from ecefl.plan import Plan, get_plan
+from ecefl.plan import get_plan
 
 
 @pytest.fixture(scope="module")
@@ -45,31 +45,6 @@ def test_forward_backward_shapes_and_finite_gradients(plan):
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen == (["readout_hu.weight"] + ["readout_hu.bias"] * bool(plan.readout_fat_hu)
                       if plan.readout_hu_features else [])
-
-
-def test_batch_norm_makes_a_voxels_features_at_inference_independent_of_the_rest_of_the_window():
-    """plan.norm: with instance norm a window's own statistics enter every voxel's features, so what lies far from a
-    node (fat or muscle, 10 cm away) changes the node's features; batch norm at inference uses the statistics learnt
-    in training, so a voxel's first-block features depend only on its 5^3 neighbourhood."""
-    torch.manual_seed(0)
-    x = torch.rand(1, 1, 64, 64, 64)
-    far = x.clone()
-    far[..., 40:, :, :] = 0.25  # made uniform (fat) more than 5 voxels away from the probed voxels
-    for norm, independent in (("instance", False), ("batch", True)):
-        model = DualOutputSwinUNETR(get_plan("cpu-small", norm=norm))
-        model.train()
-        model.net.encoder1(torch.rand(2, 1, 64, 64, 64))  # batch norm learns running statistics in training
-        model.eval()
-        kinds = {type(m).__name__ for m in model.net.encoder1.modules()}
-        assert ("BatchNorm3d" if norm == "batch" else "InstanceNorm3d") in kinds
-        with torch.no_grad():
-            near = [model.net.encoder1(v)[..., 10:30, :, :] for v in (x, far)]
-        assert torch.equal(near[0], near[1]) == independent
-        assert DualOutputSwinUNETR(get_plan("cpu-small", norm=norm)).state_dict().keys() == model.state_dict().keys()
-    with pytest.raises(ValueError, match="norm must be instance or batch"):
-        get_plan("cpu-small", norm="group")
-    saved_before = {k: v for k, v in get_plan("cpu-small").to_dict().items() if k != "norm"}
-    assert Plan.from_dict(saved_before).norm == "instance"  # a model saved before the field loads as it was trained
 
 
 def test_evidence_map_is_each_voxels_share_of_the_logit(plan):
@@ -158,7 +133,7 @@ def test_evidence_reference_cancels_what_shifts_every_voxels_evidence():
     of every voxel's evidence (what a scanner does everywhere) leaves it unchanged; without, it moves the logit."""
     import torch
     from ecefl.model import DualOutputSwinUNETR
-    from ecefl.plan import Plan, get_plan
+    from ecefl.plan import get_plan
     torch.manual_seed(0)
     x = torch.rand(1, 1, 64, 64, 64)  # HU -250..350: fat, soft tissue and the rest
     region = torch.zeros_like(x, dtype=torch.bool)

@@ -37,7 +37,7 @@ def inference_config(plan, node_threshold: float = 0.5) -> dict:
         "network_def": {"_target_": "SwinUNETR", "in_channels": 1, "out_channels": 2,
                         "feature_size": plan.feature_size, "depths": list(plan.depths),
                         "num_heads": list(plan.num_heads), "use_v2": plan.use_v2,
-                        "window_size": plan.window_size, "norm_name": plan.norm, "spatial_dims": 3},
+                        "window_size": plan.window_size, "spatial_dims": 3},
         "network": "$@network_def.to(@device)",
         # the training preprocessing itself (ecefl.data.preprocessing_spec), so the bundle cannot drift from it
         "preprocessing": {"_target_": "Compose", "transforms": preprocessing_spec(plan, ["image"])},

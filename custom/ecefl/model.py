@@ -37,7 +37,7 @@ NODE_GATE_MARGIN = 20.0  # logits: p(node) ~ 2e-9 where the HU gate closes
 def _swin(plan: Plan) -> SwinUNETR:
     return SwinUNETR(in_channels=1, out_channels=2, feature_size=plan.feature_size, depths=tuple(plan.depths),
                      num_heads=tuple(plan.num_heads), use_v2=plan.use_v2, window_size=plan.window_size,
-                     norm_name=plan.norm, spatial_dims=3)
+                     spatial_dims=3)
 
 
 def _as_plan(plan: Plan | dict) -> Plan:

@@ -21,10 +21,6 @@ class Plan:
     depths: tuple[int, ...] = (1, 1, 1, 1)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
     use_v2: bool = False
-    # the conv blocks' normalisation. "instance" (MONAI's default) normalises each sliding window by its own
-    # statistics, so a node's features depend on what else the window holds; "batch" normalises by statistics
-    # learnt in training, the same in every window at inference
-    norm: str = "instance"
     # Swin attention window in tokens; 7 is MONAI's default. 4 divides the 32^3 token grid of a 64^3 patch (7 pads
     # it to 35^3) and makes a CPU training step 2.4x cheaper (docs/BENCHMARKS.md)
     window_size: int = 7
@@ -215,8 +211,6 @@ class Plan:
             raise ValueError(f"feature_size {self.feature_size} must be divisible by 12")
         if any(p % self.mae_cube for p in self.patch_size) or self.mae_cube % 2:
             raise ValueError(f"mae_cube {self.mae_cube} must divide patch_size {self.patch_size} and be even")
-        if self.norm not in ("instance", "batch"):
-            raise ValueError(f"norm must be instance or batch, not {self.norm}")
         if self.augmentation not in ("intensity", "ct"):
             raise ValueError(f"augmentation must be intensity or ct, not {self.augmentation}")
         if self.lr_schedule not in ("constant", "cosine"):
