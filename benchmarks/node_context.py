@@ -30,12 +30,6 @@ sys.path.insert(0, str(REPO))
 FAT_HU = -95.0
 
 
-def largest_node(nodes: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-    components, _ = ndimage.label(nodes)
-    return components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
-
-
 def cut_out(img: np.ndarray, node: np.ndarray, context: int = 2):
     """The node's box with `context` voxels around it and a blend weight: 1 on the node, a Gaussian edge outside."""
     from scipy import ndimage
@@ -105,7 +99,7 @@ def main() -> None:
     from scipy import ndimage
 
     from ecefl.checkpoint import load_model
-    from ecefl.engine import on_ct_and_plan_grids, predict_volume
+    from ecefl.engine import largest_component, on_ct_and_plan_grids, predict_volume
     model, payload = load_model(args.model)
     model.eval()
     plan = payload["plan"]
@@ -129,7 +123,7 @@ def main() -> None:
     for entry_a, entry_b in zip(*entries):
         img_a, nodes_a = load(args.site_a, entry_a)
         img_b, nodes_b = load(args.site_b, entry_b)
-        node_a, node_b = largest_node(nodes_a), largest_node(nodes_b)
+        node_a, node_b = largest_component(nodes_a), largest_component(nodes_b)
         row = {"case_a": entry_a["case_id"], "case_b": entry_b["case_id"],
                "a_home": node_probability(img_a, node_a), "b_home": node_probability(img_b, node_b)}
         piece_a, piece_b = cut_out(img_a, node_a), cut_out(img_b, node_b)  # read-only below: each cut once

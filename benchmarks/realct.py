@@ -31,11 +31,9 @@ sys.path.insert(0, str(REPO))
 def body_mask(hu):
     import numpy as np
     from scipy import ndimage
-    inside = hu > -300
-    labels, n = ndimage.label(inside)
-    if n == 0:
-        return inside
-    largest = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+
+    from ecefl.engine import largest_component
+    largest = largest_component(hu > -300)
     return np.stack([ndimage.binary_fill_holes(s) for s in largest.transpose(2, 0, 1)]).transpose(1, 2, 0)
 
 

@@ -361,6 +361,13 @@ def sliding_window(plan: Plan, volume: torch.Tensor, predictor, progress: bool =
 LEFT_RIGHT = 2  # the first spatial axis of (B, C, x, y, z) on the plan's RAS grid
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected region of a boolean volume (the body, a node); the mask itself when it holds none."""
+    from scipy import ndimage
+    labels, n = ndimage.label(mask)
+    return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1) if n else mask
+
+
 def neck_region(image: torch.Tensor, plan: Plan) -> torch.Tensor | None:
     """(1, 1, x, y, z) bool: the voxels within plan.node_max_lateral_mm to the left or right of the body's midline
     on their axial slice (image: the plan's RAS grid in window units); the model's node gate closes beyond them
@@ -370,11 +377,9 @@ def neck_region(image: torch.Tensor, plan: Plan) -> torch.Tensor | None:
     limit = float(plan.node_max_lateral_mm or 0.0)
     if limit <= 0:
         return None
-    from scipy import ndimage
-    body, n = ndimage.label(image[0, 0].cpu().numpy() > 0)
+    body = largest_component(image[0, 0].cpu().numpy() > 0)
     within = np.ones(body.shape, dtype=bool)
-    if n:
-        body = body == (np.argmax(np.bincount(body.ravel())[1:]) + 1)
+    if body.any():
         x_mm = np.arange(body.shape[0]) * float(plan.spacing[0])
         for k in np.nonzero(body.any((0, 1)))[0]:
             occupied = np.nonzero(body[:, :, k].any(1))[0]
