@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .immobilisation import Fixation, make_fixation, paint_fixation
-from .nodes import (HU_FAT, Node, in_irregular_fat, make_node, node_centre, paint_envelope, paint_node,
+from .nodes import (HU_FAT, Node, along_the_neck, in_irregular_fat, make_node, node_centre, paint_envelope, paint_node,
                     random_rotation, small_normal_node)
 from .plain_nodes import make_plain_node, paint_plain_node
 from .scanner import NOMINAL, Scan, reconstruct
@@ -70,12 +70,15 @@ class Patient:
 
 
 def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None = None,
-                 varied: bool = False, plain_signs: bool = False) -> Patient:
+                 varied: bool = False, plain_signs: bool = False, longitudinal: bool = False) -> Patient:
     """Draw one patient; ece=None draws nodes without a defined label (unlabelled CT). varied: the varied generator
     (wider habitus, nodes at levels Ib-V with varied ECE renderings, oral cavity, fixation); otherwise the plain one,
     whose draws are kept as they were so a seed gives the same patient. plain_signs (with varied): the varied neck
     and scan, its nodes at levels Ib-V in their own fat, but sized, shaped and painted as the plain generator does
-    (one rendering of ECE), to tell what the varied neck does from what the varied signs do."""
+    (one rendering of ECE), to tell what the varied neck does from what the varied signs do. longitudinal: every
+    contoured node ovoid along the neck (nodes.along_the_neck), its craniocaudal axis 1.0-1.7x its largest axial
+    radius (long-to-short axis ratio ~1.05-2.4, as metastatic nodes' < 2 mostly is), instead of an ellipsoid turned
+    at random; off, the draws of before."""
     plain_signs = plain_signs or not varied
     if varied:
         body = (rng.uniform(54, 74), rng.uniform(48, 66))
@@ -100,16 +103,22 @@ def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None
         else:
             diameter = rng.uniform(10, 32) if ece_nodes[i] else rng.uniform(8, 28)
             semi = diameter / 2 * np.array([1.0, rng.uniform(0.6, 0.95), rng.uniform(0.7, 1.4)])
+        if longitudinal:
+            semi[2] = diameter / 2 * rng.uniform(1.0, 1.7)
         if varied:
             center = node_centre(rng, side, z_center, inner, neck_shift, float(semi.max()) * 1.25)
         else:
             center = np.array([side * rng.uniform(34, 44), rng.uniform(-10, 12), z_center + rng.uniform(-28, 28)])
         new_node = _plain_node_in_its_fat if varied and plain_signs else make_plain_node if plain_signs else make_node
         nodes.append(new_node(rng, center, semi, ece_nodes[i], subtle, group=i))
+        if longitudinal:
+            nodes[-1].rotation = along_the_neck(rng)
         if ece_nodes[i] and not subtle and rng.random() < 0.2:  # matted: a second, fused node
             offset = random_rotation(rng)[:, 0] * semi.max() * 0.9
             offset[2] *= 0.5
             nodes.append(new_node(rng, center + offset, semi * rng.uniform(0.6, 0.8), True, False, group=i))
+            if longitudinal:
+                nodes[-1].rotation = along_the_neck(rng)
     if not varied:
         fat_thickness = rng.uniform(5, 11)
         neck_shift = (rng.uniform(-4, 4), rng.uniform(-4, 4))
