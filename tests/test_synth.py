@@ -281,3 +281,37 @@ def test_a_varied_hospital_is_deterministic_and_preprocesses_with_its_nodes(tmp_
              for p in manifest["patients"]]
     ratios = np.array(sorted(volumes)) / np.array(sorted(drawn))  # case ids are pseudonyms: matched by rank
     assert ((ratios > 0.6) & (ratios < 1.8)).all(), ratios
+
+
+def test_longitudinal_nodes_lie_along_the_neck_as_ovoids_and_the_default_stays_turned_at_random(tmp_path):
+    """`--longitudinal-nodes`: every contoured node's longest axis runs craniocaudally (tilt <= 20 degrees) and is its
+    craniocaudal semi-axis, 1.0-1.7x its largest axial one; without the flag the same seeds draw ellipsoids turned at
+    random (the draws of before). Preprocessed, the node masks are longer along z than across on the plan grid."""
+    import nibabel as nib
+    from site_preprocess.config import SiteConfig
+    from site_preprocess.pipeline import run_preprocess
+    from site_preprocess.synth.phantom import make_patient
+    along, random_turn = [], []
+    for n in range(24):
+        for longitudinal, into in ((True, along), (False, random_turn)):
+            patient = make_patient(np.random.default_rng([21, 0, n]), ece=bool(n % 2), longitudinal=longitudinal)
+            for nd in patient.nodes:
+                longest = nd.rotation[:, int(np.argmax(nd.semi_axes))]
+                into.append(abs(longest[2]))
+                if longitudinal:
+                    assert 1.0 <= nd.semi_axes[2] / nd.semi_axes[:2].max() <= 1.7 + 1e-9
+    assert min(along) >= np.cos(np.deg2rad(20)) - 1e-9
+    assert np.median(random_turn) < 0.8  # random orientations: |cos| to z is uniform on [0, 1]
+    synthesize(tmp_path / "s", sites=1, cases_per_site=3, unlabeled_per_site=0, seed=4, progress=False,
+               longitudinal_nodes=True)
+    site = tmp_path / "s" / "hospital-a"
+    assert json.loads((site / "synth_manifest.json").read_text())["longitudinal_nodes"] is True
+    assert run_preprocess(site / "dicom", site / "labels.csv", tmp_path / "pre", SiteConfig(), progress=False) == 0
+    ratios = []
+    for item in json.loads((tmp_path / "pre" / "datalist.json").read_text())["training"]:
+        img = nib.load(tmp_path / "pre" / item["nodes"])
+        labels, count = ndimage.label(np.asarray(img.dataobj) > 0)
+        for k in range(1, count + 1):
+            extent = np.ptp(np.argwhere(labels == k), 0) * np.asarray(img.header.get_zooms()[:3])
+            ratios.append(extent[2] / extent[:2].max())
+    assert len(ratios) >= 3 and np.median(ratios) > 1.1, ratios
