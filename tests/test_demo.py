@@ -1,7 +1,7 @@
 """`ecefl demo` at a tiny setting: report files exist and summary.json repeats pooled_metrics.json exactly; the
 read-out benchmark re-runs the demo's federated refit on its body and reproduces it, and the ridge benchmark's
 scores are those `ecefl evaluate` gives; the unseen-hospital benchmark finds each patient's ECE rendering; the
-node-context benchmark moves whole nodes."""
+node-context benchmark moves whole nodes; the node-recall benchmark scores every node."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from ecefl.cli import main as ecefl_main
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import node_context as node_context_benchmark  # noqa: E402
+import node_recall as node_recall_benchmark  # noqa: E402
 import readout as readout_benchmark  # noqa: E402
 import ridge as ridge_benchmark  # noqa: E402
 import unseen as unseen_benchmark  # noqa: E402
@@ -140,3 +141,35 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys, monkeypatch):
     out_img, mask = node_context_benchmark.paste_into_fat(img, nodes, piece, (-250.0, 350.0), rng)
     assert mask.sum() == nodes.sum() and not (mask & nodes).any()
     assert np.allclose(out_img[mask], (40 + 250) / 600) and np.array_equal(out_img[nodes], img[nodes])
+
+    # benchmarks/node_recall.py: every contoured node of a patient scored where it lies, with its shape and ring
+    monkeypatch.setattr(sys, "argv", [
+        "node_recall.py", "--model", str(out / "fl" / "ece_finetune" / "best_global_model.pt"),
+        "--site", str(sites / "hospital-a"), "--datalist", "datalist.json", "--cases", "2", "--out",
+        str(tmp_path / "nr"), "--against", str(tmp_path / "nr")])  # itself: no difference
+    (tmp_path / "nr").mkdir()
+    (tmp_path / "nr" / "node_recall.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a node_recall.json"):  # a file without nodes is no run to compare with
+        node_recall_benchmark.main()
+    monkeypatch.setattr(sys, "argv", sys.argv[:-2])
+    node_recall_benchmark.main()
+    recall = json.loads((tmp_path / "nr" / "node_recall.json").read_text())
+    assert recall["summary"]["n_patients"] == 2 and recall["summary"]["n_nodes"] == len(recall["nodes"]) >= 2
+    assert all(0 <= r["probability"] <= 1 and 0 <= r["recall"] <= 1 and r["case_id"].startswith("case-")
+               for r in recall["nodes"])
+    assert node_recall_benchmark.paired_against(recall["nodes"], recall["nodes"])["mean_difference"] == 0.0
+    # by hand: a node 4 x 4 voxels across and 8 long along z in fat, half of it above the threshold, 1 ml marked off it
+    img = np.full((30, 30, 30), (-95 + 250) / 600, np.float32)
+    nodes = np.zeros(img.shape, bool)
+    nodes[10:14, 10:14, 8:16] = True
+    img[nodes] = (40 + 250) / 600
+    prob = np.zeros(img.shape, np.float32)
+    prob[10:14, 10:14, 8:12] = 0.9
+    prob[20:25, 20:25, 20:25] = 0.8  # 125 voxels of 2 mm: 1 ml
+    rows, fp = node_recall_benchmark.node_rows(prob, img, nodes, (-250.0, 350.0), (2.0, 2.0, 2.0), 0.5, "case-x")
+    assert len(rows) == 1 and fp == pytest.approx(1.0)
+    assert rows[0]["recall"] == pytest.approx(0.5) and rows[0]["probability"] == pytest.approx(0.45)
+    assert rows[0]["z_over_axial"] == pytest.approx(2.0) and rows[0]["long_axis_cos_z"] == pytest.approx(1.0)
+    assert rows[0]["ring_fat"] == 1.0 and rows[0]["ml"] == pytest.approx(128 * 8 / 1e3)
+    other = [{**rows[0], "probability": 0.25}]
+    assert node_recall_benchmark.paired_against(rows, other)["mean_difference"] == pytest.approx(0.2)
