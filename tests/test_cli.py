@@ -94,7 +94,7 @@ def test_log_level_before_or_after_the_command_and_timestamped_lines_on_stderr(c
 
 
 def test_synth_varied_writes_the_varied_generator_s_hospitals(tmp_path):
-    """`ecefl synth --varied [--plain-ece-signs]` and `--longitudinal-nodes`: its hospitals carry the flags in the
+    """`ecefl synth --varied [--plain-ece-signs]` and `--node-axes`: its hospitals carry the flags in the
     manifest and the varied ones a scan record per patient; --plain-ece-signs alone is refused."""
     import json
     assert main(["synth", "--out", str(tmp_path), "--sites", "1", "--cases-per-site", "2", "--unlabeled-per-site",
@@ -109,8 +109,9 @@ def test_synth_varied_writes_the_varied_generator_s_hospitals(tmp_path):
     assert manifest["varied"] is True and manifest["ece_signs"] == "plain"
     assert main(["synth", "--out", str(tmp_path / "q"), "--plain-ece-signs", "--no-progress"]) == 2
     assert not (tmp_path / "q").exists()
-    # nodes ovoid along the neck, in the plain generator's neck
-    assert main(["synth", "--out", str(tmp_path / "l"), "--sites", "1", "--cases-per-site", "2",
-                 "--unlabeled-per-site", "0", "--longitudinal-nodes", "--workers", "1", "--no-progress"]) == 0
-    manifest = json.loads((tmp_path / "l" / "hospital-a" / "synth_manifest.json").read_text())
-    assert manifest["longitudinal_nodes"] is True and "varied" not in manifest
+    # the nodes along the neck by default; turned at random as before session 41 on request
+    assert manifest["node_axes"] == "longitudinal"
+    assert main(["synth", "--out", str(tmp_path / "r"), "--sites", "1", "--cases-per-site", "2",
+                 "--unlabeled-per-site", "0", "--node-axes", "random", "--workers", "1", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "r" / "hospital-a" / "synth_manifest.json").read_text())
+    assert manifest["node_axes"] == "random" and "varied" not in manifest

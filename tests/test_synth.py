@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pydicom
+import pytest
 from scipy import ndimage
 
 from site_preprocess.synth import synthesize
@@ -283,10 +284,11 @@ def test_a_varied_hospital_is_deterministic_and_preprocesses_with_its_nodes(tmp_
     assert ((ratios > 0.6) & (ratios < 1.8)).all(), ratios
 
 
-def test_longitudinal_nodes_lie_along_the_neck_as_ovoids_and_the_default_stays_turned_at_random(tmp_path):
-    """`--longitudinal-nodes`: every contoured node's longest axis runs craniocaudally (tilt <= 20 degrees) and is its
-    craniocaudal semi-axis, 1.0-1.7x its largest axial one; without the flag the same seeds draw ellipsoids turned at
-    random (the draws of before). Preprocessed, the node masks are longer along z than across on the plan grid."""
+def test_nodes_lie_along_the_neck_as_ovoids_unless_asked_to_turn_at_random(tmp_path):
+    """The default (`--node-axes longitudinal`, session 41): every contoured node's longest axis runs craniocaudally
+    (tilt <= 20 degrees) and is its craniocaudal semi-axis, 1.0-1.7x its largest axial one; `--node-axes random`
+    draws ellipsoids turned at random (the draws of before). Preprocessed, the default's node masks are longer along
+    z than across; an unknown choice is refused."""
     import nibabel as nib
     from site_preprocess.config import SiteConfig
     from site_preprocess.pipeline import run_preprocess
@@ -302,10 +304,11 @@ def test_longitudinal_nodes_lie_along_the_neck_as_ovoids_and_the_default_stays_t
                     assert 1.0 <= nd.semi_axes[2] / nd.semi_axes[:2].max() <= 1.7 + 1e-9
     assert min(along) >= np.cos(np.deg2rad(20)) - 1e-9
     assert np.median(random_turn) < 0.8  # random orientations: |cos| to z is uniform on [0, 1]
-    synthesize(tmp_path / "s", sites=1, cases_per_site=3, unlabeled_per_site=0, seed=4, progress=False,
-               longitudinal_nodes=True)
+    with pytest.raises(ValueError, match="node_axes"):
+        synthesize(tmp_path / "x", sites=1, cases_per_site=1, unlabeled_per_site=0, progress=False, node_axes="z")
+    synthesize(tmp_path / "s", sites=1, cases_per_site=3, unlabeled_per_site=0, seed=4, progress=False)
     site = tmp_path / "s" / "hospital-a"
-    assert json.loads((site / "synth_manifest.json").read_text())["longitudinal_nodes"] is True
+    assert json.loads((site / "synth_manifest.json").read_text())["node_axes"] == "longitudinal"
     assert run_preprocess(site / "dicom", site / "labels.csv", tmp_path / "pre", SiteConfig(), progress=False) == 0
     ratios = []
     for item in json.loads((tmp_path / "pre" / "datalist.json").read_text())["training"]:

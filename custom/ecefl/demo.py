@@ -40,11 +40,11 @@ def stage(title: str) -> None:
 
 def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int = 40, unlabeled_per_site: int = 10,
              mae_rounds: int = 2, rounds: int = 8, local_epochs: int = 1, seed: int = 0, progress: bool = True,
-             varied_synth: bool = False, plain_ece_signs: bool = False, longitudinal_nodes: bool = False,
+             varied_synth: bool = False, plain_ece_signs: bool = False, node_axes: str = "longitudinal",
              **overrides) -> dict:
     """overrides: plan fields on top of the preset and DEMO_DEFAULTS (`ecefl demo --set FIELD=VALUE`), for both
     jobs. varied_synth: the hospitals of `ecefl synth --varied` (plain_ece_signs: `... --plain-ece-signs`);
-    longitudinal_nodes: `ecefl synth --longitudinal-nodes`."""
+    node_axes: `ecefl synth --node-axes` (the nodes along the neck, or turned at random as before session 41)."""
     overrides = {**DEMO_DEFAULTS, **overrides}
     from site_preprocess.config import SiteConfig
     from site_preprocess.pipeline import run_preprocess
@@ -62,7 +62,7 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
     t = time.time()
     site_dirs = synthesize(out / "hospitals", sites, cases_per_site, unlabeled_per_site, seed, progress=progress,
                            workers=os.cpu_count() or 1, varied=varied_synth, plain_signs=plain_ece_signs,
-                           longitudinal_nodes=longitudinal_nodes)
+                           node_axes=node_axes)
     timings["synth_s"] = round(time.time() - t, 1)
 
     stage("2/5 preprocess at each site (exact masks, soft-tissue dilation, pseudonyms)")
@@ -104,7 +104,7 @@ def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int
     timings["total_s"] = round(time.time() - t0, 1)
     config = {"preset": preset, "plan": plan.to_dict(), "sites": sites, "cases_per_site": cases_per_site,
               "varied_synth": varied_synth, "plain_ece_signs": plain_ece_signs,
-              "longitudinal_nodes": longitudinal_nodes,
+              "node_axes": node_axes,
               "unlabeled_per_site": unlabeled_per_site, "mae_rounds": mae_rounds, "finetune_rounds": rounds,
               "local_epochs": local_epochs, "val_fraction": VAL_FRACTION, "seed": seed}
     summary = write_report(out / "report", finetune, mae, data_summary, config, cases, timings)

@@ -25,9 +25,9 @@ def _synth(sub) -> None:
     p.add_argument("--plain-ece-signs", action="store_true",
                    help="with --varied: its neck and scans, but the nodes sized and ECE rendered as the plain "
                         "generator does (docs/BENCHMARKS.md, session 37)")
-    p.add_argument("--longitudinal-nodes", action="store_true",
-                   help="the contoured nodes ovoid along the neck (craniocaudal long axis), as cervical nodes lie, "
-                        "instead of ellipsoids turned at random (docs/BENCHMARKS.md, session 41)")
+    p.add_argument("--node-axes", choices=["longitudinal", "random"], default="longitudinal",
+                   help="how the contoured nodes lie: ovoid along the neck (craniocaudal long axis), as cervical nodes "
+                        "do (default since session 41), or ellipsoids turned at random as before (docs/BENCHMARKS.md)")
 
     def run(args) -> int:
         from site_preprocess.synth import synthesize
@@ -40,7 +40,7 @@ def _synth(sub) -> None:
             return 2
         dirs = synthesize(args.out, args.sites, args.cases_per_site, args.unlabeled_per_site, args.seed,
                           progress=not args.no_progress, workers=max(1, args.workers), varied=args.varied,
-                          plain_signs=args.plain_ece_signs, longitudinal_nodes=args.longitudinal_nodes)
+                          plain_signs=args.plain_ece_signs, node_axes=args.node_axes)
         for d in dirs:
             print(f"{d.name}: {d}/dicom, {d}/labels.csv")
         return 0
@@ -151,8 +151,8 @@ def _demo(sub) -> None:
     p.add_argument("--varied-synth", action="store_true", help="hospitals from `ecefl synth --varied`")
     p.add_argument("--plain-ece-signs", action="store_true",
                    help="with --varied-synth: hospitals from `ecefl synth --varied --plain-ece-signs`")
-    p.add_argument("--longitudinal-nodes", action="store_true",
-                   help="hospitals from `ecefl synth --longitudinal-nodes` (nodes ovoid along the neck)")
+    p.add_argument("--node-axes", choices=["longitudinal", "random"], default="longitudinal",
+                   help="the hospitals' nodes as `ecefl synth --node-axes` draws them (default: along the neck)")
     add_set_argument(p)
 
     def run(args) -> int:
@@ -169,7 +169,7 @@ def _demo(sub) -> None:
         run_demo(args.out, args.preset, args.sites, args.cases_per_site, args.unlabeled_per_site, args.mae_rounds,
                  args.rounds, args.local_epochs, args.seed, progress=not args.no_progress,
                  varied_synth=args.varied_synth, plain_ece_signs=args.plain_ece_signs,
-                 longitudinal_nodes=args.longitudinal_nodes, **overrides)
+                 node_axes=args.node_axes, **overrides)
         return 0
     p.set_defaults(func=run)
 
