@@ -30,7 +30,8 @@ def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_pe
     identical to those sites of the full set). workers > 1: patients are written in that many processes (each
     patient depends on (seed, site, index) alone, so the files are identical). varied: the varied generator
     (domain randomisation: oral cavity, fixation, normal nodes, nodes at levels Ib-V with varied ECE renderings,
-    per-patient scans; docs/BENCHMARKS.md, session 36); off, the plain generator's bytes of before. plain_signs (with
+    per-patient scans; docs/BENCHMARKS.md, session 36); off, the plain generator (its bytes of before session 41 with
+    node_axes="random"). plain_signs (with
     varied): the varied neck and scans with the plain generator's nodes and ECE rendering (session 37).
     node_axes: "longitudinal" (the default since session 41), the contoured nodes ovoid along the neck as cervical
     nodes lie, or "random", ellipsoids turned at random as before (phantom.make_patient)."""

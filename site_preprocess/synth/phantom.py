@@ -27,8 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from .immobilisation import Fixation, make_fixation, paint_fixation
-from .nodes import (HU_FAT, Node, along_the_neck, in_irregular_fat, make_node, node_centre, paint_envelope, paint_node,
-                    random_rotation, small_normal_node)
+from .nodes import (HU_FAT, Node, along_the_neck, in_irregular_fat, make_node, node_centre, paint_envelope,
+                    paint_node, random_rotation, small_normal_node)
 from .plain_nodes import make_plain_node, paint_plain_node
 from .scanner import NOMINAL, Scan, reconstruct
 from .upper_neck import UpperNeck, add_metal_streaks, ellipsoid, make_upper_neck, paint_upper_neck
@@ -73,7 +73,7 @@ def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None
                  varied: bool = False, plain_signs: bool = False, longitudinal: bool = True) -> Patient:
     """Draw one patient; ece=None draws nodes without a defined label (unlabelled CT). varied: the varied generator
     (wider habitus, nodes at levels Ib-V with varied ECE renderings, oral cavity, fixation); otherwise the plain one,
-    whose draws are kept as they were so a seed gives the same patient. plain_signs (with varied): the varied neck
+    whose draws are kept as they were (with longitudinal off, a seed gives the same patient as before session 41). plain_signs (with varied): the varied neck
     and scan, its nodes at levels Ib-V in their own fat, but sized, shaped and painted as the plain generator does
     (one rendering of ECE), to tell what the varied neck does from what the varied signs do. longitudinal (the
     default since session 41): every contoured node ovoid along the neck (nodes.along_the_neck), its craniocaudal
