@@ -155,9 +155,8 @@ def test_a_refit_arm_waits_for_its_arm_and_equals_training_with_the_refit_on(pre
     assert payload["plan"].readout_refit_iterations == iterations > 0
     theta = refitted.readout_parameters()
     # two trainings of one plan and seed, in other thread layouts: equal up to float kernels (AVX-512, one thread:
-    # 5e-4 relative; AMX under the suite's two workers on session 41's data: 1.3e-2), while the refit moves theta
-    # by ~0.1
-    assert torch.allclose(theta, direct.readout_parameters(), rtol=3e-2, atol=1e-5)
+    # 5e-4 relative), while the refit moves theta by ~0.1
+    assert torch.allclose(theta, direct.readout_parameters(), rtol=2e-3, atol=1e-5)
     assert not torch.allclose(theta, plain.readout_parameters())
     body = [k for k in plain.state_dict() if k not in READOUT_KEYS]
     assert all(torch.equal(refitted.state_dict()[k], plain.state_dict()[k]) for k in body)
@@ -182,8 +181,7 @@ def test_a_pretraining_short_of_its_epochs_runs_on_only_when_asked_and_not_under
     assert full["mae"]["resumed_after"] == [1] and full["mae"]["losses"][0] == short["losses"][0]
     direct = pretrain([str(p) for p in lists], "test-tiny", 3, tmp_path / "direct", seed=0, progress=False,
                       **{**mae.COMMON, **cfg["overrides"], "iterations_per_epoch": cfg["mae_iterations"]})
-    # up to float kernels in other thread layouts (2.5e-5 relative at epoch 3 under the suite's two workers)
-    assert full["mae"]["losses"] == pytest.approx([e["loss"] for e in direct["epochs"]], rel=2e-4)
+    assert full["mae"]["losses"] == pytest.approx([e["loss"] for e in direct["epochs"]], rel=1e-5)
 
     (out / "seed0" / "maerefit_50").mkdir(parents=True)
     (out / "seed0" / "maerefit_50" / "result.json").write_text("{}")
