@@ -109,9 +109,9 @@ def test_synth_varied_writes_the_varied_generator_s_hospitals(tmp_path):
     assert manifest["varied"] is True and manifest["ece_signs"] == "plain"
     assert main(["synth", "--out", str(tmp_path / "q"), "--plain-ece-signs", "--no-progress"]) == 2
     assert not (tmp_path / "q").exists()
-    # the nodes along the neck by default; turned at random as before session 41 on request
-    assert manifest["node_axes"] == "longitudinal"
-    assert main(["synth", "--out", str(tmp_path / "r"), "--sites", "1", "--cases-per-site", "2",
-                 "--unlabeled-per-site", "0", "--node-axes", "random", "--workers", "1", "--no-progress"]) == 0
-    manifest = json.loads((tmp_path / "r" / "hospital-a" / "synth_manifest.json").read_text())
-    assert manifest["node_axes"] == "random" and "varied" not in manifest
+    # the nodes turned at random by default (the manifest as before); along the neck on request
+    assert "node_axes" not in manifest
+    assert main(["synth", "--out", str(tmp_path / "l"), "--sites", "1", "--cases-per-site", "2",
+                 "--unlabeled-per-site", "0", "--node-axes", "longitudinal", "--workers", "1", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "l" / "hospital-a" / "synth_manifest.json").read_text())
+    assert manifest["node_axes"] == "longitudinal" and "varied" not in manifest

@@ -284,11 +284,11 @@ def test_a_varied_hospital_is_deterministic_and_preprocesses_with_its_nodes(tmp_
     assert ((ratios > 0.6) & (ratios < 1.8)).all(), ratios
 
 
-def test_nodes_lie_along_the_neck_as_ovoids_unless_asked_to_turn_at_random(tmp_path):
-    """The default (`--node-axes longitudinal`, session 41): every contoured node's longest axis runs craniocaudally
-    (tilt <= 20 degrees) and is its craniocaudal semi-axis, 1.0-1.7x its largest axial one; `--node-axes random`
-    draws ellipsoids turned at random (the draws of before). Preprocessed, the default's node masks are longer along
-    z than across; an unknown choice is refused."""
+def test_longitudinal_nodes_lie_along_the_neck_as_ovoids_and_the_default_stays_turned_at_random(tmp_path):
+    """`--node-axes longitudinal` (session 41): every contoured node's longest axis runs craniocaudally (tilt <= 20
+    degrees) and is its craniocaudal semi-axis, 1.0-1.7x its largest axial one; the default draws ellipsoids turned at
+    random (the draws of before). Preprocessed, the longitudinal node masks are longer along z than across; an
+    unknown choice is refused."""
     import nibabel as nib
     from site_preprocess.config import SiteConfig
     from site_preprocess.pipeline import run_preprocess
@@ -306,7 +306,8 @@ def test_nodes_lie_along_the_neck_as_ovoids_unless_asked_to_turn_at_random(tmp_p
     assert np.median(random_turn) < 0.8  # random orientations: |cos| to z is uniform on [0, 1]
     with pytest.raises(ValueError, match="node_axes"):
         synthesize(tmp_path / "x", sites=1, cases_per_site=1, unlabeled_per_site=0, progress=False, node_axes="z")
-    synthesize(tmp_path / "s", sites=1, cases_per_site=3, unlabeled_per_site=0, seed=4, progress=False)
+    synthesize(tmp_path / "s", sites=1, cases_per_site=3, unlabeled_per_site=0, seed=4, progress=False,
+               node_axes="longitudinal")
     site = tmp_path / "s" / "hospital-a"
     assert json.loads((site / "synth_manifest.json").read_text())["node_axes"] == "longitudinal"
     assert run_preprocess(site / "dicom", site / "labels.csv", tmp_path / "pre", SiteConfig(), progress=False) == 0

@@ -40,11 +40,11 @@ def stage(title: str) -> None:
 
 def run_demo(out, preset: str = "cpu-small", sites: int = 3, cases_per_site: int = 40, unlabeled_per_site: int = 10,
              mae_rounds: int = 2, rounds: int = 8, local_epochs: int = 1, seed: int = 0, progress: bool = True,
-             varied_synth: bool = False, plain_ece_signs: bool = False, node_axes: str = "longitudinal",
+             varied_synth: bool = False, plain_ece_signs: bool = False, node_axes: str = "random",
              **overrides) -> dict:
     """overrides: plan fields on top of the preset and DEMO_DEFAULTS (`ecefl demo --set FIELD=VALUE`), for both
     jobs. varied_synth: the hospitals of `ecefl synth --varied` (plain_ece_signs: `... --plain-ece-signs`);
-    node_axes: `ecefl synth --node-axes` (the nodes along the neck, or turned at random as before session 41)."""
+    node_axes: `ecefl synth --node-axes` ("longitudinal": the nodes along the neck, session 41)."""
     overrides = {**DEMO_DEFAULTS, **overrides}
     from site_preprocess.config import SiteConfig
     from site_preprocess.pipeline import run_preprocess

@@ -25,16 +25,15 @@ FIRST_NAMES = ("Avery", "Blake", "Casey", "Dana", "Emery", "Finley", "Gray", "Ha
 
 def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_per_site: int = 8,
                seed: int = 0, progress: bool = True, only: list[int] | None = None, workers: int = 1,
-               varied: bool = False, plain_signs: bool = False, node_axes: str = "longitudinal") -> list[Path]:
+               varied: bool = False, plain_signs: bool = False, node_axes: str = "random") -> list[Path]:
     """only: synthesise just these site indices (each site's data depends on its index alone, so a subset is
     identical to those sites of the full set). workers > 1: patients are written in that many processes (each
     patient depends on (seed, site, index) alone, so the files are identical). varied: the varied generator
     (domain randomisation: oral cavity, fixation, normal nodes, nodes at levels Ib-V with varied ECE renderings,
-    per-patient scans; docs/BENCHMARKS.md, session 36); off, the plain generator (its bytes of before session 41 with
-    node_axes="random"). plain_signs (with
+    per-patient scans; docs/BENCHMARKS.md, session 36); off, the plain generator's bytes of before. plain_signs (with
     varied): the varied neck and scans with the plain generator's nodes and ECE rendering (session 37).
-    node_axes: "longitudinal" (the default since session 41), the contoured nodes ovoid along the neck as cervical
-    nodes lie, or "random", ellipsoids turned at random as before (phantom.make_patient)."""
+    node_axes: "random" (the default: ellipsoids turned at random, the bytes of before) or "longitudinal", the
+    contoured nodes ovoid along the neck as cervical nodes lie (phantom.make_patient; session 41)."""
     if plain_signs and not varied:
         raise ValueError("plain_signs applies to the varied generator (the plain one always renders ECE so)")
     if node_axes not in NODE_AXES:
@@ -60,7 +59,8 @@ def synthesize(out: Path, sites: int = 3, cases_per_site: int = 16, unlabeled_pe
         if varied:
             manifest["varied"] = True
             manifest["ece_signs"] = "plain" if plain_signs else "varied"
-        manifest["node_axes"] = node_axes
+        if node_axes != "random":  # the default's manifest stays byte-identical to before
+            manifest["node_axes"] = node_axes
         total = cases_per_site + unlabeled_per_site
         eces = [int(labels[n]) if n < cases_per_site else None for n in range(total)]
         args = [(site_dir / "dicom", profile, site_index, n, eces[n], seed, varied, plain_signs,
@@ -129,7 +129,7 @@ def scan_start(patient: Patient, n_slices: int, dz: float) -> float:
 
 
 def _write_patient(dicom_root: Path, profile: SiteProfile, site_index: int, n: int, ece: int | None,
-                   seed: int, varied: bool = False, plain_signs: bool = False, longitudinal: bool = True) -> dict:
+                   seed: int, varied: bool = False, plain_signs: bool = False, longitudinal: bool = False) -> dict:
     rng = np.random.default_rng([seed, site_index, n])
     patient = make_patient(rng, None if ece is None else bool(ece), varied=varied, plain_signs=plain_signs,
                            longitudinal=longitudinal)

@@ -70,15 +70,15 @@ class Patient:
 
 
 def make_patient(rng: np.random.Generator, ece: bool | None, n_nodes: int | None = None,
-                 varied: bool = False, plain_signs: bool = False, longitudinal: bool = True) -> Patient:
+                 varied: bool = False, plain_signs: bool = False, longitudinal: bool = False) -> Patient:
     """Draw one patient; ece=None draws nodes without a defined label (unlabelled CT). varied: the varied generator
     (wider habitus, nodes at levels Ib-V with varied ECE renderings, oral cavity, fixation); otherwise the plain one,
-    whose draws are kept as they were (with longitudinal off, a seed gives the same patient as before session 41). plain_signs (with varied): the varied neck
+    whose draws are kept as they were so a seed gives the same patient. plain_signs (with varied): the varied neck
     and scan, its nodes at levels Ib-V in their own fat, but sized, shaped and painted as the plain generator does
-    (one rendering of ECE), to tell what the varied neck does from what the varied signs do. longitudinal (the
-    default since session 41): every contoured node ovoid along the neck (nodes.along_the_neck), its craniocaudal
-    axis 1.0-1.7x its largest axial radius (long-to-short axis ratio ~1.05-2.4, as metastatic nodes' < 2 mostly is);
-    off, an ellipsoid turned at random, the draws of before (`ecefl synth --node-axes random`)."""
+    (one rendering of ECE), to tell what the varied neck does from what the varied signs do. longitudinal
+    (`ecefl synth --node-axes longitudinal`, session 41): every contoured node ovoid along the neck
+    (nodes.along_the_neck), its craniocaudal axis 1.0-1.7x its largest axial radius (long-to-short axis ratio
+    ~1.05-2.4, as metastatic nodes' < 2 mostly is); off, an ellipsoid turned at random, the draws of before."""
     plain_signs = plain_signs or not varied
     if varied:
         body = (rng.uniform(54, 74), rng.uniform(48, 66))

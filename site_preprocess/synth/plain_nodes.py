@@ -1,7 +1,6 @@
 """The nodes of the plain generator (`ecefl synth` before session 36; the default): levels II-IV in the lateral neck
 fat, ECE-positive nodes lobulated with spicules and stranding all round (subtle ones mildly), ECE-negative ones
-smooth ovals with a clean fat plane. Kept as it was, so a seed's hospitals stay the same to the last byte (with
-`--node-axes random`: since session 41 the nodes lie along the neck by default, phantom.make_patient);
+smooth ovals with a clean fat plane. Kept as it was, so a seed's hospitals stay the same to the last byte;
 `nodes.py` holds the varied renderings (`synthesize(..., varied=True)`)."""
 from __future__ import annotations
 

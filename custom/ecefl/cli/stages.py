@@ -25,9 +25,9 @@ def _synth(sub) -> None:
     p.add_argument("--plain-ece-signs", action="store_true",
                    help="with --varied: its neck and scans, but the nodes sized and ECE rendered as the plain "
                         "generator does (docs/BENCHMARKS.md, session 37)")
-    p.add_argument("--node-axes", choices=["longitudinal", "random"], default="longitudinal",
-                   help="how the contoured nodes lie: ovoid along the neck (craniocaudal long axis), as cervical nodes "
-                        "do (default since session 41), or ellipsoids turned at random as before (docs/BENCHMARKS.md)")
+    p.add_argument("--node-axes", choices=["random", "longitudinal"], default="random",
+                   help="how the contoured nodes lie: ellipsoids turned at random (default), or ovoid along the neck "
+                        "(craniocaudal long axis) as cervical nodes do (docs/BENCHMARKS.md, session 41)")
 
     def run(args) -> int:
         from site_preprocess.synth import synthesize
@@ -151,8 +151,8 @@ def _demo(sub) -> None:
     p.add_argument("--varied-synth", action="store_true", help="hospitals from `ecefl synth --varied`")
     p.add_argument("--plain-ece-signs", action="store_true",
                    help="with --varied-synth: hospitals from `ecefl synth --varied --plain-ece-signs`")
-    p.add_argument("--node-axes", choices=["longitudinal", "random"], default="longitudinal",
-                   help="the hospitals' nodes as `ecefl synth --node-axes` draws them (default: along the neck)")
+    p.add_argument("--node-axes", choices=["random", "longitudinal"], default="random",
+                   help="the hospitals' nodes as `ecefl synth --node-axes` draws them (default: turned at random)")
     add_set_argument(p)
 
     def run(args) -> int:
