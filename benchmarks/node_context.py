@@ -71,6 +71,24 @@ def paste_into_fat(img, nodes, piece, window, rng, tries: int = 400):
     return None
 
 
+def on_plan_grid(site: Path, entry: dict, plan) -> tuple[np.ndarray, np.ndarray]:
+    """(CT in window units, per-node mask as bool) of a preprocessed datalist entry on the plan's grid."""
+    from ecefl.engine import on_ct_and_plan_grids
+    _, planned = on_ct_and_plan_grids({"image": str(site / entry["image"]), "label": str(site / entry["nodes"])}, plan)
+    return planned["image"][0].numpy(), planned["label"][0].numpy() > 0.5
+
+
+def probability_map(model, img: np.ndarray, plan) -> np.ndarray:
+    """The model's node probability over a whole plan-grid CT, as `ecefl infer` predicts it (sliding window, neck
+    gate, mirroring)."""
+    import torch
+
+    from ecefl.engine import predict_volume
+    with torch.no_grad():
+        out, _ = predict_volume(model, torch.as_tensor(np.ascontiguousarray(img))[None, None].float(), plan)
+    return torch.softmax(out[:, :2].float(), 1)[0, 1].numpy()
+
+
 def labelled_with_nodes(datalist: Path, cases: int) -> list[dict]:
     """The first `cases` entries of a preprocessed datalist that name their per-node mask; exits with what to do."""
     if not datalist.is_file():
@@ -95,25 +113,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
-    import torch
     from scipy import ndimage
 
     from ecefl.checkpoint import load_model
-    from ecefl.engine import largest_component, on_ct_and_plan_grids, predict_volume
+    from ecefl.engine import largest_component
     model, payload = load_model(args.model)
     model.eval()
     plan = payload["plan"]
     window = plan.hu_window
 
-    def load(site: Path, entry: dict):
-        _, planned = on_ct_and_plan_grids({"image": str(site / entry["image"]), "label": str(site / entry["nodes"])},
-                                          plan)
-        return planned["image"][0].numpy(), planned["label"][0].numpy() > 0.5
-
     def node_probability(img: np.ndarray, mask: np.ndarray) -> float:
-        with torch.no_grad():
-            out, _ = predict_volume(model, torch.as_tensor(np.ascontiguousarray(img))[None, None].float(), plan)
-        return float(torch.softmax(out[:, :2].float(), 1)[0, 1].numpy()[mask].mean())
+        return float(probability_map(model, img, plan)[mask].mean())
 
     entries = [labelled_with_nodes(site / name, args.cases)
                for site, name in ((args.site_a, args.datalist_a), (args.site_b, args.datalist_b))]
@@ -121,8 +131,8 @@ def main() -> None:
     fat = in_window(FAT_HU, window)
     rows = []
     for entry_a, entry_b in zip(*entries):
-        img_a, nodes_a = load(args.site_a, entry_a)
-        img_b, nodes_b = load(args.site_b, entry_b)
+        img_a, nodes_a = on_plan_grid(args.site_a, entry_a, plan)
+        img_b, nodes_b = on_plan_grid(args.site_b, entry_b, plan)
         node_a, node_b = largest_component(nodes_a), largest_component(nodes_b)
         row = {"case_a": entry_a["case_id"], "case_b": entry_b["case_id"],
                "a_home": node_probability(img_a, node_a), "b_home": node_probability(img_b, node_b)}

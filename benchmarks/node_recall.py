@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "custom"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from node_context import labelled_with_nodes  # noqa: E402
+from node_context import labelled_with_nodes, on_plan_grid, probability_map  # noqa: E402
 
 MIN_VOXELS = 20
 RING_MM = 8.0
@@ -53,13 +53,14 @@ def node_rows(prob: np.ndarray, img: np.ndarray, nodes: np.ndarray, window, spac
         node = labels == k
         if node.sum() < MIN_VOXELS:
             continue
-        xyz = np.argwhere(node) * spacing
+        voxels = np.argwhere(node)
+        xyz = voxels * spacing
         extent = np.ptp(xyz, 0) + spacing
         _, vectors = np.linalg.eigh(np.cov(xyz.T))
         own = ndimage.distance_transform_edt(~node, sampling=spacing)
         ring = (own > 0) & (own <= RING_MM) & (distance > 0) & body  # off every node, inside the body
         ring_hu = hu[ring]
-        z = int(round(np.argwhere(node)[:, 2].mean()))
+        z = int(round(voxels[:, 2].mean()))
         across = np.nonzero(body[:, :, z].any(1))[0]
         rows.append({
             "case_id": case_id, "node": len(rows), "probability": float(prob[node].mean()),
@@ -119,21 +120,14 @@ def main() -> None:
             raise SystemExit(f"--against: {path} is not a node_recall.json this benchmark wrote; give the OUT folder "
                              "of an earlier run")
         other["run"] = str(path)
-    import torch
-
     from ecefl.checkpoint import load_model, node_threshold_of
-    from ecefl.engine import on_ct_and_plan_grids, predict_volume
     model, payload = load_model(args.model)
     model.eval()
     plan, threshold = payload["plan"], node_threshold_of(payload)
     rows, false_positive_ml = [], []
     for entry in labelled_with_nodes(args.site / args.datalist, args.cases):
-        _, planned = on_ct_and_plan_grids({"image": str(args.site / entry["image"]),
-                                           "label": str(args.site / entry["nodes"])}, plan)
-        img, nodes = planned["image"][0].numpy(), planned["label"][0].numpy() > 0.5
-        with torch.no_grad():
-            out, _ = predict_volume(model, torch.as_tensor(np.ascontiguousarray(img))[None, None].float(), plan)
-        prob = torch.softmax(out[:, :2].float(), 1)[0, 1].numpy()
+        img, nodes = on_plan_grid(args.site, entry, plan)
+        prob = probability_map(model, img, plan)
         found, fp = node_rows(prob, img, nodes, plan.hu_window, plan.spacing, threshold, entry["case_id"])
         rows += found
         false_positive_ml.append(fp)
