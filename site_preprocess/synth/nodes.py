@@ -72,13 +72,11 @@ def along_the_neck(rng: np.random.Generator, max_tilt_deg: float = 20.0) -> np.n
     """A node frame whose third axis runs craniocaudally, tilted by up to max_tilt_deg, its first two turned at
     random in the axial plane: cervical nodes are ovoid and lie along the lymphatic chains (jugular, spinal
     accessory), so their long (longitudinal) axis is craniocaudal and their short axis axial."""
+    from scipy.spatial.transform import Rotation
     turn = rng.uniform(0, 2 * np.pi)
-    c, s = np.cos(turn), np.sin(turn)
-    spin = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     axis = np.array([*_unit_2d(rng), 0.0])  # a horizontal tilt axis
     tilt = np.deg2rad(rng.uniform(0, max_tilt_deg))
-    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    return (np.eye(3) + np.sin(tilt) * k + (1 - np.cos(tilt)) * k @ k) @ spin  # Rodrigues
+    return Rotation.from_rotvec(tilt * axis).as_matrix() @ Rotation.from_rotvec([0.0, 0.0, turn]).as_matrix()
 
 
 def _unit_2d(rng: np.random.Generator) -> np.ndarray:
