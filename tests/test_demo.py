@@ -4,6 +4,7 @@ scores are those `ecefl evaluate` gives; the unseen-hospital benchmark finds eac
 node-context benchmark moves whole nodes; the node-recall benchmark scores every node."""
 from __future__ import annotations
 
+import csv
 import json
 import sys
 
@@ -15,6 +16,7 @@ from ecefl.checkpoint import load_checkpoint
 from ecefl.cli import main as ecefl_main
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import ece_signs as ece_signs_benchmark  # noqa: E402
 import node_context as node_context_benchmark  # noqa: E402
 import node_recall as node_recall_benchmark  # noqa: E402
 import readout as readout_benchmark  # noqa: E402
@@ -173,3 +175,32 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys, monkeypatch):
     assert rows[0]["ring_fat"] == 1.0 and rows[0]["ml"] == pytest.approx(128 * 8 / 1e3)
     other = [{**rows[0], "probability": 0.25}]
     assert node_recall_benchmark.paired_against(rows, other)["mean_difference"] == pytest.approx(0.2)
+
+    # benchmarks/ece_signs.py: the read-out pooled over the reference region, and the HU signs of the nodes
+    monkeypatch.setattr(sys, "argv", [
+        "ece_signs.py", "--model", str(out / "fl" / "ece_finetune" / "best_global_model.pt"),
+        "--site", str(sites / "hospital-a"), "--datalist", "datalist.json", "--cases", "4", "--out",
+        str(tmp_path / "signs")])
+    ece_signs_benchmark.main()
+    signs = json.loads((tmp_path / "signs" / "ece_signs.json").read_text())
+    table = list(csv.DictReader(open(tmp_path / "signs" / "predictions.csv")))
+    assert signs["n_cases"] == len(table) >= 2 and 1 <= signs["n_positive"] < len(table)
+    assert all(0 <= float(r["probability"]) <= 1 and float(r["ml"]) > 0 for r in table)
+    assert set(signs["auc"]) == {"probability", *ece_signs_benchmark.SIGNS}
+    # by hand: a 4-voxel cube of node (40 HU) in fat (-95 HU), then with its fat stranded (-45 HU) and one side of
+    # its shell soft tissue (fat plane lost)
+    hu = np.full((20, 20, 20), -95.0, np.float32)
+    nodes = np.zeros(hu.shape, bool)
+    nodes[8:12, 8:12, 8:12] = True
+    hu[nodes] = 40.0
+    clean = ece_signs_benchmark.signs(hu, nodes, 0.008)
+    assert clean["node_hu"] == 40.0 and clean["ml"] == pytest.approx(64 * 0.008)
+    assert clean["shell_soft_share"] == 0.0 and -95.0 <= clean["shell_fat_hu"] < -60.0
+    assert clean["surface_per_volume"] == pytest.approx(56 / 16)  # 56 of 64 voxels at the border
+    from scipy import ndimage
+    stranded = hu.copy()
+    stranded[ndimage.binary_dilation(nodes, iterations=4) & ~nodes] = -45.0
+    stranded[8:12, 8:12, 12:14] = 40.0
+    ece = ece_signs_benchmark.signs(stranded, nodes, 0.008)
+    assert ece["shell_fat_hu"] > clean["shell_fat_hu"] + 30 and ece["shell_soft_share"] > 0.05
+    assert ece["shell_hu"] > clean["shell_hu"]
