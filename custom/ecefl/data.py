@@ -12,7 +12,6 @@ from monai.transforms import (Compose, EnsureTyped, RandAffined, RandCropByPosNe
                               RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd,
                               RandSimulateLowResolutiond, RandSpatialCropd, SpatialPadd)
 
-from .appearance import RandGinIpad
 from .plan import Plan
 
 _log = logging.getLogger(__name__)
@@ -163,7 +162,7 @@ def train_transforms(plan: Plan) -> Compose:
         RandFlipd(keys=keys, prob=0.5, spatial_axis=0),  # left-right: the neck is nearly symmetric
         RandAffined(keys=keys, prob=0.3, rotate_range=(0.17, 0.17, 0.17), scale_range=(0.1, 0.1, 0.1),
                     mode=("bilinear", "nearest"), padding_mode="border"),
-    ] + _intensity_augmentation(plan) + ([RandGinIpad(keys="image", prob=plan.gin_ipa)] if plan.gin_ipa else []))
+    ] + _intensity_augmentation(plan))
 
 
 def _intensity_augmentation(plan: Plan) -> list:

@@ -58,9 +58,6 @@ class Plan:
     # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
     augmentation: str = "intensity"
-    # share of training crops whose appearance is randomised (appearance.RandGinIpad, GIN-IPA): the network's input
-    # only, against a model that takes the look of the neck around a node as the node's cue; 0 = off
-    gin_ipa: float = 0.0
     # bf16 autocast on a CPU with bf16 matrix units (Intel AMX), in training and in every forward pass after it;
     # fp32 on other CPUs whatever this says (engine.uses_bf16). benchmarks/step.py measures it
     cpu_bf16: bool = False
