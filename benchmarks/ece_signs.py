@@ -1,12 +1,12 @@
 """How well the ECE decision ranks when the nodes are given: the model's read-out pooled over the reference nodal
 region, against simple HU signs of the contoured nodes.
 
-    python benchmarks/ece_signs.py --model M.pt --site UIH9/site --cases 80 --out SIGNS_M
+    python benchmarks/ece_signs.py --model M.pt --site UIH9/site --cases 120 --out SIGNS_M
     python benchmarks/paired.py UIH9/eval_M/predictions.csv SIGNS_M/predictions.csv   # own nodes vs given ones
 
 The site is a preprocessed site folder (`--datalist` defaults to datalist_test.json, which `benchmarks/unseen.py`
-writes); --cases takes the first half of that many ECE-negative and ECE-positive patients. Per patient, on the model's
-plan grid:
+writes); --cases takes the first half of that many ECE-negative and ECE-positive patients (all of them, for `paired.py`,
+which pairs only the same patients). Per patient, on the model's plan grid:
 - `probability`: the model's case probability with its pooling region forced to the reference label (the contours
   with their soft-tissue dilation, the region it was teacher-forced with in training), sliding window and mirroring
   as `ecefl evaluate`; everything else as the model file says. Its gap to `ecefl evaluate`'s probability (the model's
