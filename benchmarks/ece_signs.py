@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--site", required=True, type=Path)
     p.add_argument("--datalist", default="datalist_test.json")
-    p.add_argument("--cases", type=int, default=80)
+    p.add_argument("--cases", type=int, default=120)
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
     import torch
@@ -100,6 +100,9 @@ def main() -> None:
     rows = []
     for entry in balanced(args.site / args.datalist, args.cases):
         img, nodes = on_plan_grid(args.site, entry, plan)
+        if not nodes.any():  # a node smaller than a plan voxel: no signs to read
+            print(f"{entry['case_id']}: no contoured node voxel on the plan grid, left out", flush=True)
+            continue
         _, region = on_plan_grid(args.site, {**entry, "nodes": entry["label"]}, plan)
         with torch.no_grad():
             _, prob = predict_volume(model, torch.as_tensor(np.ascontiguousarray(img))[None, None].float(), plan,

@@ -1,7 +1,8 @@
 """`ecefl demo` at a tiny setting: report files exist and summary.json repeats pooled_metrics.json exactly; the
 read-out benchmark re-runs the demo's federated refit on its body and reproduces it, and the ridge benchmark's
 scores are those `ecefl evaluate` gives; the unseen-hospital benchmark finds each patient's ECE rendering; the
-node-context benchmark moves whole nodes; the node-recall benchmark scores every node."""
+node-context benchmark moves whole nodes; the node-recall benchmark scores every node; the ECE-signs benchmark
+gives the decision with the nodes given."""
 from __future__ import annotations
 
 import csv
