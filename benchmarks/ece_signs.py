@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "custom"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from node_context import on_plan_grid  # noqa: E402
+from node_context import from_window, labelled_with_nodes, on_plan_grid  # noqa: E402
 
 SIGNS = ("node_hu", "shell_hu", "shell_fat_hu", "shell_soft_share", "ml", "surface_per_volume")
 FAT_HU = (-190.0, -30.0)
@@ -58,26 +58,18 @@ def signs(hu: np.ndarray, nodes: np.ndarray, voxel_ml: float) -> dict:
 
 def balanced(datalist: Path, cases: int) -> list[dict]:
     """The first cases // 2 ECE-negative and ECE-positive entries that name their per-node mask."""
-    if not datalist.is_file():
-        raise SystemExit(f"{datalist} does not exist: give a site folder that `ecefl preprocess` wrote (usually the "
-                         "site/ folder `benchmarks/unseen.py` made)")
-    entries = [e for e in json.loads(datalist.read_text()).get("training", []) if e.get("nodes")]
+    entries = labelled_with_nodes(datalist, None)
     picked = [e for e in entries if not e["ece"]][:cases // 2] + [e for e in entries if e["ece"]][:cases // 2]
     if len({e["ece"] for e in picked}) < 2:
         raise SystemExit(f"{datalist} has no labelled case of one class (with a nodes mask): no AUC to measure")
     return picked
 
 
-def auc_with_ci(y: np.ndarray, score: np.ndarray, draws: int = 2000, seed: int = 0) -> dict:
-    from sklearn.metrics import roc_auc_score
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(draws):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() != y[idx].max():
-            boots.append(roc_auc_score(y[idx], score[idx]))
-    return {"auc": float(roc_auc_score(y, score)),
-            "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
+def auc_with_ci(y: np.ndarray, score: np.ndarray, draws: int = 2000) -> dict:
+    """The AUC of a score and its 95 % interval from the project's case bootstrap (metrics.case_metrics)."""
+    from ecefl.metrics import case_metrics
+    result = case_metrics(score, y, n_boot=draws)
+    return {"auc": result["auc"], "ci": result["ci"]["auc"]}
 
 
 def main() -> None:
@@ -95,20 +87,18 @@ def main() -> None:
     model, payload = load_model(args.model)
     model.eval()
     plan = payload["plan"]
-    lo, hi = plan.hu_window
     voxel_ml = float(np.prod(plan.spacing)) / 1e3
     rows = []
     for entry in balanced(args.site / args.datalist, args.cases):
-        img, nodes = on_plan_grid(args.site, entry, plan)
+        img, nodes, region = on_plan_grid(args.site, entry, plan, masks=("nodes", "label"))
         if not nodes.any():  # a node smaller than a plan voxel: no signs to read
             print(f"{entry['case_id']}: no contoured node voxel on the plan grid, left out", flush=True)
             continue
-        _, region = on_plan_grid(args.site, {**entry, "nodes": entry["label"]}, plan)
         with torch.no_grad():
             _, prob = predict_volume(model, torch.as_tensor(np.ascontiguousarray(img))[None, None].float(), plan,
                                      region=torch.as_tensor(region)[None, None])
         rows.append({"case_id": entry["case_id"], "ece": int(entry["ece"]), "probability": prob,
-                     **signs(img * (hi - lo) + lo, nodes, voxel_ml)})
+                     **signs(from_window(img, plan.hu_window), nodes, voxel_ml)})
         print(f"{entry['case_id']} ECE {entry['ece']}: read-out on the reference region {prob:.3f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "predictions.csv", "w", newline="") as fh:

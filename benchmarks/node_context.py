@@ -47,6 +47,11 @@ def in_window(hu: float, window) -> float:
     return (hu - window[0]) / (window[1] - window[0])
 
 
+def from_window(img, window):
+    """in_window's inverse: window units back to HU (values clipped by the window stay at its bounds)."""
+    return img * (window[1] - window[0]) + window[0]
+
+
 def paste_into_fat(img, nodes, piece, window, rng, tries: int = 400):
     """(image with the piece blended in, its node mask) at a random place of img whose covered voxels are inside the
     body, under 2 % bone, off the nodes and at least half fat; None where no such place is found."""
@@ -71,11 +76,13 @@ def paste_into_fat(img, nodes, piece, window, rng, tries: int = 400):
     return None
 
 
-def on_plan_grid(site: Path, entry: dict, plan) -> tuple[np.ndarray, np.ndarray]:
-    """(CT in window units, per-node mask as bool) of a preprocessed datalist entry on the plan's grid."""
+def on_plan_grid(site: Path, entry: dict, plan, masks=("nodes",)) -> tuple[np.ndarray, ...]:
+    """(CT in window units, then each of the entry's masks named in `masks` as bool; by default the per-node mask) of
+    a preprocessed datalist entry on the plan's grid, the CT loaded once."""
     from ecefl.engine import on_ct_and_plan_grids
-    _, planned = on_ct_and_plan_grids({"image": str(site / entry["image"]), "label": str(site / entry["nodes"])}, plan)
-    return planned["image"][0].numpy(), planned["label"][0].numpy() > 0.5
+    keys = ("image", *masks)
+    _, planned = on_ct_and_plan_grids({k: str(site / entry[k]) for k in keys}, plan, keys=keys)
+    return (planned["image"][0].numpy(), *(planned[k][0].numpy() > 0.5 for k in masks))
 
 
 def probability_map(model, img: np.ndarray, plan) -> np.ndarray:
@@ -89,8 +96,9 @@ def probability_map(model, img: np.ndarray, plan) -> np.ndarray:
     return torch.softmax(out[:, :2].float(), 1)[0, 1].numpy()
 
 
-def labelled_with_nodes(datalist: Path, cases: int) -> list[dict]:
-    """The first `cases` entries of a preprocessed datalist that name their per-node mask; exits with what to do."""
+def labelled_with_nodes(datalist: Path, cases: int | None) -> list[dict]:
+    """The first `cases` (None: all) entries of a preprocessed datalist that name their per-node mask; exits with what
+    to do."""
     if not datalist.is_file():
         raise SystemExit(f"{datalist} does not exist: give a site folder that `ecefl preprocess` wrote (for site A "
                          "usually the site/ folder `benchmarks/unseen.py` made, whose datalist_test.json it reads)")

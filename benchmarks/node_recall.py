@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "custom"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from node_context import labelled_with_nodes, on_plan_grid, probability_map  # noqa: E402
+from node_context import from_window, labelled_with_nodes, on_plan_grid, probability_map  # noqa: E402
 
 MIN_VOXELS = 20
 RING_MM = 8.0
@@ -43,7 +43,7 @@ def node_rows(prob: np.ndarray, img: np.ndarray, nodes: np.ndarray, window, spac
     from scipy import ndimage
 
     from ecefl.engine import largest_component
-    hu = img * (window[1] - window[0]) + window[0]
+    hu = from_window(img, window)
     spacing = np.asarray(spacing, float)
     body = largest_component(img > 0)
     labels, count = ndimage.label(nodes)
