@@ -31,7 +31,8 @@ def test_tiny_demo_report_matches_pooled_metrics(tmp_path, capsys, monkeypatch):
                        "--unlabeled-per-site", "1", "--mae-rounds", "1", "--rounds", "1", "--no-progress",
                        # the presets' read-out refit, for the benchmark below
                        "--set", "readout_refit_iterations=3", "--set", "readout_hu_features=true",
-                       "--set", "readout_fat_hu=[-190,-30]", "--set", "readout_standardise=true"]) == 0
+                       "--set", "readout_fat_hu=[-190,-30]", "--set", "readout_standardise=true",
+                       "--set", "readout_hidden=false"]) == 0
     printed = capsys.readouterr().out
     report = out / "report"
     for name in ("index.html", "summary.json", "roc.png", "learning_curves.png"):

@@ -43,9 +43,9 @@ def simulated(fl_sites, tmp_path_factory) -> Path:
             "--workspace", str(ws), "--val-fraction", str(VAL_FRACTION), "--quiet", "--no-progress",
             "--cross-site-eval", "--set", f"readout_refit_iterations={REFIT_ITERATIONS}",
             # the presets' read-out: the CT inputs as features (over the perinodal fat), the ridge on standardised
-            # features
+            # features, the hidden features left out
             "--set", "readout_hu_features=true", "--set", "readout_fat_hu=[-190,-30]",
-            "--set", "readout_standardise=true",
+            "--set", "readout_standardise=true", "--set", "readout_hidden=false",
             # and its ridge chosen by cross-validation over the sites' training cases
             "--set", f"readout_ridge_cv_folds={REFIT_FOLDS}", "--set", f"readout_ridge_grid={list(REFIT_GRID)}",
             "--set", "readout_ridge_cv_min_cases=1"]  # 1 training case a fold at these tiny sites
@@ -248,8 +248,9 @@ def _training_features(model, fl_sites, plan) -> list:
 def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites):
     """The server's Newton iterations on securely summed site terms give the read-out that the same iterations
     give on all sites' training-case features in one place (ecefl.readout), and lower the pooled loss; with the
-    presets' read-out (CT inputs as features, ridge on standardised features, variances from the summed Hessian)
-    and the ridge cross-validated: the same held-out losses per ridge, the same ridge chosen."""
+    presets' read-out (CT inputs as features, ridge on standardised features, variances from the summed Hessian,
+    the hidden features' weights held at 0) and the ridge cross-validated: the same held-out losses per ridge, the
+    same ridge chosen."""
     from ecefl import readout as R
     report = json.loads((simulated / "ece_finetune" / "pooled_metrics.json").read_text())
     refit = report["readout_refit"]
@@ -268,7 +269,10 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     assert len(theta0) == ckpt["plan"].feature_size + 7 + 1 + 2 and not theta0[-10:-2].any()
     assert ckpt["plan"].readout_ridge_cv_folds == REFIT_FOLDS
     expected, record = R.solve(theta0, R.centralised_sum(data, REFIT_FOLDS, ckpt["plan"].seed, list(SITES)),
-                               REFIT_GRID, REFIT_FOLDS, REFIT_ITERATIONS, standardise=True)
+                               REFIT_GRID, REFIT_FOLDS, REFIT_ITERATIONS, standardise=True,
+                               frozen=R.hidden_frozen(ckpt["plan"], len(theta0)))
+    fs = ckpt["plan"].feature_size  # readout_hidden off: the hidden features' weights stay at 0
+    assert refit["frozen"] == fs and not final_theta[:fs].any() and np.abs(theta0[:fs]).max() > 0
     losses = record["loss"]
     assert refit["ridge"] == record["ridge"] and refit["ridge_cv"]["grid"] == list(REFIT_GRID)
     np.testing.assert_allclose(refit["ridge_cv"]["held_out_loss"], record["ridge_cv"]["held_out_loss"], rtol=1e-4)
@@ -279,6 +283,7 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     from ecefl.report import _refit_html
     html = _refit_html(refit)
     assert f"read-out {refit['ridge']:g}, chosen by {REFIT_FOLDS}-fold cross-validation" in html
+    assert f"the evidence head's {fs} hidden features left at 0 (readout_hidden off)" in html
     per_weight = np.array(refit["ridge_cv"]["held_out_loss"]) / refit["ridge_cv"]["held_out_weight"]
     assert all(f"{r:g}: {v:.3f}" in html for r, v in zip(REFIT_GRID, per_weight))
     # equal up to float rounding (the sites' features come from other processes and thread counts; the secure

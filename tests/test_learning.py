@@ -284,6 +284,34 @@ def test_cross_validated_ridge_is_exact_and_keeps_a_good_prior_at_few_cases_but_
     assert ridge <= 0.03 and auc[None] > 0.75
 
 
+def test_a_refit_without_the_hidden_features_is_the_refit_of_the_other_columns_alone():
+    """plan.readout_hidden off (ecefl.readout.hidden_frozen): the refit keeps the weights of the evidence head's
+    feature_size hidden features at 0, whatever the jointly trained read-out held there, and fits the others
+    exactly as a refit whose cases had only those columns would: the same Newton steps, standardisation and CV."""
+    import numpy as np
+    from ecefl import readout as R
+    fs = 12
+    plan = get_plan("cpu-small", readout_hidden=False, readout_ridge_cv_folds=3)
+    assert plan.feature_size == fs
+    # 12 "hidden" features, 4 of which carry most of the training signal, then 3 CT inputs that carry some
+    truth = np.array([2.0, -1.5, 1.0, 1.0] + [0.0] * 8 + [0.8, -0.5, 0.0])
+    sites = _logistic_sites(np.random.default_rng(5), 40, truth)
+    frozen = R.hidden_frozen(plan, len(truth) + 2)
+    assert frozen.tolist() == [True] * fs + [False] * 5 and R.hidden_frozen(get_plan("cpu-small", readout_hidden=True), 9) is None
+    theta0 = np.random.default_rng(6).normal(0, 0.5, len(truth) + 2)
+    theta, record = R.refit_features(theta0, sites, ["a", "b"], plan)
+    assert np.all(theta[:fs] == 0) and record["frozen"] == fs and record["theta_joint"] == theta0.tolist()
+    reduced = [(f[:, fs:], y, pw) for f, y, pw in sites]
+    expected, reduced_record = R.refit_features(theta0[fs:], reduced, ["a", "b"], plan.with_overrides(
+        readout_hidden=True))
+    assert record["ridge"] == reduced_record["ridge"]
+    np.testing.assert_allclose(theta[fs:], expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(record["loss"], reduced_record["loss"], rtol=1e-9)
+    assert abs(theta[fs]) > 0.1  # the CT inputs' weights did move
+    with pytest.raises(ValueError, match="readout_hidden=false .* needs readout_hu_features"):
+        get_plan("cpu-small", readout_hidden=False, readout_hu_features=False, readout_fat_hu=None)
+
+
 def test_a_site_sends_cross_validation_terms_only_when_every_fold_is_large_enough():
     """plan.readout_ridge_cv_min_cases: a fold's terms are sums over about 1/k of a site's training cases, so a site
     sends them only when each fold holds that many cases or none (and, under its --min-count rule, that many of

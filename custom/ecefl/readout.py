@@ -121,12 +121,17 @@ def feature_variances(hess: np.ndarray) -> np.ndarray:
 
 
 def newton_step(theta: np.ndarray, grad: np.ndarray, hess: np.ndarray, weight_sum: float, ridge: float,
-                anchor: np.ndarray, variances: np.ndarray | None = None) -> np.ndarray:
+                anchor: np.ndarray, variances: np.ndarray | None = None,
+                frozen: np.ndarray | None = None) -> np.ndarray:
     """One Newton step of sum-loss + ridge/2 * weight_sum * |theta_w - anchor_w|^2 (the bias unpenalised).
     The ridge pulls towards the jointly trained read-out, scaled per case so it means the same at any size.
     variances (plan.readout_standardise): the ridge acts on standardised features, weight w_j costing
     ridge * var_j * w_j^2, so its strength does not depend on the scale the hidden layer happens to give a feature
-    (measured: runs whose features vary little got probabilities squashed to 0.5 +- 0.05, docs/BENCHMARKS.md)."""
+    (measured: runs whose features vary little got probabilities squashed to 0.5 +- 0.05, docs/BENCHMARKS.md).
+    frozen (a mask over theta): weights the step leaves where they are (hidden_frozen)."""
+    if frozen is not None and frozen.any():  # their rows and columns out of the system: a zero step for them
+        grad, hess = np.where(frozen, 0.0, grad), np.where(frozen[:, None] | frozen[None, :], 0.0, hess)
+        hess[frozen, frozen] = 1.0
     penal = np.ones_like(theta) if variances is None else np.asarray(variances, float).copy()
     penal[-2] = 1e3  # b0 stays: s ~ 1 for every case, collinear with the bias, which is free
     penal[-1] = 0.0
@@ -135,6 +140,16 @@ def newton_step(theta: np.ndarray, grad: np.ndarray, hess: np.ndarray, weight_su
     h = hess + np.diag(lam) + 1e-6 * np.eye(len(theta))
     step = np.linalg.solve(h, g)
     return theta - step
+
+
+def hidden_frozen(plan: Plan, k: int) -> np.ndarray | None:
+    """The read-out weights a refit keeps at 0 (plan.readout_hidden off): those of the evidence head's hidden
+    features, theta's first feature_size entries. None: the refit moves every weight."""
+    if plan.readout_hidden:
+        return None
+    frozen = np.zeros(k, dtype=bool)
+    frozen[:plan.feature_size] = True
+    return frozen
 
 
 ALL = -1  # a path over all training cases (the refit itself); 0..k-1: the path that leaves that fold out
@@ -199,18 +214,20 @@ def unpack_paths(vector: np.ndarray, n_paths: int, k: int) -> list[dict]:
     return rows
 
 
-def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, standardise: bool) -> tuple[np.ndarray,
-                                                                                                         dict]:
+def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, standardise: bool,
+          frozen: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The refit's Newton iterations, centralised or federated alike: summed(paths) returns, per path (fold,
     theta), the terms summed over every site's training cases (path_terms, unpacked). One ridge and no folds: the
     refit at that ridge. folds = k >= 2: every ridge of `ridges` on all cases and with each fold left out, then
     one more call for the held-out losses at the final thetas; the ridge with the least held-out class-weighted
     loss (summed over folds and sites: additive, so the secure sum gives it exactly) is the one kept. The
-    variances that standardise the ridge come from the first call's Hessian over all cases. Returns the read-out
-    and the refit's record (what the checkpoint's metrics and the report carry)."""
+    variances that standardise the ridge come from the first call's Hessian over all cases. frozen (hidden_frozen):
+    weights set to 0 and left there, the rest refitted around them. Returns the read-out and the refit's record
+    (what the checkpoint's metrics and the report carry)."""
     ridges = [float(r) for r in ridges]
     paths = [(ALL, r) for r in ridges] + [(j, r) for r in ridges for j in range(folds if folds >= 2 else 0)]
-    thetas = [theta0.copy() for _ in paths]
+    start = theta0.copy() if frozen is None else np.where(frozen, 0.0, theta0)
+    thetas = [start.copy() for _ in paths]
     losses: dict = {r: [] for r in ridges}
     variances = None
     for _ in range(iterations):
@@ -220,8 +237,9 @@ def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, stand
         for i, ((fold, ridge), t) in enumerate(zip(paths, terms)):
             if fold == ALL:
                 losses[ridge].append(t["loss"])
-            thetas[i] = newton_step(thetas[i], t["grad"], t["hess"], t["n"], ridge, theta0, variances)
-    record: dict = {"iterations": iterations, "standardised": standardise, "ridge_cv": None}
+            thetas[i] = newton_step(thetas[i], t["grad"], t["hess"], t["n"], ridge, start, variances, frozen)
+    record: dict = {"iterations": iterations, "standardised": standardise, "ridge_cv": None,
+                    "frozen": 0 if frozen is None else int(frozen.sum())}
     chosen = ridges[0]
     if len(paths) > len(ridges):
         held = summed([(fold, th) for (fold, _), th in zip(paths, thetas) if fold != ALL])
@@ -286,7 +304,7 @@ def refit_features(theta0: np.ndarray, data: list, sites: list[str], plan: Plan)
     """The refit the plan asks for (its ridge, or the one its CV chooses) on site_features' data."""
     ridges, folds = ridge_settings(plan)
     return solve(theta0, centralised_sum(data, folds, plan.seed, sites), ridges, folds,
-                 plan.readout_refit_iterations, plan.readout_standardise)
+                 plan.readout_refit_iterations, plan.readout_standardise, hidden_frozen(plan, len(theta0)))
 
 
 def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progress: bool = False,

@@ -246,9 +246,16 @@ def _refit_html(refit: dict | None) -> str:
     return (f"<p><small>Case read-out refitted after the last round (ecefl.readout: {refit['iterations']} Newton "
             f"iterations of a class-weighted logistic regression on the fixed network, from the securely summed "
             f"terms of {', '.join(map(html.escape, refit['sites']))}): weighted training loss {refit['loss'][0]:.2f} "
-            f"&rarr; {refit['loss'][-1]:.2f}, ridge towards the jointly trained read-out {refit['ridge']:g}"
-            f"{_ridge_cv_text(refit.get('ridge_cv'))}{_cv_refused_text(refit.get('ridge_cv_refused_by'))}. The final "
+            f"&rarr; {refit['loss'][-1]:.2f}{_frozen_text(refit.get('frozen'))}, ridge towards the jointly trained "
+            f"read-out {refit['ridge']:g}{_ridge_cv_text(refit.get('ridge_cv'))}{_cv_refused_text(refit.get('ridge_cv_refused_by'))}. The final "
             f"model's metrics above are after the refit.</small></p>")
+
+
+def _frozen_text(frozen: int | None) -> str:
+    if not frozen:
+        return ""
+    return (f", weighing the CT signs over the found nodes and their perinodal fat, the evidence head's {frozen} "
+            f"hidden features left at 0 (readout_hidden off)")
 
 
 def _ridge_cv_text(cv: dict | None) -> str:

@@ -269,6 +269,7 @@ class PooledFedAvg(BaseFedAvg):
         plan = Plan.from_dict(self.plan)
         ridges, folds = R.ridge_settings(plan)
         theta0 = R.theta_from_state(model.params)
+        frozen = R.hidden_frozen(plan, len(theta0))
         refit_id, t0 = uuid.uuid4().hex, time.time()
         state = {"targets": self.sample_clients(), "calls": 0}
 
@@ -300,13 +301,13 @@ class PooledFedAvg(BaseFedAvg):
         try:
             try:
                 theta, record = R.solve(theta0, summed, ridges, folds, plan.readout_refit_iterations,
-                                        plan.readout_standardise)
+                                        plan.readout_standardise, frozen)
             except _CrossValidationRefused as exc:
                 self._event("readout_refit", "server", f"{exc}: cross-validation folds under "
                                                        f"readout_ridge_cv_min_cases (or the site's min-count rule); "
                                                        f"the refit uses the plan's fixed ridge {plan.readout_ridge:g}")
                 theta, record = R.solve(theta0, summed, [plan.readout_ridge], 0, plan.readout_refit_iterations,
-                                        plan.readout_standardise)
+                                        plan.readout_standardise, frozen)
                 record["ridge_cv_refused_by"] = exc.sites
         except _RefitAbandoned as exc:
             self._event("readout_refit", "server", str(exc))
