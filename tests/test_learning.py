@@ -297,7 +297,8 @@ def test_a_refit_without_the_hidden_features_is_the_refit_of_the_other_columns_a
     truth = np.array([2.0, -1.5, 1.0, 1.0] + [0.0] * 8 + [0.8, -0.5, 0.0])
     sites = _logistic_sites(np.random.default_rng(5), 40, truth)
     frozen = R.hidden_frozen(plan, len(truth) + 2)
-    assert frozen.tolist() == [True] * fs + [False] * 5 and R.hidden_frozen(get_plan("cpu-small", readout_hidden=True), 9) is None
+    assert frozen.tolist() == [True] * fs + [False] * 5
+    assert R.hidden_frozen(get_plan("cpu-small", readout_hidden=True), 9) is None
     theta0 = np.random.default_rng(6).normal(0, 0.5, len(truth) + 2)
     theta, record = R.refit_features(theta0, sites, ["a", "b"], plan)
     assert np.all(theta[:fs] == 0) and record["frozen"] == fs and record["theta_joint"] == theta0.tolist()

@@ -247,8 +247,9 @@ def _refit_html(refit: dict | None) -> str:
             f"iterations of a class-weighted logistic regression on the fixed network, from the securely summed "
             f"terms of {', '.join(map(html.escape, refit['sites']))}): weighted training loss {refit['loss'][0]:.2f} "
             f"&rarr; {refit['loss'][-1]:.2f}{_frozen_text(refit.get('frozen'))}, ridge towards the jointly trained "
-            f"read-out {refit['ridge']:g}{_ridge_cv_text(refit.get('ridge_cv'))}{_cv_refused_text(refit.get('ridge_cv_refused_by'))}. The final "
-            f"model's metrics above are after the refit.</small></p>")
+            f"read-out {refit['ridge']:g}{_ridge_cv_text(refit.get('ridge_cv'))}"
+            f"{_cv_refused_text(refit.get('ridge_cv_refused_by'))}. The final model's metrics above are after the "
+            f"refit.</small></p>")
 
 
 def _frozen_text(frozen: int | None) -> str:
