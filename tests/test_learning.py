@@ -313,6 +313,19 @@ def test_a_refit_without_the_hidden_features_is_the_refit_of_the_other_columns_a
         get_plan("cpu-small", readout_hidden=False, readout_hu_features=False, readout_fat_hu=None)
 
 
+def test_plan_overrides_refuse_unknown_fields_and_switches_that_are_not_true_or_false():
+    """--set FIELD=VALUE (plan.parse_assignments): JSON values, lists as tuples; an unknown field and a switch given
+    `False` or `0` are refused by name (a string "False" would otherwise read as on)."""
+    from ecefl.plan import parse_assignments
+    assert parse_assignments(["readout_hidden=false", "readout_fat_hu=[-190,-30]", "readout_ridge=0.3"]) == {
+        "readout_hidden": False, "readout_fat_hu": (-190, -30), "readout_ridge": 0.3}
+    for bad in ("readout_hidden=False", "readout_hidden=0", "tta_flip=no"):
+        with pytest.raises(ValueError, match=r"is a switch, give \w+=true or \w+=false"):
+            parse_assignments([bad])
+    with pytest.raises(ValueError, match="expected FIELD=VALUE with FIELD one of the plan's fields"):
+        parse_assignments(["readout_hiden=false"])
+
+
 def test_a_site_sends_cross_validation_terms_only_when_every_fold_is_large_enough():
     """plan.readout_ridge_cv_min_cases: a fold's terms are sums over about 1/k of a site's training cases, so a site
     sends them only when each fold holds that many cases or none (and, under its --min-count rule, that many of

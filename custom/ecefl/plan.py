@@ -368,9 +368,11 @@ def plan_from_pretraining(plan: Plan, pretrained_plan: Plan, log=_log.info) -> P
 
 def parse_assignments(assignments: list[str] | None) -> dict:
     """`FIELD=VALUE` strings (the CLI's --set) to plan overrides; VALUE is JSON (numbers, lists, true/false) or a
-    plain string. Unknown fields are refused by name, so a typo never silently trains the preset."""
+    plain string. Unknown fields are refused by name, and a switch given anything but true/false (`False`, `0`, `no`)
+    too, so a typo never silently trains the preset."""
     import json
     known = {f.name for f in fields(Plan)}
+    switches = {f.name for f in fields(Plan) if isinstance(f.default, bool)}
     out = {}
     for item in assignments or []:
         key, sep, raw = item.partition("=")
@@ -382,6 +384,8 @@ def parse_assignments(assignments: list[str] | None) -> dict:
             value = json.loads(raw)
         except ValueError:
             value = raw
+        if key in switches and not isinstance(value, bool):
+            raise ValueError(f"--set {item!r}: {key} is a switch, give {key}=true or {key}=false")
         out[key] = tuple(value) if isinstance(value, list) else value
     return out
 
