@@ -260,6 +260,7 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     model = DualOutputSwinUNETR(ckpt["plan"])
     model.load_state_dict(ckpt["model"], strict=True)
     final_theta = model.readout_parameters().double().numpy()
+    baseline = model.readout_baseline.double().numpy()
     np.testing.assert_allclose(final_theta, refit["theta"], atol=1e-6)
     theta0 = np.array(refit["theta_joint"])
     model.set_readout_parameters(torch.as_tensor(theta0))  # the jointly trained model the sites refitted
@@ -291,6 +292,14 @@ def test_federated_readout_refit_is_the_centralised_solution(simulated, fl_sites
     np.testing.assert_allclose(final_theta, expected, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(refit["loss"], losses, rtol=1e-4)  # 1.2e-5 apart in one suite run
     assert np.abs(expected - theta0).max() > 1e-3, "the refit moved the read-out"
+    # the average training case the evidence is shown against (the class-weighted mean of the design rows), from
+    # the same secure sums, travels in the global model
+    rows = [np.concatenate([f, np.ones((len(f), 1))], 1) for f, _, _ in data]
+    weights = [np.where(y > 0, pw, 1.0) for _, y, pw in data]
+    average = sum(w @ r for w, r in zip(weights, rows)) / sum(w.sum() for w in weights)
+    np.testing.assert_allclose(record["average_case"], average, rtol=1e-9)
+    np.testing.assert_allclose(refit["average_case"], average, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(baseline, average, rtol=1e-4, atol=1e-6)
 
 
 def test_cross_validation_refused_by_sites_with_small_folds_falls_back_to_the_fixed_ridge(fl_sites, tmp_path):

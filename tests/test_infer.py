@@ -26,6 +26,9 @@ def model_file(tmp_path_factory):
     model = DualOutputSwinUNETR(plan)
     with torch.no_grad():  # no foreground prior: the untrained net then predicts scattered voxels to round-trip
         model.net.out.conv.conv.bias.zero_()
+        # an average training case as a refit keeps it: the evidence is shown against it
+        k = model.readout_baseline.numel()
+        model.readout_baseline.copy_(torch.cat([torch.linspace(-1.0, 1.0, k - 1), torch.ones(1)]))
     save_checkpoint(path, "dual", plan, model.state_dict(), threshold=0.4)
     return path
 
@@ -66,7 +69,8 @@ def test_infer_writes_result_mask_rtstruct_and_evidence(model_file, patient, tmp
     back = loaded.get_roi_mask_by_name("ECEFL_nodes_pred").transpose(1, 0, 2)
     assert dice(back, mask) >= 0.95  # rt-utils' own contour round trip
     assert (out / "evidence.png").stat().st_size > 5000
-    # the evidence volume: on the native CT grid, summing (with the bias) to the case logit
+    # the evidence volume against the average training case: on the native CT grid, summing (with the bias, the
+    # average case's logit over these nodes) to the case logit
     evidence = nib.load(out / "evidence.nii.gz")
     assert evidence.shape == mask_img.shape and np.allclose(evidence.affine, mask_img.affine)
     logit = np.log(result["ece_probability"] / (1 - result["ece_probability"]))

@@ -313,6 +313,82 @@ def test_a_refit_without_the_hidden_features_is_the_refit_of_the_other_columns_a
         get_plan("cpu-small", readout_hidden=False, readout_hu_features=False, readout_fat_hu=None)
 
 
+def test_evidence_is_shown_against_the_average_training_case(tmp_path):
+    """model.attribution (the report's and `ecefl infer`'s evidence): each voxel's evidence against the average
+    training case, whose read-out features the refit keeps in the model (readout_baseline). A case whose features
+    are the average ones shows no evidence in sum; reference_logit is then its logit. With the presets' read-out on
+    the perinodal fat's CT signs alone, only fat voxels carry evidence, each its CT term's difference from the
+    average fat's. Before a refit the raw decomposition is shown; a model file from before still loads."""
+    import numpy as np
+    from ecefl import readout as R
+    from ecefl.checkpoint import load_model, save_checkpoint
+    plan = get_plan("test-tiny", readout_hu_features=True, readout_fat_hu=(-190.0, -30.0), readout_hidden=False)
+    torch.manual_seed(0)
+    model = DualOutputSwinUNETR(plan).eval()
+    k = model.readout_parameters().numel()
+    theta = torch.as_tensor(np.random.default_rng(1).normal(0, 1.0, k))
+    theta[:plan.feature_size] = 0  # readout_hidden off
+    model.set_readout_parameters(theta)
+    with torch.no_grad():
+        model.net.out.conv.conv.bias.copy_(torch.tensor([0.0, 6.0]))  # nodes everywhere: fat and soft tissue in
+        x = torch.rand(1, 1, *plan.patch_size)
+        out = model.voxel_outputs(x)
+        assert torch.equal(model.attribution(out), model.evidence_map(out))  # no average case yet
+        features = model.readout_features(model.readout_channels(x))[0].double()
+        logit = float(model.pool(out))
+        assert float(theta @ torch.cat([features, features.new_ones(1)])) == pytest.approx(logit, abs=1e-3)
+        # this very case as the average one: nothing in sum, its own logit as the reference
+        model.readout_baseline.copy_(torch.cat([features, features.new_ones(1)]))
+        evidence = model.attribution(out)
+        fat = out[:, -2:-1] > 0
+        assert 0.2 < float(fat.float().mean()) < 0.6  # the patch's fat is the nodes' fat here
+        assert abs(float(evidence.sum())) < 1e-3 * float(evidence.abs().sum())
+        assert float(model.reference_logit(out)) == pytest.approx(logit, abs=1e-3)
+        assert float(evidence[~fat].abs().max()) < 1e-6 * float(evidence[fat].abs().max())
+        # a fat voxel: its CT term minus the average fat's, spread over the fat
+        u_fat = theta[plan.feature_size:-2]
+        direct = out[:, -1:] / out[:, -2:-1].clamp_min(1e-12)
+        expected = (direct - float(u_fat @ features[plan.feature_size:-1])) * out[:, -2:-1] / (out[:, -2].sum() + 1e-3)
+        torch.testing.assert_close(evidence[fat], expected[fat].float(), rtol=1e-4, atol=1e-6)
+    # the refit's average case is the class-weighted mean of the training cases' design rows, and travels
+    sites = _logistic_sites(np.random.default_rng(2), 30, np.ones(k - 2))
+    _, record = R.refit_features(np.zeros(k), sites, ["a", "b"], plan.with_overrides(readout_refit_iterations=2))
+    rows = np.concatenate([np.concatenate([f, np.ones((len(f), 1))], 1) for f, _, _ in sites])
+    weights = np.concatenate([np.where(y > 0, pw, 1.0) for _, y, pw in sites])
+    np.testing.assert_allclose(record["average_case"], weights @ rows / weights.sum(), rtol=1e-9)
+    state = R.state_with_average_case(model.state_dict(), record["average_case"])
+    assert torch.equal(state["readout_baseline"], torch.as_tensor(record["average_case"], dtype=torch.float32))
+    old = {key: v for key, v in model.state_dict().items() if key != "readout_baseline"}
+    save_checkpoint(tmp_path / "old.pt", "dual", plan, old, threshold=0.5)
+    assert not load_model(tmp_path / "old.pt")[0].readout_baseline.any()
+
+
+def test_the_evidence_overlay_shows_its_strongest_slice_opaque_red_and_blue_zoomed_to_the_nodes():
+    """The report's and infer's evidence figure: the slice with the most evidence; each sign in its own colour,
+    opaque by magnitude (a diverging map fades to white, invisible on CT), nothing under 5 % of a scale that a few
+    extreme voxels cannot set; zoomed around the nodes and the evidence."""
+    import numpy as np
+    from ecefl.report import around, evidence_heat, evidence_limit, evidence_slice
+    evidence = np.zeros((64, 64, 40))
+    evidence[20:40, 20:40, 12] = 0.5  # the most evidence lies on slice 12
+    evidence[5:7, 5:7, 25] = -0.2
+    evidence[31, 31, 30] = 50.0  # one extreme voxel
+    nodes = np.zeros_like(evidence, bool)
+    nodes[28:36, 28:36, 20:28] = True
+    assert evidence_slice(np.where(evidence > 10, 0, evidence), nodes) == 12
+    assert evidence_slice(np.zeros_like(evidence), nodes) == 20 and evidence_slice(0 * evidence, 0 * nodes) == 20
+    lim = evidence_limit(evidence)
+    assert lim == pytest.approx(0.5)  # the 99th percentile of the 405 voxels with evidence, not the extreme one
+    rgba = evidence_heat(evidence[:, :, 12] + evidence[:, :, 25] - 0.01 * (evidence[:, :, 12] > 0), lim)
+    assert rgba[31, 31, 3] == pytest.approx(0.35 + 0.65 * 0.98) and rgba[31, 31, 0] > 0.8 > rgba[31, 31, 2]
+    assert rgba[5, 5, 2] > 0.9 > 0.1 > rgba[5, 5, 0] and rgba[5, 5, 3] == pytest.approx(0.35 + 0.65 * 0.4)
+    assert rgba[0, 0, 3] == 0.0 and evidence_heat(np.full((2, 2), 0.02), lim)[..., 3].max() == 0.0
+    x, y = around(nodes[:, :, 24], evidence[:, :, 24] != 0)
+    assert (x.start, x.stop, y.start, y.stop) == (12, 52, 12, 52)  # 8 voxels of nodes + 16 each side, 40 at least
+    x, y = around(np.pad(np.ones((2, 2), bool), ((0, 62), (0, 62))))  # at the edge: shifted inside, 40 wide
+    assert (x.start, x.stop) == (0, 40)
+
+
 def test_plan_overrides_refuse_unknown_fields_and_switches_that_are_not_true_or_false():
     """--set FIELD=VALUE (plan.parse_assignments): JSON values, lists as tuples; an unknown field and a switch given
     `False` or `0` are refused by name (a string "False" would otherwise read as on)."""

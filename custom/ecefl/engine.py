@@ -452,7 +452,7 @@ def predict_cases(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, pro
         if keep_outputs:
             outputs.append({"image": np.asarray(planned["image"][0]), "label": np.asarray(planned["label"][0]) > 0.5,
                             "pred": DualOutputSwinUNETR.node_mask(out, node_threshold)[0].numpy(),
-                            "evidence": model.evidence_map(out)[0, 0].numpy()})
+                            "evidence": model.attribution(out)[0, 0].numpy()})
     result = {"probs": np.array(probs), "labels": np.array(labels, int), "dices": np.array(dices),
               "voxels": np.array(voxels, float).reshape(-1, 3), "case_ids": [it["case_id"] for it in items],
               "dices_at": np.array(dices_at, float).reshape(-1, len(M.NODE_THRESHOLDS)),

@@ -113,13 +113,16 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
                                          region=region, progress=progress, skip_air=skip_air)
         # thresholded on the CT's own grid (the node probability resampled linearly), as validation scores it
         nodes_native = node_probability_on(voxel_out, image, native) > node_threshold_of(ckpt)
-        # each voxel's contribution to the ECE logit, on the CT grid a radiologist scrolls (trilinear: a field)
-        evidence_plan = model.evidence_map(voxel_out)[0, 0]
+        # each voxel's contribution to the ECE logit against the average training case, on the CT grid a
+        # radiologist scrolls (trilinear: a field)
+        evidence_plan = model.attribution(voxel_out)[0, 0]
+        reference = float(model.reference_logit(voxel_out)[0])
         ev_meta = image.clone()
         ev_meta.array = evidence_plan[None].numpy()
         # the plan grid is ~2x coarser: per native voxel the contribution scales with the voxel volume ratio
         ratio = float(np.prod(ct.spacing_xyz)) / float(np.prod(plan.spacing))
-        evidence_native = np.asarray(ResampleToMatch(mode="bilinear")(ev_meta, img_dst=native)[0]) * ratio
+        evidence_native = conserved(np.asarray(ResampleToMatch(mode="bilinear")(ev_meta, img_dst=native)[0]) * ratio,
+                                    evidence_plan.numpy())
     write_nifti(out / "nodes_pred.nii.gz", nodes_native.astype(np.uint8), ct.affine_ras)
     write_nifti(out / "evidence.nii.gz", evidence_native.astype(np.float32), ct.affine_ras)
     threshold = float(ckpt.get("threshold", 0.5))
@@ -137,9 +140,11 @@ def infer(model_path, dicom_dir, out, use_rtstruct: bool = False, site_config=No
         "region_volume_ml": round(float(region_mask.sum()) * voxel_ml, 3),
         "rtstruct_roi": roi_name,
         "rtstruct_roi_empty": not bool(nodes_native.any()),
-        "evidence": {"file": "evidence.nii.gz", "unit": "contribution to the ECE logit per CT voxel",
-                     "sum": round(float(evidence_native.sum()), 4), "bias": round(float(model.cls_bias.detach()), 4),
-                     "note": "sum + bias is the ECE logit up to resampling"},
+        "evidence": {"file": "evidence.nii.gz",
+                     "unit": "contribution to the ECE logit per CT voxel, against the average training case",
+                     "sum": round(float(evidence_native.sum()), 4), "bias": round(reference, 4),
+                     "note": "sum + bias is the ECE logit up to resampling; bias: the logit of the average training "
+                             "case's CT signs over this case's nodes (red: more ECE-like than that case, blue: less)"},
         "seg": "SEG_pred.dcm",
     }
     _write_rtstruct(series_files, nodes_native, out / "RTSTRUCT_pred.dcm", roi_name, roi_color)
@@ -312,29 +317,43 @@ def _fix_rt_utils_geometry(rtstruct) -> None:
         contour.ContourData = [f"{v:.3f}" for v in fixed.reshape(-1)]
 
 
+def conserved(resampled: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """The resampled evidence with its positive and its negative part each scaled back to the source's total:
+    interpolation samples a field of scattered voxels (the perinodal fat's) unevenly, so the evidence for and
+    against ECE would otherwise not add up to what decided the case."""
+    out = np.array(resampled, dtype=np.float64)
+    source = np.asarray(source, np.float64)
+    for sign in (1.0, -1.0):
+        part = sign * out > 0
+        have, want = float(out[part].sum()), float(source[sign * source > 0].sum())
+        if have != 0.0:
+            out[part] *= want / have
+    return out
+
+
 def _evidence_png(image, pred, evidence, region, result, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from .report import evidence_heat, evidence_limit, evidence_slice, radiological
     focus = region if region is not None and region.any() else pred
-    if focus.any():
-        x, y, z = (int(v) for v in np.round(np.argwhere(focus > 0).mean(0)))
-    else:
-        x, y, z = (s // 2 for s in image.shape)
-    lim = float(np.abs(evidence).max()) or 1.0
-    from .report import radiological
+    # the axial and the coronal slice that carry the most evidence (else through the nodes' centre)
+    z = evidence_slice(evidence, focus)
+    y = evidence_slice(np.moveaxis(evidence, 1, 2), np.moveaxis(focus, 1, 2))
+    lim = evidence_limit(evidence)
     views = [(name, radiological(image[cut]), radiological(pred[cut]), radiological(evidence[cut]))
              for name, cut in (("axial", np.s_[:, :, z]), ("coronal", np.s_[:, y, :]))]
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     for ax, (name, img, msk, ev) in zip(axes, views):
         ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        ax.imshow(np.ma.masked_where(np.abs(ev) < 0.02 * lim, ev), cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.7)
+        ax.imshow(evidence_heat(ev, lim))
         if msk.any():
-            ax.contour(msk.astype(float), levels=[0.5], colors="red", linewidths=1.0)
+            ax.contour(msk.astype(float), levels=[0.5], colors="yellow", linewidths=1.0)
         ax.set_title(name)
         ax.set_axis_off()
     fig.suptitle(f"p(ECE) = {result['ece_probability']:.2f} ({'ECE+' if result['ece_positive'] else 'ECE−'} at "
-                 f"threshold {result['threshold']:.2f}); red contour: predicted nodes; heat: evidence"
+                 f"threshold {result['threshold']:.2f}); yellow contour: predicted nodes;\nheat: evidence against the "
+                 "average training case (red: more ECE-like)"
                  + ("" if result["ece_assessable"] else "\nNOT ASSESSABLE: acquisition too coarse for ECE ("
                     + ", ".join(f"{v:g}" for v in result["acquisition"]["spacing_mm"]) + " mm)"),
                  color="black" if result["ece_assessable"] else "darkred")

@@ -117,6 +117,9 @@ class DualOutputSwinUNETR(nn.Module):
                     nn.init.zeros_(t)
                     t.requires_grad_(False)
             self.cls_bias = nn.Parameter(torch.zeros(1))
+            # the average training case's read-out features and 1 (the design row [features, 1]), set by the
+            # refit (ecefl.readout.average_case); all 0 until then. Travels with the weights
+            self.register_buffer("readout_baseline", torch.zeros(self.readout_parameters().numel()))
             radius = max(1, round(plan.shell_mm / min(plan.spacing)))
             self.shell_kernel = 2 * radius + 1
             self._decoder_features = None
@@ -247,6 +250,32 @@ class DualOutputSwinUNETR(nn.Module):
         if self.plan.readout_fat_hu:
             contribution = contribution + mean_over(voxel_out[:, -2:-1], voxel_out[:, -1:])
         return contribution
+
+    @torch.no_grad()
+    def attribution(self, voxel_out: torch.Tensor) -> torch.Tensor:
+        """Each voxel's evidence against the average training case (what the report and `ecefl infer` show): as
+        evidence_map, but each region's voxels carry the difference between their evidence and the evidence the
+        average case's features give, so a stranded perinodal fat shows red and a clean one blue instead of every
+        region voxel carrying its share of constant terms. Sums to the logit minus the average case's logit for the
+        same regions (reference_logit). Before a refit has set the average case: evidence_map itself."""
+        base = self.readout_baseline.to(voxel_out.dtype)
+        if float(base[-1]) < 0.5:  # 1 once set
+            return self.evidence_map(voxel_out)
+        share = self.readout_parameters().to(base) * base  # theta_j * mean feature_j; the bias last
+        fat = share[self.plan.feature_size:-2].sum() if self.plan.readout_fat_hu else share.new_zeros(())
+        region = share[:-1].sum() - fat
+
+        def per_voxel(weight):  # weight / (its sum + eps): how each region spreads a case-level term
+            return weight / (weight.flatten(1).sum(1).view(-1, 1, 1, 1, 1) + 1e-3)
+        out = self.evidence_map(voxel_out) - per_voxel(self._pooling_channels(voxel_out)[0]) * region
+        if self.plan.readout_fat_hu:
+            out = out - per_voxel(voxel_out[:, -2:-1]) * fat
+        return out
+
+    @torch.no_grad()
+    def reference_logit(self, voxel_out: torch.Tensor) -> torch.Tensor:
+        """(B,) the logit minus the attribution's sum: the average training case's logit over these regions."""
+        return self.pool(voxel_out) - self.attribution(voxel_out).flatten(1).sum(1)
 
     # ---------------------------------------------------------------- the case read-out as a linear model
     # The case logit is linear in the pooled hidden features of the evidence head: with e(v) = w . h(v) + b0,

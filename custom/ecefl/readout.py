@@ -30,6 +30,7 @@ _log = logging.getLogger(__name__)
 # (a model with plan.readout_hu_features also has the weights u of its CT inputs after w, and with readout_fat_hu
 # the perinodal fat's bias after u)
 READOUT_KEYS = ("evidence_head.2.weight", "readout_hu.weight", "readout_hu.bias", "evidence_head.2.bias", "cls_bias")
+BASELINE_KEY = "readout_baseline"  # the average training case's design row (average_case), set by the refit
 
 
 def _numpy(v) -> np.ndarray:
@@ -52,18 +53,41 @@ def state_with_theta(state: dict, theta: np.ndarray) -> dict:
     return out
 
 
+def state_with_average_case(state: dict, average: np.ndarray | list | None) -> dict:
+    """A copy of the state dict whose model.readout_baseline is the refit's average case (average_case)."""
+    if average is None or BASELINE_KEY not in state:
+        return state
+    old = state[BASELINE_KEY]
+    value = np.asarray(average, float).reshape(old.shape)
+    return {**state, BASELINE_KEY: torch.as_tensor(value, dtype=old.dtype) if hasattr(old, "detach")
+            else value.astype(old.dtype)}
+
+
 def pack_terms(terms: dict) -> np.ndarray:
-    """loss, weight sum, gradient, upper triangle of the Hessian: one vector for the secure sum."""
+    """loss, weight sum, gradient, upper triangle of the Hessian, weighted column sums: one vector for the secure
+    sum."""
     iu = np.triu_indices(len(terms["grad"]))
-    return np.concatenate([[terms["loss"], terms["n"]], terms["grad"], terms["hess"][iu]])
+    return np.concatenate([[terms["loss"], terms["n"]], terms["grad"], terms["hess"][iu], terms["wx"]])
+
+
+def packed_size(k: int) -> int:
+    return 2 + k + k * (k + 1) // 2 + k
 
 
 def unpack_terms(vector: np.ndarray, k: int) -> dict:
     grad = vector[2:2 + k]
+    end = 2 + k + k * (k + 1) // 2
     hess = np.zeros((k, k))
-    hess[np.triu_indices(k)] = vector[2 + k:]
+    hess[np.triu_indices(k)] = vector[2 + k:end]
     hess = hess + np.triu(hess, 1).T
-    return {"loss": float(vector[0]), "n": float(vector[1]), "grad": grad, "hess": hess}
+    return {"loss": float(vector[0]), "n": float(vector[1]), "grad": grad, "hess": hess, "wx": vector[end:end + k]}
+
+
+def average_case(terms: dict) -> np.ndarray:
+    """The class-weighted mean of the training cases' design rows [features, 1] (each class weighing as much as
+    the other, as in the refit's loss): the average case that model.attribution shows each voxel's evidence
+    against. Its last entry is 1."""
+    return np.asarray(terms["wx"], float) / max(float(terms["n"]), 1e-12)
 
 
 @torch.no_grad()
@@ -105,7 +129,8 @@ def local_terms(theta: np.ndarray, features: np.ndarray, labels: np.ndarray, pos
     loss = float(-(w * (y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps))).sum())
     grad = X.T @ (w * (p - y))
     hess = (X * (w * p * (1 - p))[:, None]).T @ X
-    return {"loss": loss, "grad": grad, "hess": hess, "n": float(w.sum())}
+    # the class-weighted sums of the design's columns: their mean is the average case the evidence is shown against
+    return {"loss": loss, "grad": grad, "hess": hess, "n": float(w.sum()), "wx": X.T @ w}
 
 
 def feature_variances(hess: np.ndarray) -> np.ndarray:
@@ -203,7 +228,7 @@ def path_terms(paths: list[tuple[int, np.ndarray]], features: np.ndarray, labels
 
 
 def unpack_paths(vector: np.ndarray, n_paths: int, k: int) -> list[dict]:
-    size = 2 + k + k * (k + 1) // 2 + 2  # pack_terms, then the held-out loss and weight
+    size = packed_size(k) + 2  # pack_terms, then the held-out loss and weight
     if len(vector) != n_paths * size:
         raise ValueError(f"the summed read-out terms hold {len(vector)} values, not the {n_paths * size} of {n_paths} "
                          f"path(s) of {k} weights: a site runs another version of ecefl; update every site")
@@ -229,9 +254,11 @@ def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, stand
     start = theta0.copy() if frozen is None else np.where(frozen, 0.0, theta0)
     thetas = [start.copy() for _ in paths]
     losses: dict = {r: [] for r in ridges}
-    variances = None
+    variances = average = None
     for _ in range(iterations):
         terms = summed([(fold, th) for (fold, _), th in zip(paths, thetas)])
+        if average is None:  # the same at every theta
+            average = average_case(terms[0])
         if standardise and variances is None:
             variances = feature_variances(terms[0]["hess"])
         for i, ((fold, ridge), t) in enumerate(zip(paths, terms)):
@@ -251,7 +278,8 @@ def solve(theta0: np.ndarray, summed, ridges, folds: int, iterations: int, stand
         record["ridge_cv"] = {"folds": folds, "grid": ridges, "held_out_loss": [per_ridge[r] for r in ridges],
                               "held_out_weight": weight}
     theta = thetas[paths.index((ALL, chosen))]
-    record.update({"ridge": chosen, "loss": losses[chosen], "theta_joint": theta0.tolist(), "theta": theta.tolist()})
+    record.update({"ridge": chosen, "loss": losses[chosen], "theta_joint": theta0.tolist(), "theta": theta.tolist(),
+                   "average_case": None if average is None else average.tolist()})
     return theta, record
 
 
@@ -315,6 +343,8 @@ def refit_model(model: DualOutputSwinUNETR, items: list[dict], plan: Plan, progr
     theta0 = model.readout_parameters().double().cpu().numpy()
     theta, record = refit_features(theta0, data, sites, plan)
     model.set_readout_parameters(torch.as_tensor(theta))
+    if record["average_case"] is not None:
+        model.readout_baseline.copy_(torch.as_tensor(record["average_case"]))
     losses = record["loss"]
     log(f"read-out refitted on {len(items)} training cases{ridge_note(record)}: weighted loss {losses[0]:.3f} -> "
         f"{losses[-1]:.3f}")

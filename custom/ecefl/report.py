@@ -81,25 +81,76 @@ def radiological(slice_xy: np.ndarray) -> np.ndarray:
     return slice_xy.T[::-1, ::-1]
 
 
+def evidence_limit(evidence: np.ndarray) -> float:
+    """The colour scale of an evidence map: the 99th percentile of the voxels that carry evidence, so that a few
+    extreme voxels (a region's edge, a thin fat strand) do not wash the rest out; those saturate instead."""
+    magnitude = np.abs(np.asarray(evidence, float))
+    top = float(magnitude.max()) if magnitude.size else 0.0
+    if top <= 0.0:
+        return 1.0
+    return float(np.percentile(magnitude[magnitude > 1e-3 * top], 99)) or top
+
+
+def evidence_heat(evidence_slice: np.ndarray, lim: float) -> np.ndarray:
+    """RGBA overlay of a slice's evidence: red raises, blue lowers the ECE logit, opaque in proportion to the
+    magnitude (from 0.35 at 5 % of the scale to 1 at the scale); voxels under 5 % are transparent. A diverging
+    colour map fades to white at small values, which on a grey CT reads as nothing."""
+    ev = np.asarray(evidence_slice, float)
+    strength = np.clip(np.abs(ev) / lim, 0.0, 1.0)
+    rgba = np.zeros(ev.shape + (4,))
+    rgba[ev > 0, :3] = (0.85, 0.05, 0.05)
+    rgba[ev < 0, :3] = (0.05, 0.35, 0.95)
+    rgba[..., 3] = np.where(strength >= 0.05, 0.35 + 0.65 * strength, 0.0)
+    return rgba
+
+
+def evidence_slice(evidence: np.ndarray, fallback: np.ndarray) -> int:
+    """The axial slice that carries the most evidence (the decision's grounds), else where `fallback` is largest,
+    else the middle one."""
+    for volume in (np.abs(evidence), fallback):
+        per_slice = np.asarray(volume, float).sum(axis=(0, 1))
+        if per_slice.max(initial=0.0) > 0:
+            return int(np.argmax(per_slice))
+    return evidence.shape[2] // 2
+
+
+def around(*masks: np.ndarray, margin: int = 16, least: int = 40) -> tuple[slice, slice]:
+    """(x, y) window of a slice around what the masks mark, `margin` voxels beyond it and at least `least` wide
+    (at the plan's 2 mm: 3.2 cm of surroundings, 8 cm at least), so the perinodal fat is large enough to read."""
+    marked = np.argwhere(np.any([np.asarray(m, bool) for m in masks], axis=0))
+    shape = masks[0].shape
+    if not len(marked):
+        return slice(0, shape[0]), slice(0, shape[1])
+    window = []
+    for axis in (0, 1):
+        lo, hi = int(marked[:, axis].min()) - margin, int(marked[:, axis].max()) + 1 + margin
+        grow = max(0, least - (hi - lo))
+        lo, hi = lo - grow // 2, hi + grow - grow // 2
+        shift = max(0, -lo) - max(0, hi - shape[axis])
+        window.append(slice(max(0, lo + shift), min(shape[axis], hi + shift)))
+    return window[0], window[1]
+
+
 def evidence_overlay(case: dict, title: str, out: Path) -> Path:
     image, label, pred, evidence = case["image"], case["label"], case["pred"], case["evidence"]
-    focus = label if label.any() else pred
-    k = int(np.argmax(focus.sum(axis=(0, 1)))) if focus.any() else image.shape[2] // 2
+    k = evidence_slice(evidence, label if label.any() else pred)
+    lim = evidence_limit(evidence)
+    # zoomed to the slice's nodes and evidence
+    crop = around(label[:, :, k], pred[:, :, k], np.abs(evidence[:, :, k]) >= 0.05 * lim)
+    image, label, pred, evidence = (v[crop + (slice(None),)] for v in (image, label, pred, evidence))
     ev = evidence[:, :, k]
-    lim = float(np.abs(evidence).max()) or 1.0
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
     for ax, with_heat in zip(axes, (False, True)):
         ax.imshow(radiological(image[:, :, k]), cmap="gray", vmin=0, vmax=1)
         if with_heat:
-            heat = np.ma.masked_where(np.abs(ev) < 0.02 * lim, ev)
-            ax.imshow(radiological(heat), cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.75)
+            ax.imshow(evidence_heat(radiological(ev), lim))
         if label[:, :, k].any():
             ax.contour(radiological(label[:, :, k].astype(float)), levels=[0.5], colors="lime", linewidths=1.0)
         if pred[:, :, k].any():
-            ax.contour(radiological(pred[:, :, k].astype(float)), levels=[0.5], colors="red", linewidths=1.0)
+            ax.contour(radiological(pred[:, :, k].astype(float)), levels=[0.5], colors="yellow", linewidths=1.0)
         ax.set_axis_off()
-    axes[0].set_title("CT (green: reference ROI, red: predicted)", fontsize=8)
-    axes[1].set_title("evidence (red raises, blue lowers the ECE logit)", fontsize=8)
+    axes[0].set_title("CT (green: reference ROI, yellow: predicted)", fontsize=8)
+    axes[1].set_title("evidence against the average training case (red: more ECE-like, blue: less)", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return _save(fig, out)
 

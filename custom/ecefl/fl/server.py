@@ -312,7 +312,7 @@ class PooledFedAvg(BaseFedAvg):
         except _RefitAbandoned as exc:
             self._event("readout_refit", "server", str(exc))
             return model
-        model.params = R.state_with_theta(model.params, theta)
+        model.params = R.state_with_average_case(R.state_with_theta(model.params, theta), record["average_case"])
         self.refit = {**record, "sites": state["targets"], "seconds": round(time.time() - t0, 1)}
         self.info(f"read-out refitted on the training cases of {', '.join(state['targets'])}{R.ridge_note(record)}: "
                   f"weighted loss {record['loss'][0]:.3f} -> {record['loss'][-1]:.3f}")
