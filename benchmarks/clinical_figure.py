@@ -9,6 +9,7 @@ their source SOP Instance UIDs (as a viewer does), so the figure shows the DICOM
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,35 +43,38 @@ def render(infer_dir: Path, ct_dir: Path, out: Path, n_panels: int = 3) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import nibabel as nib
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
+    from ecefl.report import around, evidence_heat, evidence_limit
     hu, uids = read_ct(ct_dir)                                     # (slices, rows, columns)
     seg = read_seg(infer_dir / "SEG_pred.dcm", uids)              # the same
     evidence = np.asarray(nib.load(infer_dir / "evidence.nii.gz").dataobj).transpose(2, 1, 0)
-    per_slice = seg.sum(axis=(1, 2))
+    # the slices that carry the most evidence (what decided the case), else the SEG's largest
+    per_slice = np.abs(evidence).sum(axis=(1, 2)) if evidence.any() else seg.sum(axis=(1, 2))
     chosen = np.argsort(per_slice)[::-1][:n_panels] if per_slice.any() else \
         np.linspace(0, len(hu) - 1, n_panels + 2)[1:-1].astype(int)
     chosen = sorted(int(k) for k in chosen)
-    limit = float(np.percentile(np.abs(evidence[evidence != 0]), 99)) if (evidence != 0).any() else 1.0
-    body = np.argwhere((hu > -300).any(axis=0))  # crop the panels to the patient (a planning CT's FOV is wide)
-    (r0, c0), (r1, c1) = np.maximum(body.min(0) - 8, 0), body.max(0) + 9
+    limit = evidence_limit(evidence)
+    # zoomed to the nodes and their evidence on those slices (2.4 cm around them, 6.4 cm at least, at ~1 mm pixels)
+    rows, cols = around(*(seg[k] for k in chosen), *(np.abs(evidence[k]) >= 0.05 * limit for k in chosen),
+                        margin=24, least=64)
     fig, axes = plt.subplots(2, len(chosen), figsize=(4.2 * len(chosen), 8.4))
     axes = np.asarray(axes).reshape(2, -1)
     for col, k in enumerate(chosen):
         for row in range(2):
             ax = axes[row, col]
-            crop = (slice(r0, r1), slice(c0, c1))
-            ax.imshow(np.clip(hu[k][crop], -160, 240), cmap="gray")  # soft-tissue window W400 / L40
+            ax.imshow(np.clip(hu[k][rows, cols], -160, 240), cmap="gray")  # soft-tissue window W400 / L40
             if row == 0:
-                if seg[k][crop].any():
-                    ax.contour(seg[k][crop], levels=[0.5], colors="red", linewidths=1.2)
+                if seg[k][rows, cols].any():
+                    ax.contour(seg[k][rows, cols], levels=[0.5], colors="red", linewidths=1.2)
                 ax.set_title(f"SEG (read back), slice {k + 1}/{len(hu)}", fontsize=9)
             else:
-                ev = evidence[k][crop]
-                shown = np.ma.masked_where(np.abs(ev) < 0.05 * limit, ev)
-                im = ax.imshow(shown, cmap="coolwarm", vmin=-limit, vmax=limit, alpha=0.75)
+                ax.imshow(evidence_heat(evidence[k][rows, cols], limit))
+                if seg[k][rows, cols].any():
+                    ax.contour(seg[k][rows, cols], levels=[0.5], colors="yellow", linewidths=0.8)
                 ax.set_title(f"evidence.nii.gz, slice {k + 1}", fontsize=9)
             ax.axis("off")
-    fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.7, label="per-voxel contribution to the ECE logit")
-    fig.suptitle(f"`ecefl infer` outputs over the patient's CT ({infer_dir.name})", fontsize=11)
+    fig.suptitle(f"`ecefl infer` outputs over the patient's CT ({infer_dir.name}); evidence against the average "
+                 "training case: red raises, blue lowers the ECE logit", fontsize=11)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90, bbox_inches="tight")
     plt.close(fig)
