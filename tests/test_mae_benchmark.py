@@ -126,7 +126,7 @@ def test_a_refit_arm_waits_for_its_arm_and_equals_training_with_the_refit_on(pre
     scored on the same unseen patients."""
     from ecefl.checkpoint import load_model
     from ecefl.plan import get_plan
-    from ecefl.readout import READOUT_KEYS
+    from ecefl.readout import BASELINE_KEY, READOUT_KEYS
     from ecefl.stages import train
     lists = [preprocessed[s] / "datalist.json" for s in ("hospital-a", "hospital-b", "hospital-c")]
     test = preprocessed["hospital-d"] / "datalist.json"
@@ -158,8 +158,10 @@ def test_a_refit_arm_waits_for_its_arm_and_equals_training_with_the_refit_on(pre
     # 5e-4 relative), while the refit moves theta by ~0.1
     assert torch.allclose(theta, direct.readout_parameters(), rtol=2e-3, atol=1e-5)
     assert not torch.allclose(theta, plain.readout_parameters())
-    body = [k for k in plain.state_dict() if k not in READOUT_KEYS]
+    body = [k for k in plain.state_dict() if k not in READOUT_KEYS + (BASELINE_KEY,)]
     assert all(torch.equal(refitted.state_dict()[k], plain.state_dict()[k]) for k in body)
+    # the refit also keeps the average training case the evidence is shown against
+    assert refitted.readout_baseline[-1] == 1.0 and not plain.readout_baseline.any()
 
 
 def test_a_pretraining_short_of_its_epochs_runs_on_only_when_asked_and_not_under_finished_arms(preprocessed, tmp_path):
