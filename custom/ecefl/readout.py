@@ -76,7 +76,7 @@ def packed_size(k: int) -> int:
 
 def unpack_terms(vector: np.ndarray, k: int) -> dict:
     grad = vector[2:2 + k]
-    end = 2 + k + k * (k + 1) // 2
+    end = packed_size(k) - k  # the weighted column sums come last
     hess = np.zeros((k, k))
     hess[np.triu_indices(k)] = vector[2 + k:end]
     hess = hess + np.triu(hess, 1).T
