@@ -358,8 +358,12 @@ def test_evidence_is_shown_against_the_average_training_case(tmp_path):
     np.testing.assert_allclose(record["average_case"], weights @ rows / weights.sum(), rtol=1e-9)
     state = R.state_with_average_case(model.state_dict(), record["average_case"])
     assert torch.equal(state["readout_baseline"], torch.as_tensor(record["average_case"], dtype=torch.float32))
+    # a file of checkpoint version 1, written before the average case was kept, loads with none (the old map)
     old = {key: v for key, v in model.state_dict().items() if key != "readout_baseline"}
     save_checkpoint(tmp_path / "old.pt", "dual", plan, old, threshold=0.5)
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    assert payload["version"] == 2
+    torch.save({**payload, "version": 1}, tmp_path / "old.pt")
     assert not load_model(tmp_path / "old.pt")[0].readout_baseline.any()
 
 

@@ -11,7 +11,11 @@ import torch
 from .plan import Plan
 
 FORMAT = "ecefl-checkpoint"
-VERSION = 1
+# 2: a fine-tuned model holds the refit's average training case (readout_baseline), which an ecefl reading only
+# version 1 would refuse with a bare "unexpected key"; it gets the version message instead. Version 1 files still
+# load (their evidence shown against no baseline, as before).
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -55,10 +59,11 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"model file {path} is not an ecefl checkpoint (for NVFlare's FL_global_model.pt "
                               "use the copy that `ecefl fl simulate` writes as global_model.pt)")
-    if payload.get("version") != VERSION:
+    if payload.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"model file {path} was written by another ecefl version (checkpoint version "
-                              f"{payload.get('version')}, this ecefl reads {VERSION}); re-export it with a "
-                              "matching ecefl release")
+                              f"{payload.get('version')}, this ecefl reads "
+                              f"{' and '.join(map(str, READABLE_VERSIONS))}); re-export it with a matching ecefl "
+                              "release")
     if kind is not None and payload.get("kind") != kind:
         what = {"mae": "an MAE-pretrained encoder (mae_pretrain)", "dual": "a fine-tuned ECE model (ece_finetune)"}
         raise CheckpointError(f"model file {path} is {what.get(payload.get('kind'), repr(payload.get('kind')))}, "
