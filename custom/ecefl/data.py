@@ -10,7 +10,7 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.transforms import (Compose, EnsureTyped, RandAffined, RandCropByPosNegLabeld, RandFlipd,
                               RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd,
-                              RandSimulateLowResolutiond, RandSpatialCropd, RandZoomd, SpatialPadd)
+                              RandSimulateLowResolutiond, RandSpatialCropd, SpatialPadd)
 
 from .plan import Plan
 
@@ -162,10 +162,6 @@ def train_transforms(plan: Plan) -> Compose:
         RandFlipd(keys=keys, prob=0.5, spatial_axis=0),  # left-right: the neck is nearly symmetric
         RandAffined(keys=keys, prob=0.3, rotate_range=(0.17, 0.17, 0.17), scale_range=(0.1, 0.1, 0.1),
                     mode=("bilinear", "nearest"), padding_mode="border"),
-        # nodes longer along the neck than across, as cervical nodes lie (plan.craniocaudal_stretch)
-        *([RandZoomd(keys=keys, prob=0.5, min_zoom=(1.0, 1.0, 1.0),
-                     max_zoom=(1.0, 1.0, 1.0 + plan.craniocaudal_stretch), mode=("trilinear", "nearest"))]
-          if plan.craniocaudal_stretch else []),
     ] + _intensity_augmentation(plan))
 
 

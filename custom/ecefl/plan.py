@@ -58,12 +58,6 @@ class Plan:
     # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
     augmentation: str = "intensity"
-    # s > 0: half the training crops stretched along the body's long axis (z) by one random factor in [1, 1 + s]
-    # (in-plane untouched, shape kept, HU untouched). Cervical nodes lie along the neck, longer craniocaudally than
-    # axially (long-to-short ratio up to ~2; Steinkamp et al. 1995), as do the nodes of the independent generator's
-    # hospital (1.3x in the median), whose nodes the models find more often once its CT is compressed along z
-    # (docs/BENCHMARKS.md, session 41). 0: off (the affine's +-10 % per axis remains either way)
-    craniocaudal_stretch: float = 0.0
     # bf16 autocast on a CPU with bf16 matrix units (Intel AMX), in training and in every forward pass after it;
     # fp32 on other CPUs whatever this says (engine.uses_bf16). benchmarks/step.py measures it
     cpu_bf16: bool = False
@@ -226,8 +220,6 @@ class Plan:
             raise ValueError(f"mae_cube {self.mae_cube} must divide patch_size {self.patch_size} and be even")
         if self.augmentation not in ("intensity", "ct"):
             raise ValueError(f"augmentation must be intensity or ct, not {self.augmentation}")
-        if not 0 <= self.craniocaudal_stretch <= 1:
-            raise ValueError(f"craniocaudal_stretch must lie in [0, 1] (0: off), not {self.craniocaudal_stretch}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if not 0 <= self.cls_retrain_fraction < 1:
