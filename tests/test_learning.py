@@ -90,6 +90,46 @@ def test_jittered_crops_move_the_node_off_centre(tmp_path):
     assert np.median(jittered) > 4 and jittered.max() > 8
 
 
+def test_ct_sharpen_steepens_edges_as_a_sharper_kernel_and_keeps_flat_hu():
+    """plan.ct_sharpen: an unsharp mask on that share of the crops (only with the "ct" augmentation). A soft edge
+    between fat (-100 HU) and node (40 HU), blurred like a soft kernel: the sharpened edge is steeper and overshoots
+    a little, and noise rises, as a sharper kernel renders them; flat tissue far from the edge keeps its HU (the
+    read-out reads absolute HU)."""
+    from monai.transforms import RandGaussianSharpend
+    from scipy import ndimage
+
+    from ecefl.data import _intensity_augmentation
+    assert not any(isinstance(t, RandGaussianSharpend) for t in _intensity_augmentation(get_plan("cpu-small")))
+    with pytest.raises(ValueError, match="ct_sharpen"):
+        get_plan("cpu-small", augmentation="intensity", ct_sharpen=0.5)
+    plan = get_plan("cpu-small", ct_sharpen=1.0)
+    sharpen = [t for t in _intensity_augmentation(plan) if isinstance(t, RandGaussianSharpend)]
+    assert len(sharpen) == 1
+    window = plan.hu_window
+    hu = np.full((32, 32, 32), -100.0, np.float32)
+    hu[:, :, 16:] = 40.0
+    soft = ndimage.gaussian_filter(hu, 1.0)
+    x = torch.as_tensor((soft - window[0]) / (window[1] - window[0]))[None]
+    steps, overshoot = [], []
+    for seed in range(8):
+        sharpen[0].set_random_state(seed)
+        y = sharpen[0]({"image": x.clone()})["image"][0].numpy() * (window[1] - window[0]) + window[0]
+        profile = y[16, 16]
+        steps.append(np.abs(np.diff(profile)).max() / np.abs(np.diff(soft[16, 16])).max())
+        overshoot.append(profile[16:22].max() - 40.0)
+        np.testing.assert_allclose(y[8:24, 8:24, 4:8], -100.0, atol=0.5)  # flat fat: unchanged
+        np.testing.assert_allclose(y[8:24, 8:24, 24:28], 40.0, atol=0.5)  # flat node: unchanged
+    # an edge already soft is steepened a little (up to about a fifth); white noise is raised more, as a sharper
+    # kernel raises it
+    assert 1.03 < min(steps) and max(steps) < 1.5
+    assert min(overshoot) >= 0.0 and 0.5 < max(overshoot) < 10.0
+    noise = torch.as_tensor(np.random.default_rng(0).normal(0.0, 15.0, (1, 32, 32, 32)).astype(np.float32))
+    for seed in range(3):
+        sharpen[0].set_random_state(seed)
+        sd = float(sharpen[0]({"image": noise / 600.0})["image"][0, 8:24, 8:24, 8:24].std() * 600.0)
+        assert 1.2 * 15.0 < sd < 2.2 * 15.0
+
+
 def test_case_without_confident_node_is_pooled_over_the_soft_region():
     plan = get_plan("test-tiny")
     torch.manual_seed(0)

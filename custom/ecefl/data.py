@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
 from monai.transforms import (Compose, EnsureTyped, RandAffined, RandCropByPosNegLabeld, RandFlipd,
-                              RandGaussianNoised, RandGaussianSmoothd, RandScaleIntensityd, RandShiftIntensityd,
-                              RandSimulateLowResolutiond, RandSpatialCropd, SpatialPadd)
+                              RandGaussianNoised, RandGaussianSharpend, RandGaussianSmoothd, RandScaleIntensityd,
+                              RandShiftIntensityd, RandSimulateLowResolutiond, RandSpatialCropd, SpatialPadd)
 
 from .plan import Plan
 
@@ -173,6 +173,10 @@ def _intensity_augmentation(plan: Plan) -> list:
     return [
         RandSimulateLowResolutiond(keys="image", prob=0.15, zoom_range=(0.5, 1.0)),
         RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.25, 0.8), sigma_y=(0.25, 0.8), sigma_z=(0.25, 0.8)),
+        # the first Gaussian a no-op (sigma 0.01 voxel: a one-tap kernel), so this is x + a (x - G_s x)
+        *([RandGaussianSharpend(keys="image", prob=plan.ct_sharpen, sigma1_x=(0.01, 0.01), sigma1_y=(0.01, 0.01),
+                                sigma1_z=(0.01, 0.01), sigma2_x=(0.5, 1.0), sigma2_y=(0.5, 1.0), sigma2_z=(0.5, 1.0),
+                                alpha=(0.3, 1.0))] if plan.ct_sharpen else []),
         RandGaussianNoised(keys="image", prob=0.3, mean=0.0, std=15 * hu_unit, sample_std=True),
         RandShiftIntensityd(keys="image", offsets=10 * hu_unit, prob=0.5),
     ]

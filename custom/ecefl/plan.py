@@ -58,6 +58,10 @@ class Plan:
     # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
     augmentation: str = "intensity"
+    # with "ct": this share of the training crops sharpened by an unsharp mask (x + a (x - G_s x), a 0.3-1.0, s 1-2
+    # mm), as a sharper reconstruction kernel renders a CT (the "ct" augmentation's blur only softens): a network
+    # that never saw edges sharper than one generator's may not recognise a node drawn sharper. 0 = off
+    ct_sharpen: float = 0.0
     # bf16 autocast on a CPU with bf16 matrix units (Intel AMX), in training and in every forward pass after it;
     # fp32 on other CPUs whatever this says (engine.uses_bf16). benchmarks/step.py measures it
     cpu_bf16: bool = False
@@ -220,6 +224,9 @@ class Plan:
             raise ValueError(f"mae_cube {self.mae_cube} must divide patch_size {self.patch_size} and be even")
         if self.augmentation not in ("intensity", "ct"):
             raise ValueError(f"augmentation must be intensity or ct, not {self.augmentation}")
+        if not 0.0 <= self.ct_sharpen <= 1.0 or (self.ct_sharpen and self.augmentation != "ct"):
+            raise ValueError(f"ct_sharpen must be a share in [0, 1], and > 0 only with augmentation ct, not "
+                             f"{self.ct_sharpen} (augmentation {self.augmentation})")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, not {self.lr_schedule}")
         if not 0 <= self.cls_retrain_fraction < 1:
