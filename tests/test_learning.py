@@ -99,7 +99,9 @@ def test_ct_sharpen_steepens_edges_as_a_sharper_kernel_and_keeps_flat_hu():
     from scipy import ndimage
 
     from ecefl.data import _intensity_augmentation
-    assert not any(isinstance(t, RandGaussianSharpend) for t in _intensity_augmentation(get_plan("cpu-small")))
+    assert get_plan("cpu-small").ct_sharpen == get_plan("gpu").ct_sharpen == 0.25  # the presets' share
+    assert not any(isinstance(t, RandGaussianSharpend)
+                   for t in _intensity_augmentation(get_plan("cpu-small", ct_sharpen=0.0)))
     with pytest.raises(ValueError, match="ct_sharpen"):
         get_plan("cpu-small", augmentation="intensity", ct_sharpen=0.5)
     plan = get_plan("cpu-small", ct_sharpen=1.0)
