@@ -125,10 +125,11 @@ def test_ct_sharpen_steepens_edges_as_a_sharper_kernel_and_keeps_flat_hu():
     # kernel raises it
     assert 1.03 < min(steps) and max(steps) < 1.5
     assert min(overshoot) >= 0.0 and 0.5 < max(overshoot) < 10.0
+    width = window[1] - window[0]  # HU per window unit
     noise = torch.as_tensor(np.random.default_rng(0).normal(0.0, 15.0, (1, 32, 32, 32)).astype(np.float32))
     for seed in range(3):
         sharpen[0].set_random_state(seed)
-        sd = float(sharpen[0]({"image": noise / 600.0})["image"][0, 8:24, 8:24, 8:24].std() * 600.0)
+        sd = float(sharpen[0]({"image": noise / width})["image"][0, 8:24, 8:24, 8:24].std() * width)
         assert 1.2 * 15.0 < sd < 2.2 * 15.0
 
 

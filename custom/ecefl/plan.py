@@ -58,9 +58,9 @@ class Plan:
     # "ct": what differs between CT scanners while HU stays calibrated: noise, blur (reconstruction kernel),
     # thicker slices, and HU offsets of +-10 at most, so fat (-100 HU) and stranded fat (-60..-20 HU) stay apart
     augmentation: str = "intensity"
-    # with "ct": this share of the training crops sharpened by an unsharp mask (x + a (x - G_s x), a 0.3-1.0, s 1-2
-    # mm), as a sharper reconstruction kernel renders a CT (the "ct" augmentation's blur only softens): a network
-    # that never saw edges sharper than one generator's may not recognise a node drawn sharper. 0 = off
+    # with "ct": this share of the training crops sharpened by an unsharp mask (x + a (x - G_s x), a 0.3-1.0, s
+    # 0.5-1 voxel), as a sharper reconstruction kernel renders a CT (the "ct" augmentation's blur only softens): a
+    # network that never saw edges sharper than one generator's may not recognise a node drawn sharper. 0 = off
     ct_sharpen: float = 0.0
     # bf16 autocast on a CPU with bf16 matrix units (Intel AMX), in training and in every forward pass after it;
     # fp32 on other CPUs whatever this says (engine.uses_bf16). benchmarks/step.py measures it
