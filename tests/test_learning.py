@@ -108,14 +108,15 @@ def test_ct_sharpen_steepens_edges_as_a_sharper_kernel_and_keeps_flat_hu():
     sharpen = [t for t in _intensity_augmentation(plan) if isinstance(t, RandGaussianSharpend)]
     assert len(sharpen) == 1
     window = plan.hu_window
+    width = window[1] - window[0]  # HU per window unit
     hu = np.full((32, 32, 32), -100.0, np.float32)
     hu[:, :, 16:] = 40.0
     soft = ndimage.gaussian_filter(hu, 1.0)
-    x = torch.as_tensor((soft - window[0]) / (window[1] - window[0]))[None]
+    x = torch.as_tensor((soft - window[0]) / width)[None]
     steps, overshoot = [], []
     for seed in range(8):
         sharpen[0].set_random_state(seed)
-        y = sharpen[0]({"image": x.clone()})["image"][0].numpy() * (window[1] - window[0]) + window[0]
+        y = sharpen[0]({"image": x.clone()})["image"][0].numpy() * width + window[0]
         profile = y[16, 16]
         steps.append(np.abs(np.diff(profile)).max() / np.abs(np.diff(soft[16, 16])).max())
         overshoot.append(profile[16:22].max() - 40.0)
@@ -125,7 +126,6 @@ def test_ct_sharpen_steepens_edges_as_a_sharper_kernel_and_keeps_flat_hu():
     # kernel raises it
     assert 1.03 < min(steps) and max(steps) < 1.5
     assert min(overshoot) >= 0.0 and 0.5 < max(overshoot) < 10.0
-    width = window[1] - window[0]  # HU per window unit
     noise = torch.as_tensor(np.random.default_rng(0).normal(0.0, 15.0, (1, 32, 32, 32)).astype(np.float32))
     for seed in range(3):
         sharpen[0].set_random_state(seed)
